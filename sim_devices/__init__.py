@@ -1,0 +1,1 @@
+"""Lifeline sim_devices."""
