@@ -1,0 +1,1 @@
+"""Radio ingress adapters. Each implements :class:`lifeline.gateway.ingress.base.IngressAdapter`."""
