@@ -1,0 +1,62 @@
+"""Shared pytest fixtures for every Lifeline part (registered as the ``lifeline`` pytest11 plugin).
+
+- ``mosquitto``: a plain Mosquitto broker on a free loopback port, one per test.
+- ``test_pki``: a CA with server certificate (127.0.0.1/localhost), one per session.
+- ``mosquitto_tls``: a broker whose TLS listener (``tls_port``) requires client certificates from
+  ``test_pki``; the plain listener (``port``) stays available for test helpers.
+
+Each broker is stopped after its test and the test fails if the process is still alive.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lifeline.tools.broker import MosquittoBroker, TestPKI
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie still answers kill(0); Popen.wait() reaped ours, so anything left is really running
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state == "Z"
+
+
+def _run(broker: MosquittoBroker) -> Iterator[MosquittoBroker]:
+    broker.start()
+    pids: list[int] = []
+    try:
+        yield broker
+    finally:
+        if broker.pid is not None:
+            pids.append(broker.pid)
+        broker.close()
+    leftover = [pid for pid in pids if not _gone(pid)]
+    assert not leftover, f"mosquitto still running after the test: {leftover}"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A real Mosquitto broker (plain listener on 127.0.0.1:``port``), stopped after the test."""
+    yield from _run(MosquittoBroker(workdir=tmp_path / "mosquitto"))
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    """CA + server certificate for 127.0.0.1; ``test_pki.client(name)`` issues client certificates."""
+    return TestPKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path, test_pki: TestPKI) -> Iterator[MosquittoBroker]:
+    """Mosquitto with a TLS listener on ``tls_port`` that requires client certificates."""
+    yield from _run(MosquittoBroker(workdir=tmp_path / "mosquitto-tls", pki=test_pki))
