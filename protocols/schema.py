@@ -102,11 +102,11 @@ KINDS = {
         (4, "voltage", "V", 10, 0, 3000, T_INT, False),
     )),
     K_HEARTBEAT: ("heartbeat", INTERNAL, P_PERIODIC, (
-        (1, "uptime", "s", 1, 0, U32, T_INT, True),
+        (1, "uptime", "h", 1, 0, 65535, T_INT, True),
         (2, "reset_cause", "", 1, 0, 7, T_INT, False),      # RESET_CAUSES
         (3, "firmware", "", 1, 0, 65535, T_INT, False),     # build number
         (4, "rssi", "dBm", 1, -150, 0, T_INT, False),       # of the last downlink heard
-        (5, "snr", "dB", 10, -300, 300, T_INT, False),
+        (5, "snr", "dB", 1, -30, 30, T_INT, False),
         (6, "queue_depth", "", 1, 0, 255, T_INT, False),
         BATTERY,
     )),
@@ -133,10 +133,10 @@ KINDS = {
     )),
     C_CONFIG: ("config", INTERNAL, P_EVENT, (
         (1, "config_version", "", 1, 0, 65535, T_INT, True),
-        (2, "interval", "s", 1, 10, 86400, T_INT, False),
-        (3, "threshold_high", "", 1, I32_LO, I32_HI, T_INT, False),  # in the scale of the kind's main field
-        (4, "threshold_low", "", 1, I32_LO, I32_HI, T_INT, False),   # clear level (hysteresis)
-        (5, "heartbeat", "s", 1, 60, 604800, T_INT, False),
+        (2, "interval", "s", 1, 10, 65535, T_INT, False),
+        (3, "threshold_high", "", 1, 0, 65535, T_INT, False),  # main field's scale
+        (4, "threshold_low", "", 1, 0, 65535, T_INT, False),   # clear level (hysteresis)
+        (5, "heartbeat", "min", 1, 1, 10080, T_INT, False),
         (6, "confirm_count", "", 1, 1, 10, T_INT, False),
     )),
     C_TIME_SYNC: ("time_sync", INTERNAL, P_EVENT, (
@@ -175,16 +175,16 @@ ENUMS = {
 }
 
 
-def kind(kind_id):
+def kind(kind_id: int) -> tuple | None:  # type: ignore[type-arg]
     """Return the kind tuple or None."""
     return KINDS.get(kind_id)
 
 
-def is_downlink_kind(kind_id):
+def is_downlink_kind(kind_id: int) -> bool:
     return 64 <= kind_id <= 127
 
 
-def field(kind_id, key):
+def field(kind_id: int, key: int) -> tuple | None:  # type: ignore[type-arg]
     k = KINDS.get(kind_id)
     if k is None:
         return None
@@ -194,8 +194,8 @@ def field(kind_id, key):
     return None
 
 
-def kind_id_by_name(name):
+def kind_id_by_name(name: str) -> int | None:
     for kid, k in KINDS.items():
         if k[0] == name:
-            return kid
+            return int(kid)
     return None

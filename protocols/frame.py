@@ -1,0 +1,234 @@
+# Lifeline node frame v1: encoder and decoder shared by the firmware and the gateway.
+# MicroPython subset. The byte layout is docs/protocol.md section 1; the crypto is section 2.
+
+from . import cbor, crypto, schema
+
+VERSION = 1
+SUITE = crypto.SUITE_1
+HEADER_LEN = 19
+MIC_LEN = 8
+MAX_FRAME = 51  # LoRa application payload at SF10..SF12 in CN470 and EU868
+MAX_INPUT = 255  # anything longer is rejected before it is looked at
+MIN_FRAME = HEADER_LEN + 1 + MIC_LEN  # an empty CBOR map is one byte
+EPOCH_UNIX = 1577836800  # 2020-01-01T00:00:00Z
+
+FLAG_ENC = 0x01
+FLAG_ACK_REQ = 0x02
+FLAG_QUEUED = 0x04
+FLAG_TEST = 0x08
+FLAG_DOWN = 0x80
+_FLAGS_RESERVED = 0x70
+
+REASONS = (
+    "truncated", "too_long", "bad_version", "bad_suite", "bad_flags", "bad_direction", "bad_mic",
+    "bad_cbor", "too_deep", "trailing_bytes", "unknown_kind", "unknown_field", "bad_type",
+    "out_of_range", "missing_field", "not_encrypted",
+)
+
+
+class FrameError(ValueError):
+    """The one rejection type of the frame codec. ``reason`` is a code from REASONS."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        ValueError.__init__(self, reason + (": " + detail if detail else ""))
+        self.reason = reason
+        self.detail = detail
+
+
+class Keys:
+    """Per-device keys of suite 1, derived from the 32-byte root key. Never printed."""
+
+    def __init__(self, root: bytes, dev_id: bytes) -> None:
+        if len(dev_id) != 8:
+            raise ValueError("device id must be 8 bytes")
+        self.dev_id = bytes(dev_id)
+        self.mic_up = crypto.derive(root, crypto.LABEL_MIC_UP, dev_id)
+        self.mic_down = crypto.derive(root, crypto.LABEL_MIC_DOWN, dev_id)
+        self.enc = crypto.derive(root, crypto.LABEL_ENC, dev_id, 16)
+
+    def __repr__(self) -> str:
+        return "Keys(<redacted>)"
+
+
+def derive_keys(root: bytes, dev_id: bytes) -> Keys:
+    return Keys(root, dev_id)
+
+
+class Header:
+    def __init__(self, version: int, suite: int, kind: int, flags: int, dev_id: bytes, fcnt: int,
+                 time: int) -> None:
+        self.version = version
+        self.suite = suite
+        self.kind = kind
+        self.flags = flags
+        self.dev_id = dev_id
+        self.fcnt = fcnt
+        self.time = time
+
+    @property
+    def downlink(self) -> bool:
+        return bool(self.flags & FLAG_DOWN)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENC)
+
+    def __repr__(self) -> str:
+        return "Header(kind=%d flags=0x%02x dev=%s fcnt=%d time=%d)" % (
+            self.kind, self.flags, self.dev_id.hex(), self.fcnt, self.time)
+
+
+class Frame:
+    def __init__(self, header: Header, fields: dict) -> None:  # type: ignore[type-arg]
+        self.header = header
+        self.fields = fields
+
+    def __repr__(self) -> str:
+        return "Frame(%r, %r)" % (self.header, self.fields)
+
+
+def validate_fields(kind: int, fields: object) -> dict:  # type: ignore[type-arg]
+    """Check a body against the registry; return it as a dict or raise FrameError."""
+    k = schema.KINDS.get(kind)
+    if k is None:
+        raise FrameError("unknown_kind", str(kind))
+    if not isinstance(fields, dict):
+        raise FrameError("bad_type", "body is not a map")
+    specs = k[3]
+    for key, value in fields.items():
+        spec = None
+        for f in specs:
+            if f[0] == key:
+                spec = f
+                break
+        if spec is None:
+            raise FrameError("unknown_field", "%s has no field %r" % (k[0], key))
+        if spec[6] == schema.T_BYTES:
+            if not isinstance(value, bytes):
+                raise FrameError("bad_type", spec[1])
+            n = len(value)
+        else:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise FrameError("bad_type", spec[1])
+            n = value
+        if n < spec[4] or n > spec[5]:
+            raise FrameError("out_of_range", spec[1])
+    for f in specs:
+        if f[7] and f[0] not in fields:
+            raise FrameError("missing_field", f[1])
+    return fields
+
+
+def _check_u32(name: str, v: int) -> None:
+    if not isinstance(v, int) or v < 0 or v > 0xFFFFFFFF:
+        raise FrameError("out_of_range", name)
+
+
+def encode(keys: Keys, dev_id: bytes, fcnt: int, time: int, kind: int, fields: dict,  # type: ignore[type-arg]
+           flags: int = 0) -> bytes:
+    """Build a protected frame. Sets FLAG_ENC for sensitive/core kinds. Raises FrameError."""
+    k = schema.KINDS.get(kind)
+    if k is None:
+        raise FrameError("unknown_kind", str(kind))
+    if flags & _FLAGS_RESERVED or flags > 0xFF or flags < 0:
+        raise FrameError("bad_flags")
+    down = bool(flags & FLAG_DOWN)
+    if down != schema.is_downlink_kind(kind):
+        raise FrameError("bad_direction", "kind %d with flags 0x%02x" % (kind, flags))
+    if len(dev_id) != 8:
+        raise FrameError("out_of_range", "device id")
+    _check_u32("fcnt", fcnt)
+    _check_u32("time", time)
+    validate_fields(kind, fields)
+    if k[1] >= schema.SENSITIVE:
+        flags |= FLAG_ENC
+    body = cbor.dumps(fields)
+    if flags & FLAG_ENC:
+        body = crypto.ctr_xor(keys.enc, down, dev_id, fcnt, body)
+    msg = (bytes(((VERSION << 4) | SUITE, kind, flags)) + dev_id + fcnt.to_bytes(4, "big")
+           + time.to_bytes(4, "big") + body)
+    if len(msg) + MIC_LEN > MAX_FRAME:
+        raise FrameError("too_long", "%d bytes > %d" % (len(msg) + MIC_LEN, MAX_FRAME))
+    mic = crypto.hmac_sha256(keys.mic_down if down else keys.mic_up, msg)[:MIC_LEN]
+    return msg + mic
+
+
+def parse_header(data: bytes) -> Header:
+    """Parse the clear header without any key (to look the device up). Raises FrameError."""
+    n = len(data)
+    if n > MAX_INPUT:
+        raise FrameError("too_long", "%d bytes" % n)
+    if n < MIN_FRAME:
+        raise FrameError("truncated", "%d bytes" % n)
+    b0 = data[0]
+    if b0 >> 4 != VERSION:
+        raise FrameError("bad_version", str(b0 >> 4))
+    if b0 & 0x0F != SUITE:
+        raise FrameError("bad_suite", str(b0 & 0x0F))
+    flags = data[2]
+    if flags & _FLAGS_RESERVED:
+        raise FrameError("bad_flags", "0x%02x" % flags)
+    return Header(VERSION, SUITE, data[1], flags, bytes(data[3:11]), int.from_bytes(data[11:15], "big"),
+                  int.from_bytes(data[15:19], "big"))
+
+
+def verify_mic(data: bytes, keys: Keys, downlink: bool) -> None:
+    mic = crypto.hmac_sha256(keys.mic_down if downlink else keys.mic_up, data[:-MIC_LEN])[:MIC_LEN]
+    if not crypto.ct_equal(mic, data[-MIC_LEN:]):
+        raise FrameError("bad_mic")
+
+
+def check_direction(header: Header, downlink: bool) -> None:
+    """Cheap check before any key work: the DOWN flag must match what the receiver expects."""
+    if header.downlink != downlink:
+        raise FrameError("bad_direction")
+
+
+def check_policy(header: Header, downlink: bool) -> None:
+    """Kind and confidentiality checks after the MIC verified (so forgers learn nothing from them)."""
+    k = schema.KINDS.get(header.kind)
+    if k is None or schema.is_downlink_kind(header.kind) != downlink:
+        raise FrameError("unknown_kind", str(header.kind))
+    if k[1] >= schema.SENSITIVE and not header.encrypted:
+        raise FrameError("not_encrypted", k[0])
+
+
+def decode_body(header: Header, body: bytes) -> Frame:
+    try:
+        fields = cbor.loads(body, 1, 32)
+    except cbor.CBORError as e:
+        raise FrameError(e.reason, e.detail) from None
+    return Frame(header, validate_fields(header.kind, fields))
+
+
+def decode(data: bytes, keys: Keys, downlink: bool = False) -> Frame:
+    """Verify, decrypt and decode a frame. Raises FrameError (and nothing else) on any input."""
+    try:
+        header = parse_header(data)
+        check_direction(header, downlink)
+        if header.dev_id != keys.dev_id:
+            raise FrameError("bad_mic", "frame is for another device")
+        verify_mic(data, keys, downlink)
+        check_policy(header, downlink)
+        body = data[HEADER_LEN:-MIC_LEN]
+        if header.encrypted:
+            body = crypto.ctr_xor(keys.enc, downlink, header.dev_id, header.fcnt, body)
+        return decode_body(header, body)
+    except FrameError:
+        raise
+    except Exception as e:  # defensive: the contract is one exception type
+        raise FrameError("bad_cbor", "unexpected " + type(e).__name__) from None
+
+
+def _longest(spec: tuple) -> object:  # type: ignore[type-arg]
+    if spec[6] == schema.T_BYTES:
+        return bytes(spec[5])
+    lo = spec[4]
+    hi = spec[5]
+    # the wire length of a CBOR int grows with its magnitude: the longer of the two ends
+    return lo if len(cbor.dumps(lo)) > len(cbor.dumps(hi)) else hi
+
+
+def max_fields(kind: int) -> dict:  # type: ignore[type-arg]
+    """Every field of ``kind`` at the value whose encoding is longest (for the size budget)."""
+    return {f[0]: _longest(f) for f in schema.KINDS[kind][3]}

@@ -1,0 +1,158 @@
+"""Regenerate protocols/vectors/{frames,rejections,cbor}.json.
+
+Run only when the protocol changes on purpose (the vectors are normative; tests compare against the
+committed files): .venv/bin/python protocols/tests/gen_vectors.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lifeline.protocols import cbor, crypto, frame, schema
+
+OUT = Path(__file__).resolve().parent.parent / "vectors"
+ROOT_A = bytes(range(32))
+DEV_A = bytes.fromhex("70b3d57ed0000001")
+ROOT_B = bytes.fromhex("c0ffee00" * 8)
+DEV_B = bytes.fromhex("0004a30b001c2f3e")
+
+
+def jfields(fields: dict[int, Any]) -> dict[str, Any]:
+    return {str(k): ({"bytes": v.hex()} if isinstance(v, bytes) else v) for k, v in fields.items()}
+
+
+TYPICAL: dict[int, dict[int, Any]] = {
+    schema.K_SMOKE: {1: 0, 2: 12, 3: 0, 4: 0, 5: 215, 15: 3010},
+    schema.K_TILT: {1: 7, 2: 0, 3: 42, 5: 118, 15: 3590},
+    schema.K_WATER_LEVEL: {1: 312, 2: 85, 3: 0, 15: 3400},
+    schema.K_WATER_METER: {1: 1234567, 2: 0, 3: 0, 15: 3550},
+    schema.K_GAS_METER: {1: 98765, 2: 120, 3: 0, 15: 3300},
+    schema.K_ELECTRICITY_METER: {1: 4567890, 2: -1500, 3: 2, 4: 2301},
+    schema.K_HEARTBEAT: {1: 1440, 2: 3, 3: 104, 4: -97, 5: -7, 6: 0, 15: 3300},
+    schema.K_FAULT: {1: 1, 2: 513, 15: 3300},
+    schema.K_ALARM_RAISED: {1: 17, 2: 0, 3: 1480},
+    schema.K_ALARM_CLEARED: {1: 17, 2: 0, 3: 30},
+    schema.C_ACK: {1: 4242, 2: 17, 3: 1},
+    schema.C_CONFIG: {1: 3, 2: 900, 3: 300, 4: 250, 5: 1440, 6: 3},
+    schema.C_TIME_SYNC: {1: 218000000},
+    schema.C_MAINTENANCE: {1: 600, 2: 1},
+    schema.C_OTA_BEGIN: {1: 105, 2: 61234, 3: 3828},
+    schema.C_OTA_CHUNK: {1: 77, 2: bytes(range(16))},
+}
+
+
+def flags_for(kind: int, extra: int = 0) -> int:
+    return (frame.FLAG_DOWN if schema.is_downlink_kind(kind) else 0) | extra
+
+
+def frame_vector(name: str, root: bytes, dev: bytes, fcnt: int, time: int, kind: int,
+                 fields: dict[int, Any], flags: int) -> dict[str, Any]:
+    data = frame.encode(frame.derive_keys(root, dev), dev, fcnt, time, kind, fields, flags)
+    return {"name": name, "root_key": root.hex(), "dev_id": dev.hex(), "fcnt": fcnt, "time": time, "kind": kind,
+            "flags": flags, "fields": jfields(fields), "frame": data.hex()}
+
+
+def seal(root: bytes, dev: bytes, kind: int, flags: int, body: bytes, fcnt: int = 9, time: int = 1000,
+         first: int = 0x11, encrypt: bool = False) -> bytes:
+    keys = frame.derive_keys(root, dev)
+    down = bool(flags & frame.FLAG_DOWN)
+    if encrypt:
+        body = crypto.ctr_xor(keys.enc, down, dev, fcnt, body)
+    msg = bytes((first, kind, flags)) + dev + fcnt.to_bytes(4, "big") + time.to_bytes(4, "big") + body
+    return msg + crypto.hmac_sha256(keys.mic_down if down else keys.mic_up, msg)[:8]
+
+
+def rejection(name: str, data: bytes, reason: str, downlink: bool = False) -> dict[str, Any]:
+    keys = frame.derive_keys(ROOT_A, DEV_A)
+    try:
+        frame.decode(data, keys, downlink)
+    except frame.FrameError as e:
+        assert e.reason == reason, (name, e.reason, reason)
+    else:
+        raise AssertionError(name + " was accepted")
+    return {"name": name, "root_key": ROOT_A.hex(), "dev_id": DEV_A.hex(), "downlink": downlink,
+            "frame": data.hex(), "reason": reason}
+
+
+def main() -> None:
+    frames = []
+    for kind, fields in TYPICAL.items():
+        name = schema.KINDS[kind][0]
+        frames.append(frame_vector(name + "/typical", ROOT_A, DEV_A, 4242, 218000000, kind, fields,
+                                   flags_for(kind, frame.FLAG_ACK_REQ if kind == schema.K_ALARM_RAISED else 0)))
+        frames.append(frame_vector(name + "/max", ROOT_B, DEV_B, 0xFFFFFFFF, 0xFFFFFFFF, kind,
+                                   frame.max_fields(kind), flags_for(kind)))
+    frames.append(frame_vector("water_level/queued+test", ROOT_B, DEV_B, 0, 0, schema.K_WATER_LEVEL,
+                               {1: 0}, frame.FLAG_QUEUED | frame.FLAG_TEST))
+    frames.append(frame_vector("heartbeat/encrypted-by-choice", ROOT_A, DEV_A, 77, 5, schema.K_HEARTBEAT,
+                               {1: 2}, frame.FLAG_ENC))
+
+    good = bytes.fromhex(frames[0]["frame"])  # smoke/typical, root A
+    level = frame.encode(frame.derive_keys(ROOT_A, DEV_A), DEV_A, 9, 1000, schema.K_WATER_LEVEL, {1: 5})
+    down_ack = frame.encode(frame.derive_keys(ROOT_A, DEV_A), DEV_A, 9, 1000, schema.C_ACK, {1: 1},
+                            frame.FLAG_DOWN)
+    forged = bytearray(good)
+    forged[-1] ^= 1
+    tampered = bytearray(good)
+    tampered[frame.HEADER_LEN] ^= 0x40
+    w = schema.K_WATER_LEVEL
+    rejections = [
+        rejection("empty", b"", "truncated"),
+        rejection("header-only", good[:19], "truncated"),
+        rejection("oversized", good + bytes(256 - len(good)), "too_long"),
+        rejection("version-2", bytes((0x21,)) + good[1:], "bad_version"),
+        rejection("suite-9", bytes((0x19,)) + good[1:], "bad_suite"),
+        rejection("reserved-flag", good[:2] + bytes((0x10,)) + good[3:], "bad_flags"),
+        rejection("downlink-as-uplink", down_ack, "bad_direction"),
+        rejection("uplink-as-downlink", level, "bad_direction", downlink=True),
+        rejection("forged-mic", bytes(forged), "bad_mic"),
+        rejection("tampered-body", bytes(tampered), "bad_mic"),
+        rejection("wrong-device", seal(ROOT_A, DEV_B, w, 0, b"\xa1\x01\x05"), "bad_mic"),
+        rejection("bad-cbor-float", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\xf9\x3c\x00"), "bad_cbor"),
+        rejection("bad-cbor-indefinite", seal(ROOT_A, DEV_A, w, 0, b"\xbf\x01\x05\xff"), "bad_cbor"),
+        rejection("bad-cbor-truncated", seal(ROOT_A, DEV_A, w, 0, b"\xa2\x01\x05"), "bad_cbor"),
+        rejection("bad-cbor-duplicate-key", seal(ROOT_A, DEV_A, w, 0, b"\xa2\x01\x05\x01\x06"), "bad_cbor"),
+        rejection("bad-cbor-tag", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\xc1\x05"), "bad_cbor"),
+        rejection("too-deep", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\x81\x81\x81\x05"), "too_deep"),
+        rejection("trailing-bytes", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\x05\x00"), "trailing_bytes"),
+        rejection("not-a-map", seal(ROOT_A, DEV_A, w, 0, b"\x05"), "bad_type"),
+        rejection("unknown-kind", seal(ROOT_A, DEV_A, 42, 0, b"\xa1\x01\x05"), "unknown_kind"),
+        rejection("command-kind-uplink", seal(ROOT_A, DEV_A, schema.C_ACK, 0, b"\xa1\x01\x05"), "unknown_kind"),
+        rejection("unknown-field", seal(ROOT_A, DEV_A, w, 0, b"\xa2\x01\x05\x09\x01"), "unknown_field"),
+        rejection("bad-type-bytes", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\x41\x05"), "bad_type"),
+        rejection("bad-type-bool", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\xf5"), "bad_type"),
+        rejection("out-of-range", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\x19\x4e\x21"), "out_of_range"),
+        rejection("negative-level", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\x20"), "out_of_range"),
+        rejection("missing-field", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x02\x05"), "missing_field"),
+        rejection("meter-in-clear", seal(ROOT_A, DEV_A, schema.K_WATER_METER, 0, b"\xa1\x01\x05"),
+                  "not_encrypted"),
+    ]
+
+    values: list[tuple[str, Any]] = [
+        ("zero", 0), ("23", 23), ("24", 24), ("255", 255), ("256", 256), ("65535", 65535), ("65536", 65536),
+        ("u32max", 0xFFFFFFFF), ("u32+1", 0x100000000), ("u64max", 0xFFFFFFFFFFFFFFFF), ("minus1", -1),
+        ("minus24", -24), ("minus25", -25), ("i32min", -(2**31)), ("i64min", -(2**64)),
+        ("bytes-empty", b""), ("bytes", bytes(range(30))), ("text", "Lifeline ✓"), ("false", False),
+        ("true", True), ("null", None), ("array", [1, [2, 3], b"\x04"]),
+        ("map-sorted", {10: 1, 2: 2, -1: 3, 1: {"a": [True]}}),
+    ]
+
+    def jval(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return {"bytes": v.hex()}
+        if isinstance(v, list):
+            return [jval(x) for x in v]
+        if isinstance(v, dict):
+            return {"map": [[jval(k), jval(x)] for k, x in v.items()]}
+        return v
+
+    cbor_vectors = [{"name": n, "value": jval(v), "hex": cbor.dumps(v).hex()} for n, v in values]
+
+    for name, obj in (("frames", frames), ("rejections", rejections), ("cbor", cbor_vectors)):
+        (OUT / (name + ".json")).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
