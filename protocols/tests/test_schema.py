@@ -1,0 +1,42 @@
+"""The registry is the single table of kinds and fields: check it is internally consistent."""
+
+from __future__ import annotations
+
+from lifeline.protocols import schema
+
+
+def test_kind_ids_and_directions() -> None:
+    for kind_id, k in schema.KINDS.items():
+        assert 1 <= kind_id <= 127
+        assert (kind_id >= 64) == schema.is_downlink_kind(kind_id), k[0]
+        assert k[1] in (schema.PUBLIC, schema.INTERNAL, schema.SENSITIVE, schema.CORE)
+        assert k[2] in (schema.P_ALARM, schema.P_EVENT, schema.P_PERIODIC)
+    names = [k[0] for k in schema.KINDS.values()]
+    assert len(names) == len(set(names))
+
+
+def test_fields_are_one_byte_keys_with_sane_ranges() -> None:
+    for k in schema.KINDS.values():
+        keys = [f[0] for f in k[3]]
+        assert len(keys) == len(set(keys)), k[0]
+        assert any(f[7] for f in k[3]), k[0] + " has no required field"
+        for key, name, _unit, scale, lo, hi, vtype, _req in k[3]:
+            assert 1 <= key <= 23, (k[0], name)  # one CBOR byte per key
+            assert lo <= hi and scale >= 1
+            assert vtype in (schema.T_INT, schema.T_BYTES)
+            if name in schema.ENUMS:
+                assert hi < len(schema.ENUMS[name]) or name == "cause", (k[0], name)
+
+
+def test_required_report_kinds_exist() -> None:
+    want = {"smoke", "manhole_tilt", "water_level", "water_meter", "gas_meter", "electricity_meter", "heartbeat",
+            "fault", "alarm_raised", "alarm_cleared", "ack", "config", "time_sync", "maintenance", "ota_chunk"}
+    assert want <= {k[0] for k in schema.KINDS.values()}
+    assert schema.kind_id_by_name("smoke") == schema.K_SMOKE
+    assert schema.kind_id_by_name("nope") is None
+
+
+def test_personal_data_is_classified_sensitive_or_core() -> None:
+    for kind in (schema.K_SMOKE, schema.K_WATER_METER, schema.K_GAS_METER, schema.K_ELECTRICITY_METER,
+                 schema.K_ALARM_RAISED):
+        assert schema.KINDS[kind][1] >= schema.SENSITIVE
