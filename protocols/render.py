@@ -39,3 +39,31 @@ def kind_name(kind: int) -> str:
 
 def class_name(data_class: int) -> str:
     return schema.CLASS_NAMES[data_class] if 0 <= data_class < len(schema.CLASS_NAMES) else str(data_class)
+
+
+def registry_markdown() -> str:
+    """The registry as Markdown tables: docs/protocol.md embeds exactly this (a test keeps them equal)."""
+    lines: list[str] = []
+    for kind_id, (name, data_class, priority, fields) in sorted(schema.KINDS.items()):
+        direction = "downlink command" if schema.is_downlink_kind(kind_id) else "uplink report"
+        lines.append(f"#### {kind_id} `{name}` ({direction}; class `{class_name(data_class)}`; "
+                     f"priority `{schema.PRIORITY_NAMES[priority]}`)")
+        lines.append("")
+        lines.append("| key | field | unit | scale | range (wire) | type | required | values |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for key, fname, unit, scale, lo, hi, vtype, req in fields:
+            labels = schema.ENUMS.get(fname)
+            if fname == "flags" and kind_id in (schema.K_WATER_METER, schema.K_GAS_METER,
+                                                schema.K_ELECTRICITY_METER):
+                values = ", ".join(f"bit{i} {f}" for i, f in enumerate(schema.METER_FLAGS))
+            elif fname == "code" and kind_id == schema.K_FAULT:
+                values = ", ".join(f"{c} {n}" for c, n in sorted(schema.FAULT_CODES.items()))
+            elif labels is not None:
+                values = ", ".join(f"{i} {n}" for i, n in enumerate(labels))
+            else:
+                values = ""
+            typ = "bytes (length)" if vtype == schema.T_BYTES else "int"
+            lines.append(f"| {key} | {fname} | {unit} | {scale} | {lo}..{hi} | {typ} | "
+                         f"{'yes' if req else 'no'} | {values} |")
+        lines.append("")
+    return "\n".join(lines)

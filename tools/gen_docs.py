@@ -1,0 +1,47 @@
+"""Generated blocks of docs/protocol.md (registry table, annotated example frame).
+
+`python -m lifeline.tools.gen_docs` refreshes them; protocols/tests/test_docs.py fails when they drift.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from lifeline.protocols import render
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "protocol.md"
+
+
+def example() -> str:
+    vectors = json.loads((ROOT / "protocols" / "vectors" / "frames.json").read_text())
+    vec = next(v for v in vectors if v["name"] == "water_level/queued+test")
+    data: str = vec["frame"]
+    parts = [("version|suite", data[0:2]), ("kind", data[2:4]), ("flags", data[4:6]), ("device id", data[6:22]),
+             ("fcnt", data[22:30]), ("time", data[30:38]), ("body", data[38:-16]), ("MIC", data[-16:])]
+    lines = [f"root key  {vec['root_key']}", f"fields    {json.dumps(vec['fields'])}", f"frame     {data}"]
+    lines += [f"  {name:<14} {hexs}" for name, hexs in parts]
+    return "\n".join(lines) + "\n"
+
+
+def blocks() -> dict[str, str]:
+    return {"registry": render.registry_markdown() + "\n", "example": example()}
+
+
+def block(text: str, name: str) -> str | None:
+    m = re.search(rf"<!-- {name}:begin -->\n(.*?)<!-- {name}:end -->", text, re.S)
+    return m.group(1) if m else None
+
+
+def main() -> None:
+    text = DOC.read_text()
+    for name, content in blocks().items():
+        pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
+        text = pattern.sub(lambda m, c=content: m.group(1) + c + m.group(2), text)
+    DOC.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
