@@ -38,8 +38,10 @@ def block(text: str, name: str) -> str | None:
 def main() -> None:
     text = DOC.read_text()
     for name, content in blocks().items():
-        pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
-        text = pattern.sub(lambda m, c=content: m.group(1) + c + m.group(2), text)
+        start, end = f"<!-- {name}:begin -->\n", f"<!-- {name}:end -->"
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        text = head + start + content + end + tail
     DOC.write_text(text)
 
 
