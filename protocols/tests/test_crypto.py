@@ -8,6 +8,7 @@ import hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lifeline.protocols import aes, crypto, fastpath, frame
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lifeline.protocols import cbor, crypto, fastpath, frame, schema
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
