@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from lifeline.tools import mpy_compile, mpy_runtime
 
 pytestmark = pytest.mark.micropython

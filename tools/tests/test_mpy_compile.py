@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from lifeline.tools import mpy_compile, mpy_runtime
 from lifeline.tools.mpy_compile import MpyCompileError, compile_source, compile_tree
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from lifeline.protocols import DEVICE_MODULES
 from lifeline.tools import mpy_runtime
 from lifeline.tools.mpy_runtime import MicroPythonError, MicroPythonUnavailable, RunResult, run
