@@ -12,7 +12,7 @@ class CBORError(ValueError):
     """Malformed or unsupported CBOR. ``reason`` is one of: bad_cbor, too_deep, trailing_bytes."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        ValueError.__init__(self, reason + (": " + detail if detail else ""))
+        super().__init__(reason + (": " + detail if detail else ""))
         self.reason = reason
         self.detail = detail
 

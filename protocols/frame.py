@@ -30,7 +30,7 @@ class FrameError(ValueError):
     """The one rejection type of the frame codec. ``reason`` is a code from REASONS."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        ValueError.__init__(self, reason + (": " + detail if detail else ""))
+        super().__init__(reason + (": " + detail if detail else ""))
         self.reason = reason
         self.detail = detail
 
