@@ -8,6 +8,7 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from lifeline.protocols import frame, lora_phy
 from lifeline.protocols.lora_phy import CN470, EU868, duty_cycle_wait_ms, time_on_air_ms
 
