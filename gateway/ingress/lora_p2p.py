@@ -1,0 +1,89 @@
+"""Lifeline's LoRa point-to-point link contract, shared by both LoRa ingress adapters and the simulator.
+
+Lifeline nodes send raw LoRa packets (no LoRaWAN MAC): one Lifeline frame per packet, explicit header,
+CRC on, sync word 0x34 (public), normal IQ. A node that wants an answer (ACK_REQ, or it polls for
+commands) listens once after each uplink, class-A style:
+
+    uplink ends ──── RX1_DELAY_MS (1000 ms) ────► node opens its receiver for RX_WINDOW_MS (500 ms)
+                                                   on the uplink's channel and SF, with *inverted* IQ.
+
+A gateway starts a downlink TX_OFFSET_MS (50 ms) after the window opens, so the node's timer jitter and
+the serial latency of a modem both fit, and the preamble (8 + 4.25 symbols) lies well inside the window.
+A node that detects a preamble inside its window keeps receiving until the packet ends. Downlinks use
+inverted IQ (as LoRaWAN does) so nodes never demodulate each other's uplinks and gateways never hear
+downlinks as uplinks. The full description is docs/radios.md, section 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+RX1_DELAY_MS = 1000  # uplink end -> node receive window opens
+RX_WINDOW_MS = 500  # how long the node listens for a preamble
+TX_OFFSET_MS = 50  # gateway downlink start, after the window opens
+UPLINK_IQ_INVERTED = False
+DOWNLINK_IQ_INVERTED = True
+
+
+def downlink_start_ms(uplink_end_ms: float) -> float:
+    """When a gateway should start transmitting the answer to an uplink that ended at ``uplink_end_ms``."""
+    return uplink_end_ms + RX1_DELAY_MS + TX_OFFSET_MS
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDefaults:
+    freq_hz: int
+    sf: int
+    bw_khz: int
+    tx_power_dbm: int
+
+
+# One channel per region for uplinks and their downlinks. EU868 868.1 MHz is in ETSI sub-band g1
+# (1 % duty cycle, 14 dBm ERP) and is a default channel every concentrator listens on. CN470 470.3 MHz is
+# the first CN470 uplink channel; 17 dBm is the SRRC limit (50 mW ERP). SF10/125 kHz carries the whole
+# 51-byte Lifeline frame budget with margin for range.
+REGION_DEFAULTS: dict[str, ChannelDefaults] = {
+    "EU868": ChannelDefaults(freq_hz=868_100_000, sf=10, bw_khz=125, tx_power_dbm=14),
+    "CN470": ChannelDefaults(freq_hz=470_300_000, sf=10, bw_khz=125, tx_power_dbm=17),
+}
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+}
+
+
+def options_from_table(cls: type[_T], table: Mapping[str, object], **overrides: object) -> _T:
+    """Build the config dataclass ``cls`` from a config-file table.
+
+    Every key must be a field of ``cls`` (a misspelt option is an error, not a silent default); values
+    are type-checked against the field annotations (``int``, ``float``, ``str``, ``bool``, optionally
+    ``| None``). Problems raise :class:`ValueError` whose message starts with the offending key; the
+    dataclass's own ``__post_init__`` checks ranges the same way.
+    """
+    names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in names:
+            raise ValueError(f"{key}: unknown option (known: {', '.join(sorted(names))})")
+    kwargs: dict[str, object] = dict(overrides)
+    for key, value in table.items():
+        annotation = str(names[key].type).replace(" ", "")
+        optional = annotation.endswith("|None")
+        base = annotation.removesuffix("|None")
+        allowed = _TYPES.get(base)
+        if allowed is None:
+            raise ValueError(f"{key}: not settable from the config file")
+        if value is None and optional:
+            kwargs[key] = None
+            continue
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise ValueError(f"{key}: expected {base}, got {type(value).__name__}")
+        kwargs[key] = float(value) if base == "float" else value  # type: ignore[arg-type]
+    return cls(**kwargs)
