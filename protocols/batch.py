@@ -25,6 +25,7 @@ from typing import Any, Final
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from lifeline.protocols import render, schema
 
 FORMAT_VERSION: Final = 1

@@ -79,8 +79,6 @@ def _all_kinds(region: lora_phy.Region, bw: int, cr: int, duty_percent: float | 
     down_duty = _duty(region, duty_percent, downlink=True)
     table = Table(
         title=f"Largest frame of every kind: time on air in ms, {region.name}, {bw} kHz, CR 4/{cr + 4}",
-        caption=f"wait = silence after one such frame at SF12 (duty: uplink {up_duty:.0%}, "
-        f"downlink {down_duty:.0%}); * = larger than the region's payload limit at that SF",
     )
     table.add_column("kind", justify="right")
     table.add_column("name")
@@ -95,6 +93,8 @@ def _all_kinds(region: lora_phy.Region, bw: int, cr: int, duty_percent: float | 
         table.add_row(str(b.kind), b.name, b.direction, str(b.frame_bytes), *cells, _fmt_ms(b.wait_sf12_ms))
     console = Console(width=max(120, Console().width), soft_wrap=False)
     console.print(table)
+    console.print(f"wait@SF12: silence after one such frame at SF12 (duty up {up_duty:.0%}, down {down_duty:.0%}); "
+                  "* = over the data rate's payload limit.", highlight=False, soft_wrap=True)
     return 0 if ok else 1
 
 

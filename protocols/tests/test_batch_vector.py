@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from lifeline.protocols import batch, keys, schema
 from lifeline.protocols.batch import BatchRecord, BatchSigner, WireReception
 
 VECTOR = Path(__file__).resolve().parent.parent / "vectors" / "batch.json"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 # RFC 8032 section 7.1, TEST 1: a published test key, never used for anything real.
 SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 GATEWAY = "gw-test-01"
@@ -119,6 +121,18 @@ def test_vector_verifies_and_chains() -> None:
         assert tracker.add_batch(got).ok
         prev = got.digest
     assert tracker.intact
+
+
+def test_docs_example_is_the_vector() -> None:
+    """docs/protocol.md section 5.6 shows batch 0 of the vector, its digest and the test key."""
+    vec = json.loads(VECTOR.read_text())
+    text = DOC.read_text()
+    m = re.search(r"<!-- batch-example:begin -->\n(.*?)<!-- batch-example:end -->", text, re.S)
+    assert m is not None, "docs/protocol.md lacks the batch-example block"
+    b0 = vec["batches"][0]
+    assert "".join(m.group(1).split()) == b0["cose_sign1"]
+    assert b0["digest"] in text and vec["public_key"] in text and vec["private_key_seed"] in text
+    assert vec["batches"][1]["prev_hash"] == b0["digest"]
 
 
 if __name__ == "__main__":

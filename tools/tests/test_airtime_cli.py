@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from lifeline.protocols import frame, lora_phy, schema
 from lifeline.tools.cli import cli
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -92,4 +96,13 @@ def test_all_kinds_table_lists_every_kind() -> None:
     assert code == 0
     for k in schema.KINDS.values():
         assert k[0] in out
-    assert "SF12" in out and "wait@SF12" in out and "downlink 10%" in out
+    assert "SF12" in out and "wait@SF12" in out and "down 10%" in out
+
+
+def test_docs_section_6_table_is_current() -> None:
+    code, out = run("--region", "CN470", "--all-kinds")
+    assert code == 0
+    m = re.search(r"<!-- airtime:begin -->\n(.*?)<!-- airtime:end -->", DOC.read_text(), re.S)
+    assert m is not None, "docs/protocol.md section 6 lacks the airtime block"
+    expected = "".join(line.rstrip() + "\n" for line in out.splitlines())
+    assert m.group(1) == expected, "paste `lifeline airtime --region CN470 --all-kinds` into docs/protocol.md"
