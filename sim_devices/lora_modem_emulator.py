@@ -132,7 +132,12 @@ class Rak3172Emulator:
         self.iq_inverted = False
         self._tx_end_ms = -1.0
 
+    @property
+    def banner_count(self) -> int:
+        return self.counters["banners"]
+
     def _banner(self) -> None:
+        self.counters["banners"] += 1
         for line in BANNER:
             self._line(line)
         self._line("Current Work Mode: " + ("LoRa P2P." if self.work_mode == 0 else "LoRaWAN."))

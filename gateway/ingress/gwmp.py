@@ -227,7 +227,10 @@ def decode_base64(text: str) -> bytes:
     """Standard base64; padding may be missing (section 6 says padding is optional downstream)."""
     if len(text) > 4 * ((MAX_PAYLOAD + 2) // 3) or not _B64.match(text):
         raise GwmpError("bad_data", "not base64")
-    padded = text + "=" * (-len(text) % 4)
+    bare = text.rstrip("=")
+    if (bare != text and len(text) % 4) or len(bare) % 4 == 1:
+        raise GwmpError("bad_data", "bad base64 length or padding")
+    padded = bare + "=" * (-len(bare) % 4)
     try:
         return base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError):

@@ -17,7 +17,7 @@ downlinks as uplinks. The full description is docs/radios.md, section 3.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -73,6 +73,10 @@ def options_from_table(cls: type[_T], table: Mapping[str, object], **overrides: 
         if key not in names:
             raise ValueError(f"{key}: unknown option (known: {', '.join(sorted(names))})")
     kwargs: dict[str, object] = dict(overrides)
+    for name, f in names.items():
+        required = f.default is MISSING and f.default_factory is MISSING
+        if required and name not in table and name not in kwargs:
+            raise ValueError(f"{name}: required option missing")
     for key, value in table.items():
         annotation = str(names[key].type).replace(" ", "")
         optional = annotation.endswith("|None")
