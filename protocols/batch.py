@@ -261,6 +261,70 @@ def payload_bytes(
     return cbor2.dumps(body, canonical=True)
 
 
+def encode_record(record: BatchRecord) -> bytes:
+    """One record's deterministic CBOR. The gateway encodes each record once, when it is buffered, and
+    signs batches from these bytes with :meth:`BatchSigner.sign_encoded` (same bytes as :meth:`sign`)."""
+    if not _plainly_valid(record):
+        _check_record(record, 0)  # raises with the precise reason
+    # _record_to_cbor builds every map in ascending key order, so insertion order is already the
+    # deterministic order and cbor2's (slower) canonical sorting is not needed; a test checks the bytes.
+    return cbor2.dumps(_record_to_cbor(record))
+
+
+def _plainly_valid(r: BatchRecord) -> bool:
+    """Cheap pre-check for the hot path: True only if _check_record would accept ``r``."""
+    if (type(r.device_id) is not bytes or len(r.device_id) != 8 or type(r.fcnt) is not int
+            or type(r.node_time) is not int or type(r.rx_ms) is not int or type(r.kind) is not int
+            or not 0 <= r.fcnt <= _U64 or not 0 <= r.node_time <= _U64 or not 0 <= r.rx_ms <= _U64
+            or not 0 <= r.kind <= _U64 or r.data_class not in (0, 1, 2, 3) or r.flags not in range(8)
+            or r.record_type not in (0, 1) or r.priority not in (0, 1, 2)
+            or type(r.data_class) is not int or type(r.flags) is not int or type(r.record_type) is not int
+            or type(r.priority) is not int):
+        return False
+    for k, v in r.fields.items():
+        if type(k) is not int or k < 0 or not (type(v) is bytes or (type(v) is int and -(1 << 64) <= v <= _U64)):
+            return False
+    for rx in r.receptions:
+        if (type(rx) is not WireReception or type(rx.radio) is not str or type(rx.adapter) is not str
+                or type(rx.rx_ms) is not int or not 0 <= rx.rx_ms <= _U64
+                or (rx.rssi is not None and (type(rx.rssi) is not int or not -(1 << 31) <= rx.rssi < (1 << 31)))
+                or (rx.snr_x10 is not None
+                    and (type(rx.snr_x10) is not int or not -(1 << 31) <= rx.snr_x10 < (1 << 31)))):
+            return False
+    return True
+
+
+def _array_head(n: int) -> bytes:
+    if n < 24:
+        return bytes((0x80 | n,))
+    if n < 0x100:
+        return bytes((0x98, n))
+    if n < 0x10000:
+        return b"\x99" + n.to_bytes(2, "big")
+    return b"\x9a" + n.to_bytes(4, "big")
+
+
+def payload_from_encoded(
+    gateway_id: str,
+    seq: int,
+    prev_hash: bytes,
+    created_ms: int,
+    lane: int,
+    encoded: Sequence[bytes],
+) -> bytes:
+    """Same bytes as :func:`payload_bytes` for records already encoded with :func:`encode_record`."""
+    _check_gateway_id(gateway_id)
+    _uint(seq, "seq")
+    _uint(created_ms, "created_ms")
+    _uint(lane, "lane", 1)
+    if not isinstance(prev_hash, bytes) or len(prev_hash) != 32:
+        raise BatchError(R_BAD_RECORD, "prev_hash must be 32 bytes")
+    head = cbor2.dumps({1: FORMAT_VERSION, 2: gateway_id, 3: seq, 4: prev_hash, 5: created_ms, 6: lane},
+                       canonical=True)
+    # the six-entry map head (0xa6) becomes a seven-entry head (0xa7); key 7 sorts last
+    return b"\xa7" + head[1:] + b"\x07" + _array_head(len(encoded)) + b"".join(encoded)
+
+
 def protected_header(gateway_id: str) -> bytes:
     """The serialized protected header: alg EdDSA, content type, kid = gateway id."""
     return cbor2.dumps(
@@ -315,15 +379,23 @@ class BatchSigner:
 
     def sign(self, records: Sequence[BatchRecord], lane: int, created_ms: int) -> SignedBatch:
         """Sign the next batch. Raises BatchError (state unchanged) if a record cannot be encoded."""
+        payload = payload_bytes(self._gateway_id, self._next_seq, self._prev_hash, created_ms, lane, records)
+        return self._sign(payload, lane, len(records))
+
+    def sign_encoded(self, encoded: Sequence[bytes], lane: int, created_ms: int) -> SignedBatch:
+        """Sign the next batch from records pre-encoded with :func:`encode_record`."""
+        payload = payload_from_encoded(self._gateway_id, self._next_seq, self._prev_hash, created_ms, lane, encoded)
+        return self._sign(payload, lane, len(encoded))
+
+    def _sign(self, payload: bytes, lane: int, count: int) -> SignedBatch:
         seq = self._next_seq
-        payload = payload_bytes(self._gateway_id, seq, self._prev_hash, created_ms, lane, records)
         if len(payload) > MAX_BATCH_BYTES - 256:
             raise BatchError(R_TOO_LARGE, f"payload of {len(payload)} bytes; split the batch (limit {MAX_BATCH_BYTES})")
         data = sign_payload(self._key, self._gateway_id, payload)
         digest = hashlib.sha256(data).digest()
         self._next_seq = seq + 1
         self._prev_hash = digest
-        return SignedBatch(seq=seq, digest=digest, data=data, lane=lane, count=len(records))
+        return SignedBatch(seq=seq, digest=digest, data=data, lane=lane, count=count)
 
 
 # ---------------------------------------------------------------------------------------------- verify

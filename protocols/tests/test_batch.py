@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifeline.protocols import batch, schema
+from lifeline.protocols import batch, keys, schema
 from lifeline.protocols.batch import BatchError, BatchRecord, BatchSigner, ChainTracker, WireReception
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -530,3 +530,48 @@ def test_to_json_uses_human_names() -> None:
     assert m["kind"] == "water_meter" and m["fields"]["flags"] == ["leak", "tamper"]
     assert m["flags"] == ["backfilled", "queued"] and m["node_time_iso"] is None
     assert e["type"] == "event" and e["event"] == 3 and e["fields"] == {"1": 5, "2": "ab"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=300), st.integers(0, 2**40), st.integers(0, 1))
+def test_sign_encoded_is_byte_identical_to_sign(fcnts: list[int], created: int, lane: int) -> None:
+    """The gateway's pre-encoded path must produce exactly the batch the record path produces."""
+    key = keys.generate()
+    records = [
+        batch.BatchRecord(device_id=(i % 7).to_bytes(8, "big"), fcnt=f, node_time=f // 2, rx_ms=created, kind=3,
+                          fields={1: f % 20000, 2: -5}, data_class=0,
+                          receptions=(batch.WireReception("nbiot", "nb0", created, -90, None),))
+        for i, f in enumerate(fcnts)
+    ]
+    a = batch.BatchSigner(key, "gw-1", next_seq=5, prev_hash=bytes(range(32)))
+    b = batch.BatchSigner(key, "gw-1", next_seq=5, prev_hash=bytes(range(32)))
+    one = a.sign(records, lane, created)
+    two = b.sign_encoded([batch.encode_record(r) for r in records], lane, created)
+    assert one.data == two.data and one.digest == two.digest and two.count == len(records)
+    assert batch.verify(two.data, keys.public_key(key)).records == tuple(records)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.builds(
+    BatchRecord,
+    device_id=st.binary(min_size=7, max_size=9),
+    fcnt=st.integers(-1, 2**64) | st.booleans(),
+    node_time=st.integers(-1, 2**64),
+    rx_ms=st.integers(-1, 2**64),
+    kind=st.integers(-1, 300),
+    fields=st.dictionaries(st.integers(-1, 30), st.integers(-(2**65), 2**65) | st.binary(max_size=3) | st.none()),
+    data_class=st.integers(-1, 4),
+    receptions=st.tuples(st.builds(WireReception, radio=st.text(max_size=3), adapter=st.text(max_size=3),
+                                   rx_ms=st.integers(-1, 3), rssi=st.none() | st.integers(-(2**32), 2**32),
+                                   snr_x10=st.none() | st.integers(-(2**32), 2**32))),
+    flags=st.integers(-1, 8),
+    record_type=st.integers(-1, 2),
+    priority=st.integers(-1, 3),
+))
+def test_fast_record_check_agrees_with_the_full_check(record: BatchRecord) -> None:
+    try:
+        batch._check_record(record, 0)
+        full_ok = True
+    except BatchError:
+        full_ok = False
+    assert batch._plainly_valid(record) == full_ok
