@@ -1,0 +1,343 @@
+"""The durable buffer: accepted readings on disk until the platform has acknowledged them.
+
+Tables (buffer DB, WAL, synchronous=FULL for every commit that admits data):
+
+* ``readings``: one row per accepted reading or gateway event, ``record`` = CBOR array (see
+  :func:`encode_reading`), ``batch`` = outbox seq once signed (NULL while pending). The partial index
+  ``readings_pending(priority, rx_ms) WHERE batch IS NULL`` serves batching, TTL and quota in order.
+* ``outbox``: signed batches (the exact COSE bytes) not yet PUBACKed, with the row ids they carry.
+* ``chain``: the signer's next seq and prev_hash, updated in the transaction that adds to the outbox.
+
+Order: pending rows leave in (priority, first-reception time, acceptance order).
+Policy (one place, :meth:`Buffer.enforce_quota` and :meth:`Buffer.sweep_ttl`): per-class TTL; over the disk
+quota, drop the oldest pending periodic readings first, then events, alarms last; every drop is counted by
+(reason, priority) and reported to the platform as an ``EV_BUFFER_DROP`` gateway event. Rows inside a
+signed batch are never dropped: they leave only after PUBACK (:meth:`Buffer.outbox_done`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from lifeline.gateway import records as rec
+from lifeline.gateway.clock import lifeline_time
+from lifeline.gateway.config import BufferConfig
+from lifeline.gateway.ingress.base import Reception
+from lifeline.protocols import batch, schema
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings(
+  id INTEGER PRIMARY KEY,
+  priority INTEGER NOT NULL,
+  rx_ms INTEGER NOT NULL,
+  batch INTEGER,
+  record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_pending ON readings(priority, rx_ms) WHERE batch IS NULL;
+CREATE TABLE IF NOT EXISTS outbox(
+  seq INTEGER PRIMARY KEY,
+  lane INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL,
+  count INTEGER NOT NULL,
+  ids BLOB NOT NULL,
+  data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain(
+  id INTEGER PRIMARY KEY CHECK (id = 0),
+  gateway_id TEXT NOT NULL,
+  next_seq INTEGER NOT NULL,
+  prev_hash BLOB NOT NULL
+);
+"""
+
+PRIORITIES = (schema.P_ALARM, schema.P_EVENT, schema.P_PERIODIC)
+DROP_ORDER = (schema.P_PERIODIC, schema.P_EVENT, schema.P_ALARM)
+_CHUNK = 4096
+
+Item = rec.Reading | rec.ReceptionUpdate | rec.GatewayEvent
+
+
+class BufferError(Exception):
+    """The buffer cannot be used (e.g. it belongs to another gateway id)."""
+
+
+def wire_reception(r: Reception) -> list[Any]:
+    return [r.radio, r.adapter, r.rx_ms, r.rssi, r.snr_x10]
+
+
+def encode_reading(r: rec.Reading, extra: Sequence[Reception] = ()) -> bytes:
+    """Row format: [device, fcnt, node_time, rx_ms, kind, fields, data_class, receptions, flags,
+    record_type, priority] (the batch record's keys 1..11 in order)."""
+    rx = [wire_reception(x) for x in r.receptions]
+    rx.extend(wire_reception(x) for x in extra)
+    return cbor2.dumps([r.device_id, r.fcnt, r.node_time, r.rx_ms, r.kind, dict(r.fields), r.data_class, rx,
+                        r.flags, rec.RT_READING, r.priority])
+
+
+def encode_event(e: rec.GatewayEvent) -> bytes:
+    return cbor2.dumps([e.device_id, e.fcnt, lifeline_time(e.at_ms), e.at_ms, e.code, dict(e.fields),
+                        schema.INTERNAL, [wire_reception(x) for x in e.receptions], 0, rec.RT_EVENT, e.priority])
+
+
+def decode_record(blob: bytes, extra_flags: int = 0) -> batch.BatchRecord:
+    (dev, fcnt, node_time, rx_ms, kind, fields, dc, rx, flags, rtype, prio) = cbor2.loads(blob)
+    return batch.BatchRecord(
+        device_id=dev, fcnt=fcnt, node_time=node_time, rx_ms=rx_ms, kind=kind, fields=fields, data_class=dc,
+        receptions=tuple(batch.WireReception(a, b, c, d, e) for a, b, c, d, e in rx), flags=flags | extra_flags,
+        record_type=rtype, priority=prio)
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    reason: int  # rec.DROP_TTL / DROP_QUOTA
+    priority: int
+    count: int
+    oldest_rx_ms: int
+
+
+@dataclass(slots=True)
+class WriteResult:
+    inserted: list[int] = field(default_factory=lambda: [0, 0, 0])  # per priority
+    updated_receptions: int = 0
+    late_receptions: int = 0  # turned into EV_RECEPTIONS events
+    drops: list[Drop] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    id: int
+    priority: int
+    rx_ms: int
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    seq: int
+    lane: int
+    created_ms: int
+    count: int
+    ids: tuple[int, ...]
+    data: bytes
+
+
+class Buffer:
+    """Table logic; every method takes the connection and runs on the state DB's thread."""
+
+    def __init__(self, config: BufferConfig) -> None:
+        self.quota_bytes = config.quota_mb << 20
+        self.ttl_ms = tuple(t * 1000 for t in config.ttl_s)
+        self.pending = [0, 0, 0]  # rows with batch IS NULL, per priority
+        self.outbox_count = 0
+        self.over_quota = False  # True while only unsendable (signed, in-flight) data keeps us over
+        self._next_id = 1
+        self._page_size = 4096
+
+    # ---------------------------------------------------------------------------------- open / ids
+
+    def open(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(SCHEMA)
+        self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self.pending = [0, 0, 0]
+        for prio, n in conn.execute("SELECT priority, count(*) FROM readings WHERE batch IS NULL GROUP BY priority"):
+            if prio in PRIORITIES:
+                self.pending[prio] = n
+        self.outbox_count = int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        top = conn.execute("SELECT max(id) FROM readings").fetchone()[0]
+        self._next_id = (top or 0) + 1
+
+    def allocate_id(self) -> int:
+        i = self._next_id
+        self._next_id = i + 1
+        return i
+
+    def used_bytes(self, conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages) * self._page_size
+
+    # ---------------------------------------------------------------------------------- write path
+
+    def write_group(self, conn: sqlite3.Connection, items: Sequence[Item], now_ms: int) -> WriteResult:
+        """Insert a group inside the caller's transaction, attach duplicate receptions, enforce the quota."""
+        res = WriteResult()
+        readings: list[rec.Reading] = []
+        events: list[rec.GatewayEvent] = []
+        extra: dict[int, list[Reception]] = {}
+        local: set[int] = set()
+        for it in items:
+            if isinstance(it, rec.Reading):
+                readings.append(it)
+                local.add(it.id)
+            elif isinstance(it, rec.GatewayEvent):
+                events.append(it)
+        for it in items:
+            if not isinstance(it, rec.ReceptionUpdate):
+                continue
+            if it.reading_id in local:
+                extra.setdefault(it.reading_id, []).append(it.reception)
+                res.updated_receptions += 1
+                continue
+            row = conn.execute("SELECT priority, batch, record FROM readings WHERE id=?", (it.reading_id,)).fetchone()
+            if row is not None and row[1] is None:
+                fields = cbor2.loads(row[2])
+                fields[7].append(wire_reception(it.reception))
+                conn.execute("UPDATE readings SET record=? WHERE id=?", (cbor2.dumps(fields), it.reading_id))
+                res.updated_receptions += 1
+            else:
+                prio = row[0] if row is not None else schema.P_PERIODIC
+                events.append(rec.GatewayEvent(rec.EV_RECEPTIONS, it.device_id, it.reception.rx_ms, prio,
+                                               fcnt=it.fcnt, receptions=(it.reception,)))
+                res.late_receptions += 1
+        rows: list[tuple[int, int, int, bytes]] = []
+        for r in readings:
+            rows.append((r.id, r.priority, r.rx_ms, encode_reading(r, extra.get(r.id, ()))))
+            res.inserted[r.priority] += 1
+        for e in events:
+            rows.append((self.allocate_id(), e.priority, e.at_ms, encode_event(e)))
+            res.inserted[e.priority] += 1
+        conn.executemany("INSERT INTO readings(id, priority, rx_ms, record) VALUES (?,?,?,?)", rows)
+        for p in PRIORITIES:
+            self.pending[p] += res.inserted[p]
+        self.enforce_quota(conn, now_ms, res)
+        return res
+
+    def _delete_oldest(self, conn: sqlite3.Connection, prio: int, limit: int,
+                       before_rx_ms: int | None = None) -> tuple[int, int]:
+        if before_rx_ms is None:
+            sel = conn.execute("SELECT id, rx_ms FROM readings WHERE batch IS NULL AND priority=? "
+                               "ORDER BY rx_ms, id LIMIT ?", (prio, limit)).fetchall()
+        else:
+            sel = conn.execute("SELECT id, rx_ms FROM readings WHERE batch IS NULL AND priority=? AND rx_ms < ? "
+                               "ORDER BY rx_ms, id LIMIT ?", (prio, before_rx_ms, limit)).fetchall()
+        if not sel:
+            return 0, 0
+        conn.executemany("DELETE FROM readings WHERE id=?", [(i,) for i, _ in sel])
+        self.pending[prio] -= len(sel)
+        return len(sel), min(rx for _, rx in sel)
+
+    def _record_drops(self, conn: sqlite3.Connection, drops: list[Drop], now_ms: int) -> None:
+        rows = []
+        for d in drops:
+            ev = rec.GatewayEvent(rec.EV_BUFFER_DROP, rec.GATEWAY_DEVICE, now_ms, schema.P_EVENT, fields={
+                rec.EVF_PRIORITY: d.priority, rec.EVF_REASON: d.reason, rec.EVF_COUNT: d.count,
+                rec.EVF_OLDEST_RX_MS: d.oldest_rx_ms})
+            rows.append((self.allocate_id(), ev.priority, now_ms, encode_event(ev)))
+        conn.executemany("INSERT INTO readings(id, priority, rx_ms, record) VALUES (?,?,?,?)", rows)
+        self.pending[schema.P_EVENT] += len(rows)
+
+    def enforce_quota(self, conn: sqlite3.Connection, now_ms: int, res: WriteResult | None = None) -> list[Drop]:
+        """Drop oldest pending periodic, then event, then alarm rows until the file fits the quota."""
+        used = self.used_bytes(conn)
+        drops: list[Drop] = []
+        if used <= self.quota_bytes:
+            self.over_quota = False
+            return drops
+        for prio in DROP_ORDER:
+            count, oldest = 0, 0
+            while used > self.quota_bytes:
+                want = max(64, (used - self.quota_bytes) // 64)
+                n, first = self._delete_oldest(conn, prio, min(want, _CHUNK))
+                if n == 0:
+                    break
+                oldest = first if count == 0 else min(oldest, first)
+                count += n
+                used = self.used_bytes(conn)
+            if count:
+                drops.append(Drop(rec.DROP_QUOTA, prio, count, oldest))
+            if used <= self.quota_bytes:
+                break
+        self.over_quota = used > self.quota_bytes
+        if drops:
+            self._record_drops(conn, drops, now_ms)
+            if res is not None:
+                res.drops.extend(drops)
+        return drops
+
+    def sweep_ttl(self, conn: sqlite3.Connection, now_ms: int) -> list[Drop]:
+        """Inside a transaction: delete pending rows older than their class TTL."""
+        drops: list[Drop] = []
+        for prio in DROP_ORDER:
+            cutoff = now_ms - self.ttl_ms[prio]
+            count, oldest = 0, 0
+            while True:
+                n, first = self._delete_oldest(conn, prio, _CHUNK, before_rx_ms=cutoff)
+                if n == 0:
+                    break
+                oldest = first if count == 0 else min(oldest, first)
+                count += n
+            if count:
+                drops.append(Drop(rec.DROP_TTL, prio, count, oldest))
+        if drops:
+            self._record_drops(conn, drops, now_ms)
+        return drops
+
+    # ---------------------------------------------------------------------------------- read path
+
+    def select_pending(self, conn: sqlite3.Connection, prio: int, rx_from: int, rx_to: int,
+                       limit: int) -> list[PendingRow]:
+        """Pending rows of one priority with rx_from <= rx_ms < rx_to, oldest first."""
+        return [PendingRow(*r) for r in conn.execute(
+            "SELECT id, priority, rx_ms, record FROM readings WHERE batch IS NULL AND priority=? AND rx_ms >= ? "
+            "AND rx_ms < ? ORDER BY rx_ms, id LIMIT ?", (prio, rx_from, rx_to, limit))]
+
+    def first_pending_rx(self, conn: sqlite3.Connection, prio: int, rx_from: int = -(1 << 62)) -> int | None:
+        row = conn.execute("SELECT rx_ms FROM readings WHERE batch IS NULL AND priority=? AND rx_ms >= ? "
+                           "ORDER BY rx_ms LIMIT 1", (prio, rx_from)).fetchone()
+        return None if row is None else int(row[0])
+
+    def count_pending_before(self, conn: sqlite3.Connection, rx_to: int) -> int:
+        n = 0
+        for p in PRIORITIES:
+            n += conn.execute("SELECT count(*) FROM readings WHERE batch IS NULL AND priority=? AND rx_ms < ?",
+                              (p, rx_to)).fetchone()[0]
+        return n
+
+    # ---------------------------------------------------------------------------------- outbox
+
+    def load_chain(self, conn: sqlite3.Connection, gateway_id: str) -> tuple[int, bytes]:
+        row = conn.execute("SELECT gateway_id, next_seq, prev_hash FROM chain WHERE id=0").fetchone()
+        if row is None:
+            return 0, batch.ZERO_HASH
+        if row[0] != gateway_id:
+            raise BufferError(f"buffer belongs to gateway {row[0]!r}, not {gateway_id!r}; use another state_dir")
+        return int(row[1]), bytes(row[2])
+
+    def outbox_add(self, conn: sqlite3.Connection, gateway_id: str, signed: batch.SignedBatch, created_ms: int,
+                   ids: Sequence[int]) -> None:
+        """Inside a transaction: the signed batch, its rows marked, the chain advanced (all or nothing)."""
+        conn.execute("INSERT INTO outbox(seq, lane, created_ms, count, ids, data) VALUES (?,?,?,?,?,?)",
+                     (signed.seq, signed.lane, created_ms, signed.count, array("q", ids).tobytes(), signed.data))
+        conn.executemany("UPDATE readings SET batch=? WHERE id=?", [(signed.seq, i) for i in ids])
+        conn.execute("INSERT INTO chain(id, gateway_id, next_seq, prev_hash) VALUES (0,?,?,?) ON CONFLICT(id) "
+                     "DO UPDATE SET next_seq=excluded.next_seq, prev_hash=excluded.prev_hash",
+                     (gateway_id, signed.seq + 1, signed.digest))
+        self.outbox_count += 1
+
+    def mark_assigned(self, rows: Sequence[PendingRow]) -> None:
+        for r in rows:
+            self.pending[r.priority] -= 1
+
+    def outbox_done(self, conn: sqlite3.Connection, seq: int, ids: Sequence[int]) -> None:
+        """After PUBACK: delete the batch and its readings."""
+        conn.executemany("DELETE FROM readings WHERE id=?", [(i,) for i in ids])
+        if conn.execute("DELETE FROM outbox WHERE seq=?", (seq,)).rowcount:
+            self.outbox_count -= 1
+
+    def outbox_entries(self, conn: sqlite3.Connection) -> list[OutboxEntry]:
+        out = []
+        for seq, lane, created, count, ids, data in conn.execute(
+                "SELECT seq, lane, created_ms, count, ids, data FROM outbox ORDER BY seq"):
+            a = array("q")
+            a.frombytes(ids)
+            out.append(OutboxEntry(seq, lane, created, count, tuple(a), bytes(data)))
+        return out
+
+    def oldest_pending_rx(self, conn: sqlite3.Connection) -> int | None:
+        vals = [v for v in (self.first_pending_rx(conn, p) for p in PRIORITIES) if v is not None]
+        return min(vals) if vals else None

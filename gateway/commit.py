@@ -1,0 +1,119 @@
+"""Commit stage: one durable SQLite transaction per group of records (group commit).
+
+While a transaction is being fsynced on the DB thread, new records queue up; the next transaction takes
+all of them (up to ``group_commit_max``). One transaction stores the readings (buffer.py), the highest
+committed uplink counter of each device and any downlink counters allocated for them (replay.py), and
+takes the queued commands their receive windows will carry (downlinks.py). Only after COMMIT returns
+(synchronous=FULL: the WAL is fsynced) are the readings counted as accepted, the forwarder woken and the
+ACK downlinks released. A failing transaction is fatal: the stage raises, the daemon exits non-zero and
+systemd restarts it; nothing in that group was acknowledged, and the counters on disk are those of the
+last committed group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lifeline.gateway import records as rec
+from lifeline.gateway.buffer import Buffer, WriteResult
+from lifeline.gateway.clock import Clock
+from lifeline.gateway.downlinks import CommandQueue
+from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
+from lifeline.gateway.log import Log
+from lifeline.gateway.pipeline import Barrier, Item
+from lifeline.gateway.replay import ReplayGuard
+from lifeline.gateway.statedb import StateDB, Transaction
+from lifeline.gateway.stats import Stats
+from lifeline.protocols import frame, schema
+
+_log = Log("commit")
+
+
+class CommitStage:
+    def __init__(self, *, db: StateDB, buffer: Buffer, replay: ReplayGuard, commands: CommandQueue, clock: Clock,
+                 stats: Stats, group_max: int, on_commit: Callable[[], None]) -> None:
+        self.db = db
+        self.buffer = buffer
+        self.replay = replay
+        self.commands = commands
+        self.clock = clock
+        self.stats = stats
+        self.group_max = group_max
+        self.on_commit = on_commit
+        self.last_commit_s = 0.0
+        self.last_group = 0
+
+    def commit(self, conn: sqlite3.Connection, items: list[Item], now_ms: int) -> tuple[WriteResult,
+                                                                                        list[rec.DownlinkPlan]]:
+        """One transaction (runs on the DB thread)."""
+        plans: list[rec.DownlinkPlan] = []
+        with Transaction(conn):
+            res = self.buffer.write_group(conn, items, now_ms)
+            top: dict[bytes, tuple[int, int]] = {}
+            for it in items:
+                if not isinstance(it, rec.Reading):
+                    continue
+                prev = top.get(it.device_id)
+                if prev is None or it.fcnt > prev[1]:
+                    top[it.device_id] = (it.key_epoch, it.fcnt)
+                ack = bool(it.frame_flags & frame.FLAG_ACK_REQ)
+                if not ack and not self.commands.has_open(it.device_id):
+                    continue
+                cmd = self.commands.take(conn, it.device_id, now_ms, ack_only=ack)
+                if not ack and cmd is None:
+                    continue
+                down = self.replay.alloc_down(it.device_id, it.key_epoch)
+                if down is None:
+                    _log.error("downlink counter exhausted; re-key the device", device=it.device_id)
+                    continue
+                plans.append(rec.DownlinkPlan(it, down, cmd))
+            self.replay.persist(conn, [(dev, epoch, fcnt) for dev, (epoch, fcnt) in top.items()])
+        return res, plans
+
+    async def run(self, inq: asyncio.Queue[list[Item] | Barrier], out: asyncio.Queue[Any],
+                  heartbeat: Heartbeat) -> None:
+        while True:
+            try:
+                first = await asyncio.wait_for(inq.get(), HEARTBEAT_S)
+            except TimeoutError:
+                heartbeat.beat()
+                continue
+            group: list[Item] = []
+            barrier: Barrier | None = None
+            nxt: list[Item] | Barrier = first
+            while True:
+                if isinstance(nxt, Barrier):
+                    barrier = nxt
+                    break
+                group.extend(nxt)
+                if len(group) >= self.group_max or inq.empty():
+                    break
+                nxt = inq.get_nowait()
+            if group:
+                await self._commit_group(group, out)
+            if barrier is not None:
+                await out.put(barrier)
+            heartbeat.beat()
+
+    async def _commit_group(self, group: list[Item], out: asyncio.Queue[Any]) -> None:
+        now = self.clock.now_ms()
+        t0 = time.perf_counter()
+        res, plans = await self.db.run(lambda c: self.commit(c, group, now))
+        self.last_commit_s = time.perf_counter() - t0
+        self.last_group = len(group)
+        self.stats.commits.inc()
+        for p in (schema.P_ALARM, schema.P_EVENT, schema.P_PERIODIC):
+            if res.inserted[p]:
+                self.stats.committed.inc(schema.PRIORITY_NAMES[p], n=res.inserted[p])
+        if res.late_receptions:
+            self.stats.late_receptions.inc(n=res.late_receptions)
+        for d in res.drops:
+            self.stats.drops.inc(rec.DROP_REASONS[d.reason], schema.PRIORITY_NAMES[d.priority], n=d.count)
+            _log.warning("buffer over quota: dropped", priority=schema.PRIORITY_NAMES[d.priority], count=d.count)
+        self.on_commit()
+        if plans:
+            await out.put(plans)

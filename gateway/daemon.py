@@ -1,0 +1,504 @@
+"""The gateway daemon: assembles the stages from the config and runs them.
+
+    adapters --submit--> [ingest: verify, dedupe, replay, priority, rules] --lists--> [commit: one SQLite
+    transaction per group, fsync] --plans--> [downlinks: ACK / commands via the adapter that heard it]
+                                          \\--wake--> [forwarder: sign -> outbox -> publish -> PUBACK -> delete]
+
+:class:`Gateway` is the in-process form (tests build it with a MemoryPublisher and MemoryAdapters);
+:func:`run` is ``lifeline gateway run``: systemd notify, watchdog, signals, final flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lifeline.gateway import log as logmod
+from lifeline.gateway.buffer import Buffer, BufferError
+from lifeline.gateway.clock import Clock, SystemClock
+from lifeline.gateway.commit import CommitStage
+from lifeline.gateway.config import ConfigError, GatewayConfig, load
+from lifeline.gateway.dedupe import Deduper
+from lifeline.gateway.devices import DeviceTable, KeyCache
+from lifeline.gateway.downlinks import CommandQueue, DownlinkSender
+from lifeline.gateway.forwarder import Forwarder
+from lifeline.gateway.health import HEARTBEAT_S, Heartbeats
+from lifeline.gateway.ingress import registry as adapter_registry
+from lifeline.gateway.ingress.base import IngressAdapter
+from lifeline.gateway.metrics import Metrics, MetricsServer
+from lifeline.gateway.pipeline import Barrier, Pipeline
+from lifeline.gateway.registry import Registry, RegistryError
+from lifeline.gateway.replay import ReplayGuard
+from lifeline.gateway.rules import NoRules, RulesHook
+from lifeline.gateway.sdnotify import Notifier
+from lifeline.gateway.statedb import StateDB, Transaction
+from lifeline.gateway.stats import Stats
+from lifeline.gateway.uplink_api import AckedPublisher, CommandSource, UplinkService, UplinkUnavailable
+from lifeline.protocols import keys as keyfile
+from lifeline.protocols import schema
+
+_log = logmod.Log("daemon")
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 3
+STOP_TIMEOUT_S = 5.0
+
+
+class StartupError(Exception):
+    """The environment does not allow the daemon to start (key file, state DB, adapter options)."""
+
+
+class NullPublisher:
+    """Used when the config has no uplink endpoints: the gateway buffers everything and sends nothing."""
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        raise UplinkUnavailable("no uplink endpoints configured")
+
+    def is_connected(self) -> bool:
+        return False
+
+    def endpoint_states(self) -> Mapping[str, str]:
+        return {}
+
+
+class Watchdog:
+    """Pings systemd only while every stage heartbeat is fresh."""
+
+    def __init__(self, notifier: Notifier, heartbeats: Heartbeats, max_age_s: float) -> None:
+        self.notifier = notifier
+        self.heartbeats = heartbeats
+        self.max_age_s = max_age_s
+        self.pings = 0
+        self.withheld = 0
+        self._warned: tuple[str, ...] = ()
+
+    def tick(self) -> bool:
+        stale = tuple(self.heartbeats.stale(self.max_age_s))
+        if stale:
+            self.withheld += 1
+            if stale != self._warned:
+                _log.warning("stage not making progress; withholding watchdog ping", stages=",".join(stale))
+            self._warned = stale
+            return False
+        self._warned = ()
+        self.pings += 1
+        self.notifier.watchdog()
+        return True
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, publisher: AckedPublisher | None = None,
+                 adapters: Sequence[IngressAdapter] | None = None, clock: Clock | None = None,
+                 rules: RulesHook | None = None, signing_key: Ed25519PrivateKey | None = None,
+                 serve_metrics: bool = True, run_forwarder: bool = True) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self._publisher = publisher
+        self._given_adapters = adapters
+        self._signing_key = signing_key
+        self.rules: RulesHook = rules or NoRules()
+        self.serve_metrics = serve_metrics
+        self.run_forwarder = run_forwarder
+        self.metrics = Metrics()
+        self.stats = Stats(self.metrics)
+        self.heartbeats = Heartbeats(self.clock)
+        self.devices = DeviceTable()
+        self.keys = KeyCache(config.pipeline.key_cache)
+        self.dedupe = Deduper(config.dedupe.window_ms)
+        self.replay = ReplayGuard()
+        self.buffer = Buffer(config.buffer)
+        self.adapters: dict[str, IngressAdapter] = {}
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
+        self.oldest_pending_rx: int | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._registry: Registry | None = None
+        self._db: StateDB | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._started_adapters: list[IngressAdapter] = []
+        self._stopped = False
+
+    # ------------------------------------------------------------------ parts (valid after start)
+
+    @property
+    def db(self) -> StateDB:
+        assert self._db is not None, "gateway not started"
+        return self._db
+
+    @property
+    def publisher(self) -> AckedPublisher:
+        assert self._publisher is not None, "gateway not started"
+        return self._publisher
+
+    @property
+    def sink(self) -> Pipeline:
+        return self.pipeline
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            key = self._signing_key or keyfile.load_private_key(cfg.gateway.key_file)
+        except keyfile.KeyFileError as e:
+            raise StartupError(str(e)) from None
+        try:
+            self._registry = await asyncio.to_thread(Registry, cfg.gateway.registry_db)
+            self._db = StateDB(cfg.gateway.buffer_db)
+        except OSError as e:
+            raise StartupError(f"state database: {e}") from None
+        reg = self._registry
+        devices, generation = await asyncio.to_thread(lambda: (list(reg.all()), reg.generation()))
+        self.devices.replace(devices, generation)
+        if self._publisher is None:
+            self._publisher = self._make_uplink()
+        self.commands = CommandQueue(self.db, self.devices, cfg.downlinks, self.clock, self.stats, cfg.gateway.id)
+        self.forwarder = Forwarder(db=self.db, buffer=self.buffer, publisher=self.publisher, signing_key=key,
+                                   gateway_id=cfg.gateway.id, config=cfg.forwarder,
+                                   collect_ms=cfg.dedupe.collect_ms, clock=self.clock, stats=self.stats)
+
+        def open_state(conn: Any) -> None:
+            self.buffer.open(conn)
+            self.replay.load(conn)
+            self.commands.load(conn)
+            self.forwarder.open(conn)
+
+        try:
+            await self.db.run(open_state)
+        except BufferError as e:
+            raise StartupError(str(e)) from None
+        self.pipeline = Pipeline(
+            devices=self.devices, keys=self.keys, dedupe=self.dedupe, replay=self.replay,
+            allocate_id=self.buffer.allocate_id, rules=self.rules, stats=self.stats,
+            queue_max=cfg.pipeline.queue_batches * cfg.pipeline.batch_max, batch_max=cfg.pipeline.batch_max,
+            now_ms=self.clock.now_ms)
+        self.commit_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
+        self.plan_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
+        self.commit_stage = CommitStage(db=self.db, buffer=self.buffer, replay=self.replay, commands=self.commands,
+                                        clock=self.clock, stats=self.stats,
+                                        group_max=cfg.buffer.group_commit_max, on_commit=self.forwarder.wake)
+        self.sender = DownlinkSender(devices=self.devices, keys=self.keys, commands=self.commands,
+                                     adapters=self.adapters, config=cfg.downlinks, clock=self.clock,
+                                     stats=self.stats)
+        self._register_gauges()
+
+        # consumers first: uplink, forwarder, commit, then the producers (adapters)
+        if isinstance(self._publisher, UplinkService):
+            await self._publisher.start()
+        if isinstance(self._publisher, CommandSource):
+            self._publisher.set_command_handler(self.commands.handle)
+        hb = self.heartbeats
+        self._spawn("downlinks", self.sender.run(self.plan_q, hb.register("downlinks")))
+        self._spawn("commit", self.commit_stage.run(self.commit_q, self.plan_q, hb.register("commit")))
+        self._spawn("ingest", self.pipeline.run(self.commit_q, hb.register("ingest")))
+        self._spawn("results", self.commands.publish_results(self.publisher, hb.register("results")))
+        self._spawn("maintenance", self._maintenance(hb.register("maintenance")))
+        if self.run_forwarder:
+            self._spawn("forwarder", self.forwarder.run(hb.register("forwarder")))
+        if self.serve_metrics:
+            self._metrics_server = MetricsServer(self.metrics, cfg.metrics.listen, cfg.metrics.port)
+            try:
+                self.metrics_address = await self._metrics_server.start()
+                self._metrics_server.write_address(cfg.gateway.state_dir / "metrics.addr")
+            except OSError as e:
+                raise StartupError(f"metrics port {cfg.metrics.listen}:{cfg.metrics.port}: {e.strerror}") from None
+        await self._start_adapters()
+        _log.info("started", gateway=cfg.gateway.id, devices=len(self.devices), adapters=len(self.adapters),
+                  pending=sum(self.buffer.pending), outbox=self.buffer.outbox_count, next_seq=self.forwarder.next_seq)
+
+    def _make_uplink(self) -> AckedPublisher:
+        cfg = self.config
+        if not cfg.uplink.endpoints:
+            _log.warning("no uplink endpoints configured: buffering only")
+            return NullPublisher()
+        from lifeline.gateway.uplink import MqttUplink
+
+        uplink: AckedPublisher = MqttUplink.from_config(cfg.gateway.id, cfg.uplink, clock=self.clock)
+        return uplink
+
+    async def _start_adapters(self) -> None:
+        cfg = self.config
+        if self._given_adapters is not None:
+            adapters = list(self._given_adapters)
+        else:
+            ctx = adapter_registry.AdapterContext(cfg.gateway.id, cfg.gateway.state_dir, self.clock)
+            adapters = []
+            for i, spec in enumerate(cfg.ingress):
+                try:
+                    adapters.append(adapter_registry.create(spec, ctx))
+                except adapter_registry.AdapterOptionError as e:
+                    key = f"ingress[{i}].options" + (f".{e.option}" if e.option else "")
+                    raise StartupError(str(ConfigError(cfg.source, key, e.reason))) from None
+                except adapter_registry.AdapterUnavailable as e:
+                    raise StartupError(str(ConfigError(cfg.source, f"ingress[{i}].type", str(e)))) from None
+        for a in adapters:
+            self.adapters[a.name] = a
+        for a in adapters:
+            try:
+                await a.start(self.pipeline)
+            except OSError as e:
+                raise StartupError(f"adapter {a.name}: {e.strerror or e}") from None
+            self._started_adapters.append(a)
+            _log.info("adapter started", adapter=a.name, radio=a.radio)
+
+    def _spawn(self, name: str, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"gateway-{name}")
+        self._tasks[name] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled() or self._stopped:
+                return
+            exc = t.exception()
+            self.failure = exc or RuntimeError(f"stage {name} ended")
+            _log.error("stage failed", stage=name, error=type(self.failure).__name__,
+                       detail=logmod.scrub(str(self.failure))[:200])
+            self.failed.set()
+
+        task.add_done_callback(done)
+
+    # ------------------------------------------------------------------ running
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is committed and its downlinks were handed over."""
+        b = Barrier()
+        await self.pipeline.queue.put(b)
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(b.done)
+        failed: asyncio.Future[Any] = asyncio.ensure_future(self.failed.wait())
+        try:
+            await asyncio.wait({waiter, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+        if not waiter.done():
+            waiter.cancel()
+            raise RuntimeError("gateway failed while flushing") from self.failure
+
+    async def forward_all(self) -> int:
+        """Tests (with run_forwarder=False): run forwarder steps until nothing is due now; returns batches."""
+        n = 0
+        while True:
+            delay = await self.forwarder.step()
+            if delay == 0:
+                n += 1
+                continue
+            if self.forwarder.inflight:
+                await self.forwarder.wait_inflight()
+                continue
+            return n
+
+    async def maintain(self) -> None:
+        """One maintenance pass: TTL sweep, command expiry, registry reload, cached gauges."""
+        now = self.clock.now_ms()
+
+        def sweep(conn: Any) -> tuple[list[Any], int | None]:
+            with Transaction(conn, durable=False):
+                drops = self.buffer.sweep_ttl(conn, now)
+            return drops, self.buffer.oldest_pending_rx(conn)
+
+        drops, self.oldest_pending_rx = await self.db.run(sweep)
+        for d in drops:
+            self.stats.drops.inc("ttl", schema.PRIORITY_NAMES[d.priority], n=d.count)
+            _log.warning("buffer TTL: dropped", priority=schema.PRIORITY_NAMES[d.priority], count=d.count)
+        await self.commands.expire_due()
+        await self.reload_devices()
+        self.forwarder.wake()
+
+    async def reload_devices(self, force: bool = False) -> bool:
+        reg = self._registry
+        assert reg is not None
+        generation = await asyncio.to_thread(reg.generation)
+        if generation == self.devices.generation and not force:
+            return False
+        devices = await asyncio.to_thread(lambda: list(reg.all()))
+        changed = self.devices.replace(devices, generation)
+        self.keys.invalidate(changed)
+        for d in changed:
+            self.dedupe.forget(d)
+        _log.info("registry reloaded", devices=len(devices), changed=len(changed), generation=generation)
+        return True
+
+    async def _maintenance(self, heartbeat: Any) -> None:
+        interval = self.config.buffer.maintenance_s
+        next_run = self.clock.monotonic()
+        while True:
+            heartbeat.beat()
+            if self.clock.monotonic() >= next_run:
+                await self.maintain()
+                next_run = self.clock.monotonic() + interval
+            await asyncio.sleep(min(HEARTBEAT_S, interval))
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop adapters, commit what is in flight, give PUBACKs a moment, close everything."""
+        if self._stopped:
+            return
+        for a in reversed(self._started_adapters):
+            try:
+                await asyncio.wait_for(a.stop(), timeout_s)
+            except Exception as e:
+                _log.warning("adapter stop failed", adapter=a.name, error=type(e).__name__)
+        if "commit" in self._tasks and not self.failed.is_set():
+            try:
+                await asyncio.wait_for(self.flush(), timeout_s)
+            except (TimeoutError, RuntimeError) as e:
+                _log.error("final flush incomplete", error=type(e).__name__)
+        if "forwarder" in self._tasks or hasattr(self, "forwarder"):
+            with contextlib.suppress(AttributeError):
+                await self.forwarder.stop(timeout_s)
+        self._stopped = True
+        for t in self._tasks.values():
+            t.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if hasattr(self, "sender"):
+            await self.sender.wait_idle()
+        if isinstance(self._publisher, UplinkService):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._publisher.close(), timeout_s)
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
+        if self._db is not None:
+            self._db.close()
+        if self._registry is not None:
+            self._registry.close()
+        _log.info("stopped", gateway=self.config.gateway.id)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _register_gauges(self) -> None:
+        m = self.metrics
+        buf = self.buffer
+        clock = self.clock
+        m.gauge("backlog", "Buffered records not yet in a signed batch, by priority.",
+                lambda: [((schema.PRIORITY_NAMES[p],), buf.pending[p]) for p in range(3)], ("priority",))
+        m.gauge("outbox_batches", "Signed batches awaiting PUBACK.", lambda: [((), buf.outbox_count)])
+        m.gauge("inflight_batches", "Batches published and awaiting PUBACK now.",
+                lambda: [((), self.forwarder.inflight)])
+        m.gauge("oldest_buffered_age_seconds", "Age of the oldest pending record (refreshed by maintenance).",
+                lambda: [((), 0 if self.oldest_pending_rx is None
+                          else max(0, clock.now_ms() - self.oldest_pending_rx) / 1000)])
+        m.gauge("drain_rate", "Records PUBACKed per second (last 30 s).",
+                lambda: [((), round(self.forwarder.drain_rate(), 3))])
+        m.gauge("drain_eta_seconds", "Pending records / drain rate (-1 while nothing drains).",
+                lambda: [((), self._eta())])
+        m.gauge("uplink_up", "1 per endpoint and its current state.",
+                lambda: [((name, state), 1) for name, state in self.publisher.endpoint_states().items()],
+                ("endpoint", "state"))
+        m.gauge("uplink_connected", "1 if a broker connection is up.",
+                lambda: [((), int(self.publisher.is_connected()))])
+        m.gauge("disk_bytes", "State database files on disk (db + wal + shm).",
+                lambda: [(("buffer",), self.db.file_bytes()),
+                         (("registry",), _file_bytes(self.config.gateway.registry_db))], ("db",))
+        m.gauge("disk_quota_bytes", "Configured buffer quota.", lambda: [((), buf.quota_bytes)])
+        m.gauge("over_quota", "1 while signed in-flight data alone exceeds the quota.",
+                lambda: [((), int(buf.over_quota))])
+        m.gauge("devices", "Registered devices by status.", lambda: self._device_counts(), ("status",))
+        m.gauge("next_seq", "Sequence number of the next signed batch.", lambda: [((), self.forwarder.next_seq)])
+        m.gauge("ingest_queue", "Frames waiting for the ingest stage.", lambda: [((), self.pipeline.queue.qsize())])
+        m.gauge("last_commit_seconds", "Duration of the last group commit (incl. fsync).",
+                lambda: [((), round(self.commit_stage.last_commit_s, 6))])
+        m.gauge("last_commit_group", "Records in the last group commit.",
+                lambda: [((), self.commit_stage.last_group)])
+        m.gauge("stage_heartbeat_age_seconds", "Seconds since each stage last reported progress.",
+                lambda: [((n,), round(a, 3)) for n, a in sorted(self.heartbeats.ages().items())], ("stage",))
+        m.gauge("adapter_counter", "Counters reported by ingress adapters.", lambda: self._adapter_counters(),
+                ("adapter", "counter"))
+        m.gauge("commands_open", "Platform commands waiting for a receive window.",
+                lambda: [((), sum(self.commands.open_by_device.values()))])
+
+    def _eta(self) -> float:
+        rate = self.forwarder.drain_rate()
+        pending = sum(self.buffer.pending)
+        if pending == 0:
+            return 0
+        return round(pending / rate, 1) if rate > 0 else -1
+
+    def _device_counts(self) -> list[tuple[tuple[str, ...], float]]:
+        counts = {"active": 0, "revoked": 0}
+        for dev in list(self.devices._devices.values()):
+            counts[dev.status] = counts.get(dev.status, 0) + 1
+        return [((k,), v) for k, v in counts.items()]
+
+    def _adapter_counters(self) -> list[tuple[tuple[str, ...], float]]:
+        out: list[tuple[tuple[str, ...], float]] = []
+        for name, a in self.adapters.items():
+            try:
+                out.extend(((name, k), v) for k, v in a.counters().items())
+            except Exception:
+                continue
+        return out
+
+
+def _file_bytes(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            total += os.stat(str(path) + suffix).st_size
+    return total
+
+
+def watchdog_max_age(watchdog_s: float) -> float:
+    """How stale a stage may be before pings stop: half the systemd timeout, never below 3 heartbeats."""
+    return max(3 * HEARTBEAT_S, watchdog_s / 2)
+
+
+async def serve(config: GatewayConfig, notifier: Notifier | None = None) -> int:
+    """Run until SIGTERM/SIGINT or a stage failure. Returns the exit code."""
+    notifier = notifier or Notifier()
+    gw = Gateway(config)
+    try:
+        await gw.start()
+    except (StartupError, RegistryError) as e:
+        _log.error("cannot start", reason=logmod.scrub(str(e)))
+        await gw.stop(timeout_s=1.0)
+        return EXIT_CONFIG
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchdog_task: asyncio.Task[None] | None = None
+    if notifier.watchdog_s:
+        wd = Watchdog(notifier, gw.heartbeats, watchdog_max_age(notifier.watchdog_s))
+        interval = notifier.watchdog_s / 2
+
+        async def ping() -> None:
+            while True:
+                wd.tick()
+                await asyncio.sleep(interval)
+
+        watchdog_task = asyncio.create_task(ping())
+    notifier.ready(f"gateway {config.gateway.id}: {len(gw.devices)} devices, {len(gw.adapters)} adapters")
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(gw.failed.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    failed = gw.failed.is_set()
+    _log.info("stopping", reason="stage failure" if failed else "signal")
+    notifier.stopping()
+    t0 = time.monotonic()
+    if watchdog_task is not None:
+        watchdog_task.cancel()
+    await gw.stop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    _log.info("shutdown complete", seconds=round(time.monotonic() - t0, 3))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def run(config_path: str | Path) -> int:
+    """``lifeline gateway run``: validate the config, then serve. Returns the exit code."""
+    logmod.setup("info")
+    try:
+        config = load(config_path)
+    except ConfigError as e:
+        _log.error("invalid configuration", error=str(e))
+        return EXIT_CONFIG
+    logmod.setup(config.gateway.log_level)
+    os.umask(0o077)
+    return asyncio.run(serve(config))

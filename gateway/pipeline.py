@@ -1,0 +1,191 @@
+"""Ingest stage: the FrameSink every adapter feeds; decode + verify, dedupe, replay check, priority, rules.
+
+Adapters ``await submit(frame)``; the bounded queue is the back-pressure (a full pipeline makes the
+adapter wait, it never drops silently). The stage takes what has arrived as one batch, runs
+:meth:`Pipeline.process` (pure CPU, no I/O) and passes a list of records to the commit stage.
+Every frame ends as exactly one of: a Reading, a ReceptionUpdate, or a counted Rejection (never an
+exception out of the stage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lifeline.gateway import records as rec
+from lifeline.gateway.dedupe import Deduper
+from lifeline.gateway.devices import DeviceTable, KeyCache
+from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
+from lifeline.gateway.ingress.base import RawFrame
+from lifeline.gateway.log import Log
+from lifeline.gateway.priority import classify, raise_to
+from lifeline.gateway.replay import ReplayGuard
+from lifeline.gateway.rules import RulesHook
+from lifeline.gateway.stats import Stats
+from lifeline.protocols import fastpath, frame, schema
+
+_log = Log("ingest")
+Item = rec.Reading | rec.ReceptionUpdate | rec.GatewayEvent
+_RATE_LIMIT_MS = 10_000
+
+
+class Barrier:
+    """Travels through the stage queues behind everything submitted before it (flush / shutdown)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Pipeline:
+    def __init__(self, *, devices: DeviceTable, keys: KeyCache, dedupe: Deduper, replay: ReplayGuard,
+                 allocate_id: Callable[[], int], rules: RulesHook, stats: Stats, queue_max: int, batch_max: int,
+                 now_ms: Callable[[], int]) -> None:
+        self.devices = devices
+        self.keys = keys
+        self.dedupe = dedupe
+        self.replay = replay
+        self.allocate_id = allocate_id
+        self.rules = rules
+        self.stats = stats
+        self.batch_max = batch_max
+        self._now_ms = now_ms
+        self.queue: asyncio.Queue[RawFrame | Barrier] = asyncio.Queue(maxsize=queue_max)
+        self._last_warn: dict[str, int] = {}
+        self.last_rejection: rec.Rejection | None = None
+
+    # ------------------------------------------------------------------ FrameSink
+
+    async def submit(self, frame: RawFrame) -> None:
+        await self.queue.put(frame)
+
+    async def submit_many(self, frames: Sequence[RawFrame]) -> None:
+        for f in frames:
+            await self.queue.put(f)
+
+    # ------------------------------------------------------------------ stage loop
+
+    async def run(self, out: asyncio.Queue[list[Item] | Barrier], heartbeat: Heartbeat) -> None:
+        q = self.queue
+        while True:
+            try:
+                first = await asyncio.wait_for(q.get(), HEARTBEAT_S)
+            except TimeoutError:
+                heartbeat.beat()
+                continue
+            frames: list[RawFrame] = []
+            barrier: Barrier | None = None
+            item: RawFrame | Barrier = first
+            while True:
+                if isinstance(item, Barrier):
+                    barrier = item
+                    break
+                frames.append(item)
+                if len(frames) >= self.batch_max or q.empty():
+                    break
+                item = q.get_nowait()
+            if frames:
+                items = self.process(frames)
+                if items:
+                    await out.put(items)
+            if barrier is not None:
+                await out.put(barrier)
+            heartbeat.beat()
+
+    # ------------------------------------------------------------------ hot path
+
+    def process(self, frames: Sequence[RawFrame]) -> list[Item]:
+        out: list[Item] = []
+        for f in frames:
+            try:
+                self._one(f, out)
+            except Exception as e:  # defensive: a bug here must cost one frame, not the daemon
+                self._reject(rec.R_INTERNAL, f, None, type(e).__name__)
+                _log.error("internal error on a frame", error=type(e).__name__)
+        return out
+
+    def _reject(self, reason: str, f: RawFrame, device: bytes | None, detail: str = "") -> None:
+        rc = f.reception
+        self.stats.rejects.inc(reason, rc.radio)
+        self.last_rejection = rec.Rejection(reason, rc.radio, rc.adapter, device, detail)
+        now = self._now_ms()
+        if now - self._last_warn.get(reason, -_RATE_LIMIT_MS) >= _RATE_LIMIT_MS:
+            self._last_warn[reason] = now
+            _log.warning("frame rejected", reason=reason, radio=rc.radio, adapter=rc.adapter,
+                         device=device.hex() if device else "-", total=self.stats.rejects.get(reason, rc.radio))
+
+    def _one(self, f: RawFrame, out: list[Item]) -> None:
+        payload = f.payload
+        rc = f.reception
+        self.stats.frames_in.inc(rc.radio, rc.adapter)
+        if not isinstance(payload, bytes | bytearray):
+            self._reject("bad_type", f, None)
+            return
+        payload = bytes(payload)
+        try:
+            hdr = frame.parse_header(payload)
+        except frame.FrameError as e:
+            self._reject(e.reason, f, None)
+            return
+        dev_id = hdr.dev_id
+        dev = self.devices.get(dev_id)
+        if dev is None:
+            self._reject(rec.R_UNKNOWN_DEVICE, f, dev_id)
+            return
+        if not dev.active:
+            self._reject(rec.R_REVOKED_DEVICE, f, dev_id)
+            return
+        if hdr.flags & frame.FLAG_DOWN:
+            self._reject("bad_direction", f, dev_id)
+            return
+        recent = self.dedupe.match(dev_id, hdr.fcnt, rc.rx_ms)
+        if recent is not None and recent.payload == payload:
+            if recent.count >= self.dedupe.max_receptions:
+                self._reject(rec.R_TOO_MANY_RECEPTIONS, f, dev_id)
+                return
+            recent.count += 1
+            self.stats.duplicates.inc(rc.radio)
+            out.append(rec.ReceptionUpdate(recent.reading_id, dev_id, hdr.fcnt, rc))
+            return
+        keys = self.keys.get(dev)
+        try:
+            decoded = fastpath.decode(payload, keys)
+        except frame.FrameError as e:
+            self._reject(e.reason, f, dev_id)
+            return
+        if recent is not None:
+            self._reject(rec.R_COUNTER_REUSE, f, dev_id)
+            return
+        if not self.replay.accept(dev_id, dev.key_epoch, hdr.fcnt):
+            self._reject(rec.R_REPLAY, f, dev_id)
+            return
+        fields: dict[int, Any] = decoded.fields
+        kind = hdr.kind
+        k = schema.KINDS[kind]
+        flags = (rec.RF_QUEUED if hdr.flags & frame.FLAG_QUEUED else 0) | (
+            rec.RF_TEST if hdr.flags & frame.FLAG_TEST else 0)
+        reading = rec.Reading(
+            id=self.allocate_id(), device_id=dev_id, fcnt=hdr.fcnt, node_time=hdr.time, kind=kind, fields=fields,
+            data_class=max(k[1], dev.data_class), priority=classify(kind, fields), flags=flags,
+            frame_flags=hdr.flags, receptions=(rc,), key_epoch=dev.key_epoch)
+        events: tuple[rec.GatewayEvent, ...] = ()
+        if not flags & rec.RF_TEST:
+            try:
+                outcome = self.rules.evaluate(reading)
+            except Exception as e:
+                self.stats.rules_errors.inc()
+                _log.warning("rules hook raised", error=type(e).__name__)
+                outcome = None
+            if outcome is not None:
+                p = raise_to(reading.priority, outcome.priority)
+                if p != reading.priority:
+                    reading = dataclasses.replace(reading, priority=p)
+                events = tuple(e for e in outcome.events
+                               if isinstance(e, rec.GatewayEvent) and e.priority in (0, 1, 2) and len(e.device_id) == 8)
+        self.dedupe.remember(dev_id, hdr.fcnt, rc.rx_ms, payload, reading.id)
+        self.stats.accepted.inc(rc.radio)
+        out.append(reading)
+        out.extend(events)

@@ -1,0 +1,365 @@
+"""Device registry: which nodes this gateway accepts, with their root keys (SQLite, file mode 0600).
+
+Root keys are read by the daemon and by ``devices import`` only; they never appear in ``repr``, logs,
+``devices list`` or error messages. Records come from provisioning as JSON lines (docs/operations.md,
+"Device registry"); when a trusted technician key list is configured, each record must carry a valid
+Ed25519 signature by a listed technician.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from lifeline.gateway.log import Log
+from lifeline.gateway.statedb import Transaction, connect
+from lifeline.protocols import schema
+
+_log = Log("registry")
+_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+ACTIVE = "active"
+REVOKED = "revoked"
+MAX_LINE = 16384
+_RECORD_KEYS = {"device_id", "root_key", "kind", "location", "data_class", "install_date",
+                "design_life_years", "tags", "technician", "signature"}
+_LOCATION_KEYS = {"address", "lat_udeg", "lon_udeg", "spatial_unit"}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', 0);
+CREATE TABLE IF NOT EXISTS devices(
+  device_id BLOB PRIMARY KEY,
+  root_key BLOB NOT NULL,
+  key_epoch INTEGER NOT NULL DEFAULT 0,
+  kind TEXT NOT NULL,
+  address TEXT NOT NULL,
+  lat_udeg INTEGER,
+  lon_udeg INTEGER,
+  spatial_unit TEXT NOT NULL,
+  data_class INTEGER NOT NULL,
+  install_date TEXT NOT NULL,
+  design_life_years INTEGER NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+  tags TEXT NOT NULL,
+  technician TEXT,
+  signature TEXT,
+  updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot proceed (unreadable file, unknown device)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    address: str
+    lat_udeg: int | None  # latitude in microdegrees (integer, no floats anywhere)
+    lon_udeg: int | None
+    spatial_unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    device_id: bytes
+    root_key: bytes = field(repr=False)
+    key_epoch: int
+    kind: str
+    location: Location
+    data_class: int
+    install_date: str
+    design_life_years: int
+    status: str
+    tags: tuple[str, ...]
+    technician: str | None = None
+    signature: str | None = field(default=None, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+    def public_dict(self) -> dict[str, Any]:
+        """Everything but the key, for ``devices list --json``."""
+        return {
+            "device_id": self.device_id.hex(),
+            "kind": self.kind,
+            "location": {"address": self.location.address, "lat_udeg": self.location.lat_udeg,
+                         "lon_udeg": self.location.lon_udeg, "spatial_unit": self.location.spatial_unit},
+            "data_class": schema.CLASS_NAMES[self.data_class],
+            "install_date": self.install_date,
+            "design_life_years": self.design_life_years,
+            "status": self.status,
+            "tags": list(self.tags),
+            "technician": self.technician,
+            "signed": self.signature is not None,
+            "key_epoch": self.key_epoch,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    line: int
+    device_id: str | None
+    outcome: str  # added | updated | unchanged | rekeyed | rejected
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    outcomes: tuple[ImportOutcome, ...]
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for o in self.outcomes if o.outcome == outcome)
+
+    @property
+    def rejected(self) -> int:
+        return self.count("rejected")
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def load_trusted_technicians(path: Path) -> dict[str, Ed25519PublicKey]:
+    """``{"technician name": "<Ed25519 public key, 64 hex>"}``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RegistryError(f"{path}: cannot read trusted technician keys: {type(e).__name__}") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: expected a JSON object name -> public key hex")
+    keys: dict[str, Ed25519PublicKey] = {}
+    for name, hexkey in data.items():
+        if not isinstance(hexkey, str) or not _HEX64.match(hexkey):
+            raise RegistryError(f"{path}: {name}: expected 64 hex characters")
+        keys[name] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(hexkey))
+    return keys
+
+
+def signed_bytes(record: Mapping[str, Any]) -> bytes:
+    """The bytes a technician signs: the record without "signature", canonical JSON (sorted, compact)."""
+    body = {k: v for k, v in record.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _str(rec: Mapping[str, Any], key: str, max_len: int = 256) -> str:
+    v = rec.get(key)
+    if not isinstance(v, str) or len(v) > max_len:
+        raise _Invalid(f"{key}: expected a string of at most {max_len} characters")
+    return v
+
+
+def _int(rec: Mapping[str, Any], key: str, lo: int, hi: int, optional: bool = False) -> int | None:
+    v = rec.get(key)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Invalid(f"{key}: expected an integer")
+    if not lo <= v <= hi:
+        raise _Invalid(f"{key}: {v} outside {lo}..{hi}")
+    return v
+
+
+def parse_record(rec: Any, trusted: Mapping[str, Ed25519PublicKey] | None) -> DeviceRecord:
+    """Validate one provisioning record. Raises _Invalid with a reason that never contains the key."""
+    if not isinstance(rec, dict):
+        raise _Invalid("record is not a JSON object")
+    unknown = sorted(set(rec) - _RECORD_KEYS)
+    if unknown:
+        raise _Invalid(f"unknown key {unknown[0]}")
+    dev = rec.get("device_id")
+    if not isinstance(dev, str) or not _HEX16.match(dev):
+        raise _Invalid("device_id: expected 16 lowercase hex characters")
+    key = rec.get("root_key")
+    if not isinstance(key, str) or not _HEX64.match(key):
+        raise _Invalid("root_key: expected 64 hex characters")
+    kind = _str(rec, "kind", 32)
+    kid = schema.kind_id_by_name(kind)
+    if kid is None or schema.is_downlink_kind(kid):
+        raise _Invalid(f"kind: {kind!r} is not a report kind of the schema registry")
+    loc = rec.get("location")
+    if not isinstance(loc, dict):
+        raise _Invalid("location: expected an object")
+    unknown = sorted(set(loc) - _LOCATION_KEYS)
+    if unknown:
+        raise _Invalid(f"location.{unknown[0]}: unknown key (lat/lon are integers lat_udeg/lon_udeg)")
+    location = Location(
+        address=_str(loc, "address", 512),
+        lat_udeg=_int(loc, "lat_udeg", -90_000_000, 90_000_000, optional=True),
+        lon_udeg=_int(loc, "lon_udeg", -180_000_000, 180_000_000, optional=True),
+        spatial_unit=_str(loc, "spatial_unit", 128) if "spatial_unit" in loc else "",
+    )
+    dc = rec.get("data_class")
+    if dc not in schema.CLASS_NAMES:
+        raise _Invalid(f"data_class: expected one of {', '.join(schema.CLASS_NAMES)}")
+    install = _str(rec, "install_date", 10)
+    try:
+        if not _DATE.match(install):
+            raise ValueError
+        datetime.date.fromisoformat(install)
+    except ValueError:
+        raise _Invalid("install_date: expected YYYY-MM-DD") from None
+    life = _int(rec, "design_life_years", 1, 100)
+    tags = rec.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) and len(t) <= 64 for t in tags) or len(tags) > 64:
+        raise _Invalid("tags: expected a list of at most 64 strings")
+    technician = rec.get("technician")
+    if technician is not None and (not isinstance(technician, str) or len(technician) > 128):
+        raise _Invalid("technician: expected a string")
+    signature = rec.get("signature")
+    if signature is not None and (not isinstance(signature, str) or len(signature) > 1024):
+        raise _Invalid("signature: expected a string")
+    if trusted is not None:
+        if technician is None or signature is None:
+            raise _Invalid("signature: required (trusted technician keys are configured)")
+        pub = trusted.get(technician)
+        if pub is None:
+            raise _Invalid("technician: not in the trusted technician list")
+        try:
+            pub.verify(bytes.fromhex(signature), signed_bytes(rec))
+        except (ValueError, InvalidSignature):
+            raise _Invalid("signature: does not verify with the technician's key") from None
+    assert life is not None
+    return DeviceRecord(
+        device_id=bytes.fromhex(dev), root_key=bytes.fromhex(key), key_epoch=0, kind=kind, location=location,
+        data_class=schema.CLASS_NAMES.index(dc), install_date=install, design_life_years=life, status=ACTIVE,
+        tags=tuple(tags), technician=technician, signature=signature)
+
+
+def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> DeviceRecord:
+    (dev, key, epoch, kind, address, lat, lon, unit, dc, install, life, status, tags, tech, sig) = row
+    return DeviceRecord(
+        device_id=bytes(dev), root_key=bytes(key), key_epoch=epoch, kind=kind,
+        location=Location(address, lat, lon, unit), data_class=dc, install_date=install,
+        design_life_years=life, status=status, tags=tuple(json.loads(tags)), technician=tech, signature=sig)
+
+
+_COLUMNS = ("device_id, root_key, key_epoch, kind, address, lat_udeg, lon_udeg, spatial_unit, data_class, "
+            "install_date, design_life_years, status, tags, technician, signature")
+
+
+def _same_metadata(a: DeviceRecord, b: DeviceRecord) -> bool:
+    return (a.kind, a.location, a.data_class, a.install_date, a.design_life_years, a.tags, a.technician,
+            a.signature) == (b.kind, b.location, b.data_class, b.install_date, b.design_life_years, b.tags,
+                             b.technician, b.signature)
+
+
+class Registry:
+    """Synchronous access to the registry database (the daemon calls it from a worker thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = connect(path)
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def generation(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        return int(row[0])
+
+    def get(self, device_id: bytes) -> DeviceRecord | None:
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE device_id=?", (device_id,)).fetchone()
+        return _row_to_record(row) if row else None
+
+    def all(self) -> Iterator[DeviceRecord]:
+        for row in self.conn.execute(f"SELECT {_COLUMNS} FROM devices ORDER BY device_id"):
+            yield _row_to_record(row)
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM devices").fetchone()[0])
+
+    def import_lines(self, lines: Iterable[str], *, now_ms: int, rekey: bool = False,
+                     trusted: Mapping[str, Ed25519PublicKey] | None = None) -> ImportReport:
+        """Import provisioning records in one transaction; bad lines are rejected with a reason."""
+        outcomes: list[ImportOutcome] = []
+        seen: set[bytes] = set()
+        changed = False
+        with Transaction(self.conn) as conn:
+            for lineno, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                dev_hex: str | None = None
+                try:
+                    if len(line) > MAX_LINE:
+                        raise _Invalid("line too long")
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        raise _Invalid("not valid JSON") from None
+                    if isinstance(obj, dict) and isinstance(obj.get("device_id"), str):
+                        dev_hex = obj["device_id"][:16]
+                    rec = parse_record(obj, trusted)
+                    dev_hex = rec.device_id.hex()
+                    if rec.device_id in seen:
+                        raise _Invalid("device_id appears twice in this file")
+                    seen.add(rec.device_id)
+                    outcome = self._upsert(conn, rec, now_ms, rekey)
+                except _Invalid as e:
+                    outcomes.append(ImportOutcome(lineno, dev_hex, "rejected", e.reason))
+                    _log.warning("import rejected", line=lineno, device=dev_hex or "-", reason=e.reason)
+                    continue
+                if outcome != "unchanged":
+                    changed = True
+                outcomes.append(ImportOutcome(lineno, dev_hex, outcome))
+            if changed:
+                conn.execute("UPDATE meta SET value=value+1 WHERE key='generation'")
+        report = ImportReport(tuple(outcomes))
+        _log.info("import done", added=report.count("added"), updated=report.count("updated"),
+                  rekeyed=report.count("rekeyed"), unchanged=report.count("unchanged"), rejected=report.rejected)
+        return report
+
+    def _upsert(self, conn: sqlite3.Connection, rec: DeviceRecord, now_ms: int, rekey: bool) -> str:
+        old = self.get(rec.device_id)
+        epoch = 0
+        outcome = "added"
+        if old is not None:
+            if old.status == REVOKED:
+                raise _Invalid("device is revoked; provision a new device id")
+            if old.root_key != rec.root_key:
+                if not rekey:
+                    raise _Invalid("root key differs from the registered one (use --rekey to replace it)")
+                epoch, outcome = old.key_epoch + 1, "rekeyed"
+            elif _same_metadata(old, rec):
+                return "unchanged"
+            else:
+                epoch, outcome = old.key_epoch, "updated"
+        loc = rec.location
+        conn.execute(
+            f"INSERT OR REPLACE INTO devices({_COLUMNS}, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rec.device_id, rec.root_key, epoch, rec.kind, loc.address, loc.lat_udeg, loc.lon_udeg,
+             loc.spatial_unit, rec.data_class, rec.install_date, rec.design_life_years, ACTIVE,
+             json.dumps(list(rec.tags)), rec.technician, rec.signature, now_ms))
+        return outcome
+
+    def revoke(self, device_id: bytes, *, now_ms: int) -> bool:
+        """Mark a device revoked; False if it is not registered. Idempotent."""
+        with Transaction(self.conn) as conn:
+            cur = conn.execute("UPDATE devices SET status='revoked', updated_ms=? WHERE device_id=? "
+                               "AND status != 'revoked'", (now_ms, device_id))
+            if cur.rowcount:
+                conn.execute("UPDATE meta SET value=value+1 WHERE key='generation'")
+                _log.info("device revoked", device=device_id)
+                return True
+        return self.get(device_id) is not None
