@@ -2,8 +2,9 @@
 
 Tables (buffer DB, WAL, synchronous=FULL for every commit that admits data):
 
-* ``readings``: one row per accepted reading or gateway event, ``record`` = CBOR array (see
-  :func:`encode_reading`), ``batch`` = outbox seq once signed (NULL while pending). The partial index
+* ``readings``: one row per accepted reading or gateway event, ``record`` = the batch record's wire
+  bytes (:func:`encode_reading`), ``radio`` = radio of the first reception (metrics), ``batch`` = outbox
+  seq once signed (NULL while pending). The partial index
   ``readings_pending(priority, rx_ms) WHERE batch IS NULL`` serves batching, TTL and quota in order.
 * ``outbox``: signed batches (the exact COSE bytes) not yet PUBACKed, with the row ids they carry.
 * ``chain``: the signer's next seq and prev_hash, updated in the transaction that adds to the outbox.
@@ -21,7 +22,6 @@ import sqlite3
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import cbor2
 
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS readings(
   id INTEGER PRIMARY KEY,
   priority INTEGER NOT NULL,
   rx_ms INTEGER NOT NULL,
+  radio TEXT NOT NULL,
   batch INTEGER,
   record BLOB NOT NULL
 );
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS chain(
 PRIORITIES = (schema.P_ALARM, schema.P_EVENT, schema.P_PERIODIC)
 DROP_ORDER = (schema.P_PERIODIC, schema.P_EVENT, schema.P_ALARM)
 _CHUNK = 4096
+GATEWAY_RADIO = "gateway"  # radio column of gateway-made event records
 
 Item = rec.Reading | rec.ReceptionUpdate | rec.GatewayEvent
 
@@ -67,30 +69,49 @@ class BufferError(Exception):
     """The buffer cannot be used (e.g. it belongs to another gateway id)."""
 
 
-def wire_reception(r: Reception) -> list[Any]:
-    return [r.radio, r.adapter, r.rx_ms, r.rssi, r.snr_x10]
+def wire_reception(r: Reception) -> batch.WireReception:
+    return batch.WireReception(r.radio, r.adapter, r.rx_ms, r.rssi, r.snr_x10)
 
 
 def encode_reading(r: rec.Reading, extra: Sequence[Reception] = ()) -> bytes:
-    """Row format: [device, fcnt, node_time, rx_ms, kind, fields, data_class, receptions, flags,
-    record_type, priority] (the batch record's keys 1..11 in order)."""
-    rx = [wire_reception(x) for x in r.receptions]
-    rx.extend(wire_reception(x) for x in extra)
-    return cbor2.dumps([r.device_id, r.fcnt, r.node_time, r.rx_ms, r.kind, dict(r.fields), r.data_class, rx,
-                        r.flags, rec.RT_READING, r.priority])
+    """Row format: the batch record exactly as it goes on the wire (``batch.encode_record``), encoded once
+    here so that signing a batch is a concatenation (``BatchSigner.sign_encoded``)."""
+    rx = tuple(wire_reception(x) for x in r.receptions) + tuple(wire_reception(x) for x in extra)
+    return batch.encode_record(batch.BatchRecord(
+        r.device_id, r.fcnt, r.node_time, r.rx_ms, r.kind, r.fields, r.data_class, rx, r.flags, rec.RT_READING,
+        r.priority))
 
 
 def encode_event(e: rec.GatewayEvent) -> bytes:
-    return cbor2.dumps([e.device_id, e.fcnt, lifeline_time(e.at_ms), e.at_ms, e.code, dict(e.fields),
-                        schema.INTERNAL, [wire_reception(x) for x in e.receptions], 0, rec.RT_EVENT, e.priority])
+    return batch.encode_record(batch.BatchRecord(
+        e.device_id, e.fcnt, lifeline_time(e.at_ms), e.at_ms, e.code, e.fields, schema.INTERNAL,
+        tuple(wire_reception(x) for x in e.receptions), 0, rec.RT_EVENT, e.priority))
 
 
-def decode_record(blob: bytes, extra_flags: int = 0) -> batch.BatchRecord:
-    (dev, fcnt, node_time, rx_ms, kind, fields, dc, rx, flags, rtype, prio) = cbor2.loads(blob)
+def decode_record(blob: bytes) -> batch.BatchRecord:
+    m = cbor2.loads(blob)
     return batch.BatchRecord(
-        device_id=dev, fcnt=fcnt, node_time=node_time, rx_ms=rx_ms, kind=kind, fields=fields, data_class=dc,
-        receptions=tuple(batch.WireReception(a, b, c, d, e) for a, b, c, d, e in rx), flags=flags | extra_flags,
-        record_type=rtype, priority=prio)
+        device_id=m[1], fcnt=m[2], node_time=m[3], rx_ms=m[4], kind=m[5], fields=m[6], data_class=m[7],
+        receptions=tuple(batch.WireReception(*x) for x in m[8]), flags=m[9], record_type=m[10], priority=m[11])
+
+
+def with_flags(blob: bytes, flags: int) -> bytes:
+    """Set record flag bits in an encoded record without re-encoding it. The record map ends with
+    keys 9 (flags), 10 (record type), 11 (priority), each a one-byte uint, so the flags value is the
+    fifth byte from the end."""
+    if not flags:
+        return blob
+    if blob[-6] != 0x09 or blob[-5] > 7:
+        raise ValueError("not an encoded batch record")
+    return blob[:-5] + bytes((blob[-5] | flags,)) + blob[-4:]
+
+
+def add_receptions(blob: bytes, extra: Sequence[Reception]) -> bytes:
+    r = decode_record(blob)
+    rx = r.receptions + tuple(wire_reception(x) for x in extra)
+    return batch.encode_record(batch.BatchRecord(
+        r.device_id, r.fcnt, r.node_time, r.rx_ms, r.kind, r.fields, r.data_class, rx, r.flags, r.record_type,
+        r.priority))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +135,7 @@ class PendingRow:
     id: int
     priority: int
     rx_ms: int
+    radio: str
     record: bytes
 
 
@@ -185,23 +207,22 @@ class Buffer:
                 continue
             row = conn.execute("SELECT priority, batch, record FROM readings WHERE id=?", (it.reading_id,)).fetchone()
             if row is not None and row[1] is None:
-                fields = cbor2.loads(row[2])
-                fields[7].append(wire_reception(it.reception))
-                conn.execute("UPDATE readings SET record=? WHERE id=?", (cbor2.dumps(fields), it.reading_id))
+                conn.execute("UPDATE readings SET record=? WHERE id=?",
+                             (add_receptions(row[2], (it.reception,)), it.reading_id))
                 res.updated_receptions += 1
             else:
-                prio = row[0] if row is not None else schema.P_PERIODIC
+                prio = row[0] if row is not None else it.priority
                 events.append(rec.GatewayEvent(rec.EV_RECEPTIONS, it.device_id, it.reception.rx_ms, prio,
                                                fcnt=it.fcnt, receptions=(it.reception,)))
                 res.late_receptions += 1
-        rows: list[tuple[int, int, int, bytes]] = []
+        rows: list[tuple[int, int, int, str, bytes]] = []
         for r in readings:
-            rows.append((r.id, r.priority, r.rx_ms, encode_reading(r, extra.get(r.id, ()))))
+            rows.append((r.id, r.priority, r.rx_ms, r.receptions[0].radio, encode_reading(r, extra.get(r.id, ()))))
             res.inserted[r.priority] += 1
         for e in events:
-            rows.append((self.allocate_id(), e.priority, e.at_ms, encode_event(e)))
+            rows.append((self.allocate_id(), e.priority, e.at_ms, GATEWAY_RADIO, encode_event(e)))
             res.inserted[e.priority] += 1
-        conn.executemany("INSERT INTO readings(id, priority, rx_ms, record) VALUES (?,?,?,?)", rows)
+        conn.executemany("INSERT INTO readings(id, priority, rx_ms, radio, record) VALUES (?,?,?,?,?)", rows)
         for p in PRIORITIES:
             self.pending[p] += res.inserted[p]
         self.enforce_quota(conn, now_ms, res)
@@ -227,8 +248,8 @@ class Buffer:
             ev = rec.GatewayEvent(rec.EV_BUFFER_DROP, rec.GATEWAY_DEVICE, now_ms, schema.P_EVENT, fields={
                 rec.EVF_PRIORITY: d.priority, rec.EVF_REASON: d.reason, rec.EVF_COUNT: d.count,
                 rec.EVF_OLDEST_RX_MS: d.oldest_rx_ms})
-            rows.append((self.allocate_id(), ev.priority, now_ms, encode_event(ev)))
-        conn.executemany("INSERT INTO readings(id, priority, rx_ms, record) VALUES (?,?,?,?)", rows)
+            rows.append((self.allocate_id(), ev.priority, now_ms, GATEWAY_RADIO, encode_event(ev)))
+        conn.executemany("INSERT INTO readings(id, priority, rx_ms, radio, record) VALUES (?,?,?,?,?)", rows)
         self.pending[schema.P_EVENT] += len(rows)
 
     def enforce_quota(self, conn: sqlite3.Connection, now_ms: int, res: WriteResult | None = None) -> list[Drop]:
@@ -283,7 +304,7 @@ class Buffer:
                        limit: int) -> list[PendingRow]:
         """Pending rows of one priority with rx_from <= rx_ms < rx_to, oldest first."""
         return [PendingRow(*r) for r in conn.execute(
-            "SELECT id, priority, rx_ms, record FROM readings WHERE batch IS NULL AND priority=? AND rx_ms >= ? "
+            "SELECT id, priority, rx_ms, radio, record FROM readings WHERE batch IS NULL AND priority=? AND rx_ms >= ? "
             "AND rx_ms < ? ORDER BY rx_ms, id LIMIT ?", (prio, rx_from, rx_to, limit))]
 
     def first_pending_rx(self, conn: sqlite3.Connection, prio: int, rx_from: int = -(1 << 62)) -> int | None:

@@ -297,7 +297,8 @@ def list_cmd(config_path: Path, db: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(rows))
         return
     t = Table(title=f"{len(rows)} device(s)")
-    for col in ("device", "kind", "status", "class", "installed", "life", "address", "tags"):
+    t.add_column("device", no_wrap=True)
+    for col in ("kind", "status", "class", "installed", "life", "address", "tags"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["device_id"], r["kind"], r["status"], r["data_class"], r["install_date"],

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 
 class Recent:
-    __slots__ = ("count", "fcnt", "payload", "reading_id", "rx_ms")
+    __slots__ = ("count", "fcnt", "payload", "priority", "reading_id", "rx_ms")
 
-    def __init__(self, fcnt: int, rx_ms: int, payload: bytes, reading_id: int) -> None:
+    def __init__(self, fcnt: int, rx_ms: int, payload: bytes, reading_id: int, priority: int) -> None:
         self.fcnt = fcnt
         self.rx_ms = rx_ms
         self.payload = payload
         self.reading_id = reading_id
+        self.priority = priority
         self.count = 1  # receptions attached so far
 
 
@@ -45,12 +46,13 @@ class Deduper:
                 return e if 0 <= rx_ms - e.rx_ms <= self.window_ms or rx_ms < e.rx_ms else None
         return None
 
-    def remember(self, device: bytes, fcnt: int, rx_ms: int, payload: bytes, reading_id: int) -> None:
+    def remember(self, device: bytes, fcnt: int, rx_ms: int, payload: bytes, reading_id: int,
+                 priority: int = 2) -> None:
         entries = self._by_device.get(device)
         if entries is None:
-            self._by_device[device] = [Recent(fcnt, rx_ms, payload, reading_id)]
+            self._by_device[device] = [Recent(fcnt, rx_ms, payload, reading_id, priority)]
             return
-        entries.append(Recent(fcnt, rx_ms, payload, reading_id))
+        entries.append(Recent(fcnt, rx_ms, payload, reading_id, priority))
         if len(entries) > self.per_device:
             del entries[0]
 

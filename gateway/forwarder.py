@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lifeline.gateway import records as rec
-from lifeline.gateway.buffer import Buffer, OutboxEntry, PendingRow, decode_record
+from lifeline.gateway.buffer import Buffer, OutboxEntry, PendingRow, with_flags
 from lifeline.gateway.clock import Clock
 from lifeline.gateway.config import ForwarderConfig
 from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
@@ -194,9 +194,9 @@ class Forwarder:
 
     def _sign_commit(self, conn: sqlite3.Connection, rows: list[PendingRow], lane: int, now: int) -> _Signed:
         extra = rec.RF_BACKFILLED if lane == BACKLOG else 0
-        records = [decode_record(r.record, extra) for r in rows]
+        encoded = [with_flags(r.record, extra) for r in rows]
         before = (self._signer.next_seq, self._signer.prev_hash)
-        signed = self._signer.sign(records, lane, now)
+        signed = self._signer.sign_encoded(encoded, lane, now)
         ids = [r.id for r in rows]
         try:
             with Transaction(conn):
@@ -205,7 +205,7 @@ class Forwarder:
             self._signer = batch.BatchSigner(self.key, self.gateway_id, *before)
             raise
         self.buffer.mark_assigned(rows)
-        radios = collections.Counter(r.receptions[0].radio if r.receptions else "gateway" for r in records)
+        radios = collections.Counter(r.radio for r in rows)
         return _Signed(OutboxEntry(signed.seq, lane, now, signed.count, tuple(ids), signed.data), radios)
 
     # ------------------------------------------------------------------ publishing

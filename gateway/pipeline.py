@@ -148,7 +148,7 @@ class Pipeline:
                 return
             recent.count += 1
             self.stats.duplicates.inc(rc.radio)
-            out.append(rec.ReceptionUpdate(recent.reading_id, dev_id, hdr.fcnt, rc))
+            out.append(rec.ReceptionUpdate(recent.reading_id, dev_id, hdr.fcnt, rc, recent.priority))
             return
         keys = self.keys.get(dev)
         try:
@@ -185,7 +185,7 @@ class Pipeline:
                     reading = dataclasses.replace(reading, priority=p)
                 events = tuple(e for e in outcome.events
                                if isinstance(e, rec.GatewayEvent) and e.priority in (0, 1, 2) and len(e.device_id) == 8)
-        self.dedupe.remember(dev_id, hdr.fcnt, rc.rx_ms, payload, reading.id)
+        self.dedupe.remember(dev_id, hdr.fcnt, rc.rx_ms, payload, reading.id, reading.priority)
         self.stats.accepted.inc(rc.radio)
         out.append(reading)
         out.extend(events)

@@ -70,6 +70,7 @@ class ReceptionUpdate:
     device_id: bytes
     fcnt: int
     reception: Reception
+    priority: int = 2  # the reading's priority (a late-reception event travels with it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,16 +13,19 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lifeline.gateway.clock import ManualClock
 from lifeline.gateway.config import GatewayConfig, load
+from lifeline.gateway.daemon import Gateway
 from lifeline.gateway.ingress.base import DownlinkRequest, FrameSink, RawFrame, Reception
 from lifeline.gateway.registry import Registry
 from lifeline.gateway.uplink_api import UplinkUnavailable
-from lifeline.protocols import frame, keys, schema
+from lifeline.protocols import batch, frame, keys, schema
 
 
 class MemoryPublisher:
@@ -88,7 +91,8 @@ class MemoryAdapter:
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
-def config_text(state_dir: Path, gateway_id: str = "gw-test", extra: str = "", **sections: dict[str, object]) -> str:
+def config_text(state_dir: Path, gateway_id: str = "gw-test", extra: str = "",
+                sections: Mapping[str, Mapping[str, object]] | None = None) -> str:
     """A complete gateway TOML for tests (no uplink endpoints, metrics on a free loopback port)."""
     lines = [
         "[gateway]",
@@ -99,7 +103,7 @@ def config_text(state_dir: Path, gateway_id: str = "gw-test", extra: str = "", *
         'listen = "127.0.0.1"',
         "port = 0",
     ]
-    for name, values in sections.items():
+    for name, values in (sections or {}).items():
         lines.append(f"[{name}]")
         for k, v in values.items():
             lines.append(f"{k} = {json.dumps(v)}")
@@ -107,10 +111,10 @@ def config_text(state_dir: Path, gateway_id: str = "gw-test", extra: str = "", *
 
 
 def make_config(state_dir: Path, gateway_id: str = "gw-test", extra: str = "",
-                **sections: dict[str, object]) -> GatewayConfig:
+                sections: Mapping[str, Mapping[str, object]] | None = None) -> GatewayConfig:
     path = state_dir / "gateway.toml"
     state_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(config_text(state_dir, gateway_id, extra, **sections), encoding="utf-8")
+    path.write_text(config_text(state_dir, gateway_id, extra, sections), encoding="utf-8")
     return load(path)
 
 
@@ -164,3 +168,77 @@ def write_signing_key(path: Path) -> Ed25519PrivateKey:
     key = keys.generate()
     keys.save_private_key(key, path, overwrite=True)
     return key
+
+
+# ---------------------------------------------------------------------------------------------- harness
+
+
+@dataclass
+class Harness:
+    """A started in-process gateway with a memory publisher, one memory adapter and a manual clock."""
+
+    gw: Gateway
+    pub: MemoryPublisher
+    adapter: MemoryAdapter
+    key: Ed25519PrivateKey
+    clock: ManualClock
+    config: GatewayConfig
+    nodes: list[TestNode]
+
+    async def hear(self, payload: bytes, adapter: MemoryAdapter | None = None, *, flush: bool = True,
+                   rssi: int | None = -80) -> None:
+        await (adapter or self.adapter).hear(payload, self.clock.now_ms(), rssi=rssi)
+        if flush:
+            await self.gw.flush()
+
+    def batches(self) -> list[batch.Batch]:
+        return [batch.verify(p, self.key.public_key()) for t, p in self.pub.published if "/up/" in t]
+
+    def records(self) -> list[batch.BatchRecord]:
+        return [r for b in self.batches() for r in b.records]
+
+    def rejects(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (reason, _radio), n in self.gw.stats.rejects.values.items():
+            out[reason] = out.get(reason, 0) + n
+        return out
+
+    async def stop(self) -> None:
+        await self.gw.stop()
+
+    async def crash(self) -> None:
+        """Simulate kill -9: stop every task without a flush; uncommitted transactions roll back."""
+        gw = self.gw
+        gw._stopped = True
+        for t in gw._tasks.values():
+            t.cancel()
+        await asyncio.gather(*gw._tasks.values(), return_exceptions=True)
+        for _, task in list(gw.forwarder._inflight.values()):
+            task.cancel()
+        await asyncio.sleep(0)
+        if gw._metrics_server is not None:
+            await gw._metrics_server.close()
+        gw.db.close()
+        if gw._registry is not None:
+            gw._registry.close()
+
+
+async def start_harness(state_dir: Path, nodes: Sequence[TestNode] = (), *, clock: ManualClock | None = None,
+                        publisher: MemoryPublisher | None = None, adapters: Sequence[MemoryAdapter] | None = None,
+                        extra: str = "", run_forwarder: bool = False, serve_metrics: bool = False,
+                        rules: Any = None, provision_nodes: bool = True,
+                        sections: Mapping[str, Mapping[str, object]] | None = None) -> Harness:
+    config = make_config(state_dir, extra=extra, sections=sections)
+    if config.gateway.key_file.exists():
+        key = keys.load_private_key(config.gateway.key_file)
+    else:
+        key = write_signing_key(config.gateway.key_file)
+    if nodes and provision_nodes:
+        provision(config.gateway.registry_db, nodes)
+    clock = clock or ManualClock()
+    pub = publisher or MemoryPublisher()
+    ads = list(adapters) if adapters is not None else [MemoryAdapter()]
+    gw = Gateway(config, publisher=pub, adapters=ads, clock=clock, run_forwarder=run_forwarder,
+                 serve_metrics=serve_metrics, rules=rules)
+    await gw.start()
+    return Harness(gw, pub, ads[0], key, clock, config, list(nodes))
