@@ -50,6 +50,32 @@ def select(fs):
     return d["slot"]
 
 
+def in_trial(fs):
+    d = read_pointer(fs)
+    return bool(d and d.get("trial"))
+
+
+def confirm(fs):
+    """The running app sent an acknowledged report: make it permanent. True if a trial ended."""
+    d = read_pointer(fs)
+    if d is None or not d.get("trial"):
+        return False
+    d["trial"] = 0
+    write_pointer(fs, d)
+    storage.remove(fs, TRIAL)
+    return True
+
+
+def take_rollback(fs):
+    """Version that was rolled back (once, for the fault report), or None."""
+    d = read_pointer(fs)
+    if d is None or not d.get("rolled_back"):
+        return None
+    v = d.pop("rolled_back")
+    write_pointer(fs, d)
+    return v
+
+
 class OsFs:
     """hal.fs-compatible wrapper of the os module for boot.py (before any HAL exists)."""
 

@@ -8,30 +8,34 @@ ROOT_FILES = ("boot.py", "main.py", "bootsel.py")
 
 COMMON = (
     "__init__.py",
+    "awake.py",
     "bootsel.py",
     "config.py",
+    "confcheck.py",
+    "downlink.py",
     "fcnt.py",
     "node.py",
     "ota.py",
     "rtcstate.py",
+    "safemode.py",
     "storage.py",
     "txqueue.py",
     "hal/__init__.py",
     "sensors/__init__.py",
     "radios/__init__.py",
-    "radios/ble.py",  # maintenance GATT service is on every node
+    "radios/ble.py",  # the maintenance GATT service is on every node
 )
 
 HAL_DEVICE = ("hal/esp32.py",)
-HAL_SIM = ("hal/sim.py", "hal/sim_chips.py")
+HAL_SIM = ("hal/sim.py", "hal/sim_chips.py", "simnode.py")
 
 KIND_FILES = {
     "smoke": ("sensors/smoke.py", "sensors/buzzer.py"),
     "tilt": ("sensors/tilt.py", "sensors/lis3dh.py"),
     "water_level": ("sensors/water_level.py", "sensors/a02yyuw.py"),
-    "water_meter": ("sensors/meter.py", "sensors/pulse.py", "sensors/modbus.py", "sensors/sdm120.py"),
-    "gas_meter": ("sensors/meter.py", "sensors/pulse.py", "sensors/modbus.py", "sensors/sdm120.py"),
-    "electricity_meter": ("sensors/meter.py", "sensors/pulse.py", "sensors/modbus.py", "sensors/sdm120.py"),
+    "water_meter": ("sensors/meter.py", "sensors/pulse.py"),
+    "gas_meter": ("sensors/meter.py", "sensors/pulse.py"),
+    "electricity_meter": ("sensors/electricity.py", "sensors/modbus.py", "sensors/sdm120.py"),
 }
 
 RADIO_FILES = {
@@ -51,18 +55,24 @@ def files_for(kind, radio, device=True):
     return out
 
 
+# The union, as a literal (lifeline.tools.mpy_runtime reads this list without executing the file).
 FILES = (
     "__init__.py",
+    "awake.py",
     "bootsel.py",
     "config.py",
+    "confcheck.py",
+    "downlink.py",
     "fcnt.py",
     "node.py",
     "ota.py",
     "rtcstate.py",
+    "safemode.py",
     "storage.py",
     "txqueue.py",
     "boot.py",
     "main.py",
+    "simnode.py",
     "hal/__init__.py",
     "hal/esp32.py",
     "hal/sim.py",
@@ -76,6 +86,7 @@ FILES = (
     "sensors/a02yyuw.py",
     "sensors/meter.py",
     "sensors/pulse.py",
+    "sensors/electricity.py",
     "sensors/modbus.py",
     "sensors/sdm120.py",
     "radios/__init__.py",

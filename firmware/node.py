@@ -6,9 +6,16 @@
 # lifeline.protocols.frame.
 # MicroPython subset.
 
-from lifeline.firmware import config, fcnt, ota, storage, txqueue
+from lifeline.firmware import bootsel, config, fcnt, storage
 from lifeline.firmware.rtcstate import RtcState
 from lifeline.protocols import frame, schema
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
 
 FW_BUILD = 100
 WDT_MS = 30000
@@ -18,7 +25,11 @@ MAX_AWAKE_MS = 600000  # an awake episode (alarm sounding, maintenance) is cut i
 TICK_MS = 250
 QUEUE_BUDGET = 8  # queued readings sent per wake
 SAFE_RETRY_S = 86400
-SAFE_MAINT_S = 120
+QUEUE_PATH = "/queue"  # txqueue.PATH (the module is imported only when a reading must be queued)
+
+PRIO_ALARM = const(0)
+PRIO_EVENT = const(1)
+PRIO_PERIODIC = const(2)
 ALARM_ID_PATH = "/alarm_id"
 DOWN_FCNT_PATH = "/dfcnt"
 BOOTED_PATH = "/booted"
@@ -35,12 +46,6 @@ FAULT_CONFIG = 5
 FAULT_BOOT_LOOP = 6
 FAULT_OTA_ROLLBACK = 7
 
-_KIND_MODULES = {
-    "smoke": "smoke", "tilt": "tilt", "water_level": "water_level",
-    "water_meter": "meter", "gas_meter": "meter", "electricity_meter": "meter",
-}
-
-
 def make_sensor(hal, cfg, st):
     k = cfg.kind_name
     if k == "smoke":
@@ -52,9 +57,10 @@ def make_sensor(hal, cfg, st):
     if k == "water_level":
         from lifeline.firmware.sensors import water_level
         return water_level.WaterLevelSensor(hal, cfg, st)
-    from lifeline.firmware.sensors import meter
     if k == "electricity_meter":
-        return meter.ElectricityMeter(hal, cfg, st)
+        from lifeline.firmware.sensors import electricity
+        return electricity.ElectricityMeter(hal, cfg, st)
+    from lifeline.firmware.sensors import meter
     return meter.PulseMeter(hal, cfg, st, cfg.kind)
 
 
@@ -87,19 +93,26 @@ class Node:
         self.maint_until = -1
         self.ota_rx = None
         self.confirmed = False
+        self.reboot = False  # an OTA install asks for a reset instead of a sleep
+        self.maint = None
 
     # ================================================================ wake
     def wake(self):
         """Run one wake; returns the deep-sleep time in ms."""
         hal = self.hal
         hal.wdt_start(WDT_MS)
-        cfg, errors, ident = config.load(hal.fs)
-        self.cfg = cfg
-        self.errors = errors
-        idn = cfg if cfg is not None else ident
+        obj, digest, err = config.read(hal.fs)
+        idn = config.identity(obj)
         self.rtc = RtcState(hal, idn.device_id if idn is not None else b"unprovisioned")
         rtc = self.rtc
         fresh = not rtc.load()
+        if err is not None:
+            cfg, errors = None, [err]
+        else:
+            cfg, errors = config.build(obj, rtc.get("cv") == digest)
+        rtc.set("cv", digest if cfg is not None else None)
+        self.cfg = cfg
+        self.errors = errors
         cause = hal.reset_cause()
         if fresh:
             rtc.set("pt", hal.time())  # RTC time at power-on, for the uptime field
@@ -121,7 +134,6 @@ class Node:
             storage.write_atomic(hal.fs, BOOTED_PATH, b"1")
         self.keys = frame.derive_keys(idn.root_key, idn.device_id)
         self.dev_id = idn.device_id
-        self.downlink_fcnt = self._load_down_fcnt()
         now = hal.time()
         if cfg is None:
             return self._finish(self._safe_mode(None, FAULT_CONFIG, len(errors)))
@@ -137,10 +149,7 @@ class Node:
 
     def _finish(self, sleep_ms):
         if self.queue is not None:
-            try:
-                self.queue.flush()
-            except OSError:
-                pass
+            self.queue.flush()
         if self.radio is not None:
             self.radio.close()
         self.rtc.set("bf", 0)
@@ -151,31 +160,32 @@ class Node:
     def _normal(self, cfg, now):
         hal = self.hal
         rtc = self.rtc
-        self.queue = txqueue.TxQueue(hal.fs)
+        if hal.fs.exists(QUEUE_PATH):
+            self._queue()
         self.sensor = make_sensor(hal, cfg, rtc.section("s"))
         self.sensor.clock_ok = bool(rtc.get("ts"))
         out = []  # [prio, kind, fields, ack_req]
-        rolled = ota.take_rollback(hal.fs)
+        rolled = bootsel.take_rollback(hal.fs)
         if rolled is not None:
-            out.append([txqueue.PRIO_EVENT, schema.K_FAULT, {1: FAULT_OTA_ROLLBACK, 2: rolled}, False])
-        trial = ota.in_trial(hal.fs)
+            out.append([PRIO_EVENT, schema.K_FAULT, {1: FAULT_OTA_ROLLBACK, 2: rolled}, False])
+        trial = bootsel.in_trial(hal.fs)
         ev = self.sensor.sample(now, hal.wake_reason() == "motion")
         mv = hal.battery_mv()
         force_report = self._events(ev, out, mv)
         low = mv < cfg.low_battery_mv
         if low and not rtc.get("lb"):
-            out.append([txqueue.PRIO_EVENT, schema.K_FAULT, {1: FAULT_LOW_BATTERY, 2: mv, 15: mv}, False])
+            out.append([PRIO_EVENT, schema.K_FAULT, {1: FAULT_LOW_BATTERY, 2: mv, 15: mv}, False])
         rtc.set("lb", 1 if low else 0)
         interval = cfg.interval
         if hasattr(self.sensor, "report_interval"):
             interval = self.sensor.report_interval(interval)
         last = rtc.get("lr", -1)
         if force_report or trial or last < 0 or now - last >= interval or now < last:
-            out.append([txqueue.PRIO_PERIODIC, cfg.kind, self._report_fields(mv), trial])
+            out.append([PRIO_PERIODIC, cfg.kind, self._report_fields(mv), trial])
             rtc.set("lr", now)
         lh = rtc.get("lh", -1)
         if lh < 0 or now - lh >= cfg.heartbeat or now < lh:
-            out.append([txqueue.PRIO_PERIODIC, schema.K_HEARTBEAT, self._heartbeat_fields(mv), trial])
+            out.append([PRIO_PERIODIC, schema.K_HEARTBEAT, self._heartbeat_fields(mv), trial])
             rtc.set("lh", now)
         self._send_all(out, now)
         self._stay_awake(cfg)
@@ -193,8 +203,7 @@ class Node:
         rtc = self.rtc
         up = self.hal.time() - rtc.get("pt", 0)
         f = {1: max(0, min(up, 0xFFFFFFFF)), 2: rtc.get("rc", 0), 3: FW_BUILD, 15: max(0, min(mv, 4500))}
-        if self.queue is not None:
-            f[6] = min(len(self.queue), 255)
+        f[6] = min(len(self.queue), 255) if self.queue is not None else 0
         if rtc.get("rssi") is not None:
             f[4] = max(-150, min(rtc.get("rssi"), 0))
             f[5] = max(-300, min(rtc.get("snr", 0), 300))
@@ -210,14 +219,14 @@ class Node:
             if t == "raise":
                 aid = self._next_alarm_id()
                 active[str(e[1])] = aid
-                out.append([txqueue.PRIO_ALARM, schema.K_ALARM_RAISED, {1: aid, 2: e[1], 3: e[2]}, True])
+                out.append([PRIO_ALARM, schema.K_ALARM_RAISED, {1: aid, 2: e[1], 3: e[2]}, True])
                 force = True
             elif t == "clear":
                 aid = active.pop(str(e[1]), 0)
-                out.append([txqueue.PRIO_ALARM, schema.K_ALARM_CLEARED, {1: aid, 2: e[1], 3: e[2]}, True])
+                out.append([PRIO_ALARM, schema.K_ALARM_CLEARED, {1: aid, 2: e[1], 3: e[2]}, True])
                 force = True
             elif t == "fault":
-                out.append([txqueue.PRIO_EVENT, schema.K_FAULT, {1: e[1], 2: e[2], 15: max(0, min(mv, 4500))},
+                out.append([PRIO_EVENT, schema.K_FAULT, {1: e[1], 2: e[2], 15: max(0, min(mv, 4500))},
                             False])
             elif t == "report":
                 force = True
@@ -260,156 +269,61 @@ class Node:
                 self.tx.append(data)
             acked = self._downlinks(downs, c)
             if ok and (not ack or acked or self.cfg.radio == "ble"):
-                if ack and acked and not self.confirmed and ota.in_trial(self.hal.fs):
-                    self.confirmed = ota.confirm(self.hal.fs)
+                if ack and acked and not self.confirmed:
+                    self.confirmed = bootsel.confirm(self.hal.fs)
                 return True
         return False
+
+    def _queue(self):
+        if self.queue is None:
+            from lifeline.firmware import txqueue
+
+            self.queue = txqueue.TxQueue(self.hal.fs)
+        return self.queue
 
     def _send_all(self, out, now):
         t = now if self.rtc.get("ts") else 0
-        q = self.queue
         link_ok = True
         for prio, kind, fields, ack in out:
-            tries = ALARM_TRIES if prio == txqueue.PRIO_ALARM else 1
+            tries = ALARM_TRIES if prio == PRIO_ALARM else 1
             if link_ok and self._transmit(kind, fields, t, ack, False, tries):
                 continue
-            link_ok = False if prio != txqueue.PRIO_ALARM else link_ok
-            q.push(prio, t, kind, fields, ack)
-        if self.radio_ok is None and not q.due(now):
+            if prio != PRIO_ALARM:
+                link_ok = False
+            self._queue().push(prio, t, kind, fields, ack)
+        q = self.queue
+        if q is None or not len(q):
             return
-        if link_ok and q.due(now):
-            n = 0
-            while len(q) and n < QUEUE_BUDGET:
-                prio, qt, kind, fields, ack = q.peek()
-                if not self._transmit(kind, fields, qt, ack, True, 1):
-                    q.failed(now)
-                    return
-                q.pop()
-                n += 1
-            q.succeeded()
-        elif not link_ok:
+        if not link_ok or self.radio_ok is False:
             q.failed(now)
-        # a wake that sent nothing may still need a receive window for pending downlinks (NB-IoT broker)
+            return
+        if not q.due(now):
+            return
+        n = 0
+        while len(q) and n < QUEUE_BUDGET:
+            prio, qt, kind, fields, ack = q.peek()
+            if not self._transmit(kind, fields, qt, ack, True, 1):
+                q.failed(now)
+                return
+            q.pop()
+            n += 1
+        q.succeeded()
 
     # ================================================================ downlinks
-    def _load_down_fcnt(self):
-        v = self.rtc.get("dfc")
-        if isinstance(v, int):
-            return v
-        p = storage.load_record(self.hal.fs, DOWN_FCNT_PATH)
-        return int.from_bytes(p, "big") if p is not None and len(p) == 4 else -1
-
     def _downlinks(self, datas, sent_fcnt):
-        acked = False
-        for data in datas:
-            try:
-                f = frame.decode(data, self.keys, True)
-            except frame.FrameError:
-                self.rejected_downlinks += 1
-                continue
-            h = f.header
-            if h.dev_id != self.dev_id or h.fcnt <= self.downlink_fcnt:
-                self.rejected_downlinks += 1  # another node's, or a replay
-                continue
-            self.downlink_fcnt = h.fcnt
-            self.rtc.set("dfc", h.fcnt)
-            storage.save_record(self.hal.fs, DOWN_FCNT_PATH, h.fcnt.to_bytes(4, "big"))
-            self.downlinks += 1
-            if self.radio is not None and self.radio.rssi is not None:
-                self.rtc.set("rssi", self.radio.rssi)
-                self.rtc.set("snr", self.radio.snr_x10)
-            if self._apply(h.kind, f.fields, h.time, sent_fcnt):
-                acked = True
-        return acked
-
-    def _apply(self, kind, fields, t, sent_fcnt):
-        """Apply one verified downlink; True if it acknowledges ``sent_fcnt``."""
-        if kind == schema.C_ACK:
-            if fields[1] == sent_fcnt:
-                self.acked.append(sent_fcnt)
-                if 2 in fields and self.sensor is not None and fields.get(3, 0) >= 1:
-                    self.sensor.on_ack(fields[2], fields.get(3, 0))
-                return True
+        """Verify and apply downlinks heard after sending ``sent_fcnt``; True if one acknowledges it."""
+        if not datas:
             return False
-        if kind == schema.C_TIME_SYNC:
-            self._set_clock(fields[1])
-        elif kind == schema.C_CONFIG:
-            self._apply_config(fields)
-        elif kind == schema.C_MAINTENANCE:
-            self.maint_until = self.hal.ticks_ms() + fields[1] * 1000
-        elif kind == schema.C_OTA_BEGIN:
-            self.ota_rx = ota.Receiver(self.hal.fs)
-            self.ota_rx.begin(fields[1], fields[2], fields[3])
-        elif kind == schema.C_OTA_CHUNK and self.ota_rx is not None:
-            try:
-                if self.ota_rx.chunk(fields[1], fields[2]):
-                    ota.install(self.hal.fs, self.ota_rx.blob(), ota.ota_key(self.cfg.root_key, self.dev_id),
-                                self.cfg.ota_trial_boots)
-                    self.ota_rx = None
-                    self.rtc.set("reboot", 1)
-            except ota.OtaError as e:
-                self.ota_rx = None
-                self.rtc.set("ota_err", e.reason)
-        return False
+        from lifeline.firmware import downlink
 
-    def _set_clock(self, t):
-        rtc = self.rtc
-        old = self.hal.time()
-        self.hal.set_time(t)
-        rtc.set("pt", rtc.get("pt", old) + (t - old))
-        for k in ("lr", "lh"):
-            if rtc.get(k, -1) >= 0:
-                rtc.set(k, rtc.get(k) + (t - old))
-        rtc.set("ts", 1)
-
-    def _apply_config(self, fields):
-        cfg = self.cfg
-        if fields[1] <= cfg.config_version:
-            return
-        raw = dict(cfg.raw)
-        raw["config_version"] = fields[1]
-        if 2 in fields:
-            raw["interval"] = fields[2]
-        if 5 in fields:
-            raw["heartbeat"] = fields[5]
-        th = dict(raw.get("thresholds", {}))
-        for key, name in ((3, "high"), (4, "low"), (6, "confirm")):
-            if key in fields:
-                th[name] = fields[key]
-        raw["thresholds"] = th
-        if config.validate(raw):
-            return  # a command that would break the config is ignored (the old one stays)
-        config.save(self.hal.fs, raw)
-        self.cfg = config.Config(raw)
+        return downlink.handle(self, datas, sent_fcnt)
 
     # ================================================================ staying awake
     def _stay_awake(self, cfg):
-        hal = self.hal
-        sensor = self.sensor
-        start = hal.ticks_ms()
-        next_sample = start + sensor.next_sample_s() * 1000
-        while sensor.busy() or hal.ticks_diff(self.maint_until, hal.ticks_ms()) > 0:
-            if hal.ticks_diff(hal.ticks_ms(), start) >= MAX_AWAKE_MS:
-                break
-            hal.wdt_feed()
-            sensor.tick(hal.ticks_ms())
-            if self.maint_until >= 0 and self.radio_ok:
-                self._downlinks(self.radio.listen(TICK_MS), -1)
-            else:
-                hal.sleep_ms(TICK_MS)
-            if hal.ticks_diff(hal.ticks_ms(), next_sample) >= 0:
-                now = hal.time()
-                out = []
-                force = self._events(sensor.sample(now), out, hal.battery_mv())
-                if force:
-                    out.append([txqueue.PRIO_PERIODIC, cfg.kind, self._report_fields(hal.battery_mv()), False])
-                    self.rtc.set("lr", now)
-                if out:
-                    self._send_all(out, now)
-                next_sample = hal.ticks_ms() + sensor.next_sample_s() * 1000
-        sensor.tick(hal.ticks_ms())
-        if self.maint_until >= 0 and hal.ticks_diff(self.maint_until, hal.ticks_ms()) <= 0:
-            self.maint_until = -1
+        if self.sensor.busy() or self.maint_until >= 0:
+            from lifeline.firmware import awake
+
+            awake.run(self, cfg)
 
     def _sleep_ms(self, cfg, now):
         rtc = self.rtc
@@ -429,59 +343,6 @@ class Node:
 
     # ================================================================ safe mode
     def _safe_mode(self, cfg, code, detail):
-        """Only the radio (one fault report) and the BLE maintenance service; no sensors."""
-        self.safe = True
-        hal = self.hal
-        if cfg is not None and self.counter is not None:
-            now = hal.time()
-            if now - self.rtc.get("sf", -SAFE_RETRY_S) >= 3600 or now < self.rtc.get("sf", 0):
-                self.rtc.set("sf", now)
-                self._transmit(schema.K_FAULT, {1: code, 2: min(detail, 65535)}, 0, False, False, 1)
-        try:
-            self._maintenance_window(SAFE_MAINT_S)
-        except OSError:
-            pass
-        return 3600 * 1000
+        from lifeline.firmware import safemode
 
-    def _maintenance_window(self, seconds):
-        from lifeline.firmware.radios import ble
-
-        if self.cfg is not None:
-            dev, root = self.cfg.device_id, self.cfg.root_key
-        else:
-            ident = config.load(self.hal.fs)[2]
-            if ident is None:
-                return  # unprovisioned: nothing to authenticate a technician with
-            dev, root = ident.device_id, ident.root_key
-        self.maint = ble.Maintenance(self.hal, dev, root, self._info, self._command)
-        self.maint.start()
-        end = self.hal.ticks_ms() + seconds * 1000
-        while self.hal.ticks_diff(end, self.hal.ticks_ms()) > 0:
-            self.hal.wdt_feed()
-            self.hal.sleep_ms(1000)
-
-    def _info(self):
-        import json
-
-        return json.dumps({"fw": FW_BUILD, "safe": self.safe, "errors": self.errors[:4],
-                           "fcnt": self.counter.peek() if self.counter is not None else None}).encode()
-
-    def _command(self, cmd):
-        if cmd == b"exit-safe":
-            self.rtc.set("sm", 0)
-            self.rtc.set("bf", 0)
-            return "ok"
-        if cmd.startswith(b"config:"):
-            import json
-
-            try:
-                obj = json.loads(cmd[7:])
-            except ValueError:
-                return "error: not JSON"
-            errs = config.validate(obj)
-            if errs:
-                return "error: " + errs[0]
-            config.save(self.hal.fs, obj)
-            self.rtc.set("sm", 0)
-            return "ok"
-        return "error: unknown command"
+        return safemode.run(self, cfg, code, detail)

@@ -109,30 +109,10 @@ def install(fs, blob, key, trial_boots):
     return version
 
 
-def confirm(fs):
-    """The running app sent an acknowledged report: make it permanent. True if a trial ended."""
-    d = bootsel.read_pointer(fs)
-    if d is None or not d.get("trial"):
-        return False
-    d["trial"] = 0
-    bootsel.write_pointer(fs, d)
-    storage.remove(fs, bootsel.TRIAL)
-    return True
-
-
-def in_trial(fs):
-    d = bootsel.read_pointer(fs)
-    return bool(d and d.get("trial"))
-
-
-def take_rollback(fs):
-    """Version that was rolled back (once, for the fault report), or None."""
-    d = bootsel.read_pointer(fs)
-    if d is None or not d.get("rolled_back"):
-        return None
-    v = d.pop("rolled_back")
-    bootsel.write_pointer(fs, d)
-    return v
+# The running app's side of the trial (in bootsel so that a normal wake does not load this module).
+confirm = bootsel.confirm
+in_trial = bootsel.in_trial
+take_rollback = bootsel.take_rollback
 
 
 class Receiver:

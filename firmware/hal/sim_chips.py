@@ -52,11 +52,16 @@ class Lis3dh:
 
 
 class A02yyuw:
-    """Distance from ``provider(hal, t_ms) -> mm`` (None: no echo, nothing sent); frames every 100 ms."""
+    """Distance from ``provider(hal, t_ms) -> mm`` (None: no echo, nothing sent); frames every 100 ms
+    while powered (the node switches the ranger's supply with the "ranger_power" pin); the UART keeps at
+    most RX_FRAMES unread frames (the ESP32 driver's RX ring buffer)."""
 
-    def __init__(self, provider, period_ms=100):
+    RX_FRAMES = 64
+
+    def __init__(self, provider, period_ms=100, power_pin="ranger_power"):
         self.provider = provider
         self.period_ms = period_ms
+        self.power_pin = power_pin
         self._last = None
         self.corrupt = None  # optional callable(frame bytes) -> bytes (line noise)
 
@@ -65,8 +70,13 @@ class A02yyuw:
 
     def tx(self, hal):
         now = hal.clock.ms
+        if self.power_pin and not hal.pin(self.power_pin, True).v:
+            self._last = None
+            return b""
         if self._last is None:
-            self._last = now - self.period_ms
+            self._last = now  # first frame one period after power-up
+        if now - self._last > self.RX_FRAMES * self.period_ms:
+            self._last = now - self.RX_FRAMES * self.period_ms
         out = b""
         while now - self._last >= self.period_ms:
             self._last += self.period_ms
