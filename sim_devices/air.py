@@ -323,10 +323,11 @@ class AirChannel:
         self.radios: dict[str, Radio] = {}
         self.deliveries: list[Delivery] = []
         self.stats: Counter[str] = Counter()
-        self.history_ms = 20_000.0  # longer than any LoRa packet (SF12, 255 bytes: ~9.2 s)
+        self.history_ms = 20_000.0  # listen windows kept this long (longer than any LoRa packet)
+        self._max_toa = 0.0
         self._recent: deque[Transmission] = deque()
         self._seq = 0
-        self._rssi_cache: dict[tuple[int, str], float] = {}
+        self._rssi_cache: dict[int, dict[str, float]] = {}  # tx seq -> receiver -> RSSI
 
     def add_radio(self, name: str, x_m: float = 0.0, y_m: float = 0.0, *, tx_power_dbm: float = 14.0,
                   antenna_gain_db: float = 0.0, on_delivery: Callable[[Delivery], None] | None = None,
@@ -358,18 +359,20 @@ class AirChannel:
         radio.busy_until_ms = tx.end_ms
         radio.sent.append(tx)
         del radio.sent[:-8]
-        while self._recent and self._recent[0].end_ms < now - self.history_ms:
+        self._max_toa = max(self._max_toa, toa)
+        # A transmission still to complete started at or after now - max_toa; whatever ended before
+        # that can no longer overlap it.
+        while self._recent and self._recent[0].end_ms < now - 2 * self._max_toa:
             old = self._recent.popleft()
-            for name in self.radios:
-                self._rssi_cache.pop((old.seq, name), None)
+            self._rssi_cache.pop(old.seq, None)
         self._recent.append(tx)
         self.stats["transmissions"] += 1
         self.clock.call_at(tx.end_ms, lambda: self._complete(tx))
         return tx
 
     def rssi_dbm(self, tx: Transmission, receiver: Radio) -> float:
-        key = (tx.seq, receiver.name)
-        cached = self._rssi_cache.get(key)
+        per_tx = self._rssi_cache.setdefault(tx.seq, {})
+        cached = per_tx.get(receiver.name)
         if cached is not None:
             return cached
         sender = self.radios[tx.sender]
@@ -377,19 +380,19 @@ class AirChannel:
         shadow = random.Random(int.from_bytes(digest, "big")).gauss(0.0, self.path_loss.sigma_db)
         loss = self.path_loss.mean_db(sender.distance_to(receiver), tx.params.freq_hz) + shadow
         value = tx.power_dbm + sender.antenna_gain_db + receiver.antenna_gain_db - loss
-        self._rssi_cache[key] = value
+        per_tx[receiver.name] = value
         return value
 
     def judge(self, tx: Transmission, receiver: Radio) -> Delivery:
         """How ``receiver`` experienced ``tx`` (call once ``tx`` has ended)."""
+        if not receiver.detects(tx):
+            return Delivery(tx, receiver.name, math.nan, math.nan, False, "not_listening", tx.end_ms)
         rssi = self.rssi_dbm(tx, receiver)
         snr = min(rssi - noise_floor_dbm(tx.params.bw_khz), MAX_SNR_DB)
 
         def result(ok: bool, reason: str) -> Delivery:
             return Delivery(tx, receiver.name, rssi, snr, ok, reason, tx.end_ms)
 
-        if not receiver.detects(tx):
-            return result(False, "not_listening")
         if receiver.transmitting_during(tx):
             return result(False, "half_duplex")
         if rssi < sensitivity_dbm(tx.params.sf, tx.params.bw_khz):
@@ -407,7 +410,9 @@ class AirChannel:
 
     def _complete(self, tx: Transmission) -> None:
         for receiver in list(self.radios.values()):
-            if receiver.name == tx.sender:
+            if receiver.name == tx.sender or not receiver.windows:
+                if receiver.name != tx.sender:
+                    self.stats["not_listening"] += 1
                 continue
             delivery = self.judge(tx, receiver)
             self.stats[delivery.reason] += 1

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("lifeline.tools.bench:bench", "Measure throughput, latency and memory against same-run baselines."),
     "gateway": ("lifeline.gateway.cli:gateway", "Run and manage the gateway daemon."),
     "platform-sink": ("lifeline.tools.platform_sink:platform_sink_cmd", "Reference city-platform sink."),
+    "sim": ("lifeline.sim_devices.cli:sim", "Simulations on the virtual LoRa air (capacity vs ALOHA, ...)."),
 }
 
 
