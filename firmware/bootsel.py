@@ -9,7 +9,8 @@ import json
 from lifeline.firmware import storage
 
 POINTER = "/app/active"
-TRIAL = "/app/trial"
+TRIAL = "/app/trial"  # exists exactly while an app is on trial (boot count)
+ROLLED = "/app/rolled"  # exists after a rollback until the app has reported it (version rolled back)
 FACTORY = ""  # the app flashed at the factory, in /lib
 
 
@@ -41,9 +42,9 @@ def select(fs):
     if d.get("trial"):
         n = trial_boots(fs) + 1
         if n > d.get("k", 3):
-            back = {"slot": d.get("prev", FACTORY), "version": d.get("prev_version", 0), "trial": 0,
-                    "rolled_back": d.get("version", 0)}
+            back = {"slot": d.get("prev", FACTORY), "version": d.get("prev_version", 0), "trial": 0}
             write_pointer(fs, back)
+            storage.write_atomic(fs, ROLLED, storage.pack(d.get("version", 0).to_bytes(2, "big")))
             storage.remove(fs, TRIAL)
             return back["slot"]
         storage.write_atomic(fs, TRIAL, storage.pack(n.to_bytes(2, "big")))
@@ -53,6 +54,11 @@ def select(fs):
 def in_trial(fs):
     d = read_pointer(fs)
     return bool(d and d.get("trial"))
+
+
+def pending(fs):
+    """Cheap check for the app (no parsing): is there a trial or a rollback to deal with?"""
+    return fs.exists(TRIAL) or fs.exists(ROLLED)
 
 
 def confirm(fs):
@@ -68,12 +74,11 @@ def confirm(fs):
 
 def take_rollback(fs):
     """Version that was rolled back (once, for the fault report), or None."""
-    d = read_pointer(fs)
-    if d is None or not d.get("rolled_back"):
+    p = storage.unpack(storage.read(fs, ROLLED))
+    if p is None:
         return None
-    v = d.pop("rolled_back")
-    write_pointer(fs, d)
-    return v
+    storage.remove(fs, ROLLED)
+    return int.from_bytes(p, "big")
 
 
 class OsFs:

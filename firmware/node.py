@@ -6,7 +6,7 @@
 # lifeline.protocols.frame.
 # MicroPython subset.
 
-from lifeline.firmware import bootsel, config, fcnt, storage
+from lifeline.firmware import config, fcnt, storage
 from lifeline.firmware.rtcstate import RtcState
 from lifeline.protocols import frame, schema
 
@@ -17,34 +17,30 @@ except ImportError:
     def const(x):
         return x
 
-FW_BUILD = 100
-WDT_MS = 30000
-ALARM_TRIES = 3
-ALARM_RETRY_MS = 2000
-MAX_AWAKE_MS = 600000  # an awake episode (alarm sounding, maintenance) is cut into 10-minute wakes
-TICK_MS = 250
-QUEUE_BUDGET = 8  # queued readings sent per wake
-SAFE_RETRY_S = 86400
+FW_BUILD = const(100)
+_WDT_MS = const(30000)
+_ALARM_TRIES = const(3)
+_ALARM_RETRY_MS = const(2000)
+MAX_AWAKE_MS = const(600000)  # an awake episode (alarm sounding, maintenance) is cut into 10-minute wakes
+TICK_MS = const(250)
+_QUEUE_BUDGET = const(8)  # queued readings sent per wake
+_SAFE_RETRY_S = const(86400)
+TRIAL_PATH = "/app/trial"  # bootsel.TRIAL / ROLLED: checked by existence so bootsel loads only when needed
+ROLLED_PATH = "/app/rolled"
 QUEUE_PATH = "/queue"  # txqueue.PATH (the module is imported only when a reading must be queued)
+BOOTED_PATH = "/booted"
 
 PRIO_ALARM = const(0)
 PRIO_EVENT = const(1)
 PRIO_PERIODIC = const(2)
-ALARM_ID_PATH = "/alarm_id"
-DOWN_FCNT_PATH = "/dfcnt"
-BOOTED_PATH = "/booted"
 
-RC_POWER_ON = 0
-RC_WATCHDOG = 2
-RC_DEEP_SLEEP = 3
+_RC_DEEP_SLEEP = const(3)
+_FAULT_STORAGE = const(3)
+_FAULT_LOW_BATTERY = const(4)
+_FAULT_CONFIG = const(5)
+_FAULT_BOOT_LOOP = const(6)
+_FAULT_OTA_ROLLBACK = const(7)
 
-FAULT_SENSOR = 1
-FAULT_RADIO = 2
-FAULT_STORAGE = 3
-FAULT_LOW_BATTERY = 4
-FAULT_CONFIG = 5
-FAULT_BOOT_LOOP = 6
-FAULT_OTA_ROLLBACK = 7
 
 def make_sensor(hal, cfg, st):
     k = cfg.kind_name
@@ -93,6 +89,7 @@ class Node:
         self.maint_until = -1
         self.ota_rx = None
         self.confirmed = False
+        self.trial = False
         self.reboot = False  # an OTA install asks for a reset instead of a sleep
         self.maint = None
 
@@ -100,7 +97,7 @@ class Node:
     def wake(self):
         """Run one wake; returns the deep-sleep time in ms."""
         hal = self.hal
-        hal.wdt_start(WDT_MS)
+        hal.wdt_start(_WDT_MS)
         obj, digest, err = config.read(hal.fs)
         idn = config.identity(obj)
         self.rtc = RtcState(hal, idn.device_id if idn is not None else b"unprovisioned")
@@ -117,34 +114,34 @@ class Node:
         if fresh:
             rtc.set("pt", hal.time())  # RTC time at power-on, for the uptime field
             rtc.set("ts", 0)  # clock synchronised?
-        if cause != RC_DEEP_SLEEP:
+        if cause != _RC_DEEP_SLEEP:
             rtc.set("rc", cause)
         fails = rtc.get("bf", 0)
         rtc.set("bf", fails + 1)  # cleared when this wake ends cleanly
         rtc.save()
         if idn is None:
-            return self._finish(self._safe_mode(None, FAULT_CONFIG, 0))
+            return self._finish(self._safe_mode(None, _FAULT_CONFIG, 0))
         first = not hal.fs.exists(BOOTED_PATH)
         try:
             self.counter = fcnt.FrameCounter(hal.fs, rtc, first)
         except fcnt.CounterLost:
             self.counter = None
-            return self._finish(self._safe_mode(None, FAULT_STORAGE, 1))
+            return self._finish(self._safe_mode(None, _FAULT_STORAGE, 1))
         if first:
             storage.write_atomic(hal.fs, BOOTED_PATH, b"1")
         self.keys = frame.derive_keys(idn.root_key, idn.device_id)
         self.dev_id = idn.device_id
         now = hal.time()
         if cfg is None:
-            return self._finish(self._safe_mode(None, FAULT_CONFIG, len(errors)))
+            return self._finish(self._safe_mode(None, _FAULT_CONFIG, len(errors)))
         limit = cfg.max_boot_failures
-        if rtc.get("sm") and now - rtc.get("sm_t", now) >= SAFE_RETRY_S:
+        if rtc.get("sm") and now - rtc.get("sm_t", now) >= _SAFE_RETRY_S:
             rtc.set("sm", 0)
         if fails >= limit or rtc.get("sm"):
             if not rtc.get("sm"):
                 rtc.set("sm", 1)
                 rtc.set("sm_t", now)
-            return self._finish(self._safe_mode(cfg, FAULT_BOOT_LOOP, fails))
+            return self._finish(self._safe_mode(cfg, _FAULT_BOOT_LOOP, fails))
         return self._finish(self._normal(cfg, now))
 
     def _finish(self, sleep_ms):
@@ -165,16 +162,21 @@ class Node:
         self.sensor = make_sensor(hal, cfg, rtc.section("s"))
         self.sensor.clock_ok = bool(rtc.get("ts"))
         out = []  # [prio, kind, fields, ack_req]
-        rolled = bootsel.take_rollback(hal.fs)
-        if rolled is not None:
-            out.append([PRIO_EVENT, schema.K_FAULT, {1: FAULT_OTA_ROLLBACK, 2: rolled}, False])
-        trial = bootsel.in_trial(hal.fs)
+        trial = False
+        if hal.fs.exists(TRIAL_PATH) or hal.fs.exists(ROLLED_PATH):
+            from lifeline.firmware import bootsel
+
+            rolled = bootsel.take_rollback(hal.fs)
+            if rolled is not None:
+                out.append([PRIO_EVENT, schema.K_FAULT, {1: _FAULT_OTA_ROLLBACK, 2: rolled}, False])
+            trial = bootsel.in_trial(hal.fs)
+        self.trial = trial
         ev = self.sensor.sample(now, hal.wake_reason() == "motion")
         mv = hal.battery_mv()
         force_report = self._events(ev, out, mv)
         low = mv < cfg.low_battery_mv
         if low and not rtc.get("lb"):
-            out.append([PRIO_EVENT, schema.K_FAULT, {1: FAULT_LOW_BATTERY, 2: mv, 15: mv}, False])
+            out.append([PRIO_EVENT, schema.K_FAULT, {1: _FAULT_LOW_BATTERY, 2: mv, 15: mv}, False])
         rtc.set("lb", 1 if low else 0)
         interval = cfg.interval
         if hasattr(self.sensor, "report_interval"):
@@ -185,7 +187,9 @@ class Node:
             rtc.set("lr", now)
         lh = rtc.get("lh", -1)
         if lh < 0 or now - lh >= cfg.heartbeat or now < lh:
-            out.append([PRIO_PERIODIC, schema.K_HEARTBEAT, self._heartbeat_fields(mv), trial])
+            from lifeline.firmware import reports
+
+            out.append([PRIO_PERIODIC, schema.K_HEARTBEAT, reports.heartbeat(self, mv), trial])
             rtc.set("lh", now)
         self._send_all(out, now)
         self._stay_awake(cfg)
@@ -199,45 +203,13 @@ class Node:
             f[15] = max(0, min(mv, 4500))
         return f
 
-    def _heartbeat_fields(self, mv):
-        rtc = self.rtc
-        up = self.hal.time() - rtc.get("pt", 0)
-        f = {1: max(0, min(up, 0xFFFFFFFF)), 2: rtc.get("rc", 0), 3: FW_BUILD, 15: max(0, min(mv, 4500))}
-        f[6] = min(len(self.queue), 255) if self.queue is not None else 0
-        if rtc.get("rssi") is not None:
-            f[4] = max(-150, min(rtc.get("rssi"), 0))
-            f[5] = max(-300, min(rtc.get("snr", 0), 300))
-        return f
-
     def _events(self, ev, out, mv):
         """Turn sensor events into outgoing readings; True when a kind report should go now."""
-        rtc = self.rtc
-        force = False
-        active = rtc.section("aa")
-        for e in ev:
-            t = e[0]
-            if t == "raise":
-                aid = self._next_alarm_id()
-                active[str(e[1])] = aid
-                out.append([PRIO_ALARM, schema.K_ALARM_RAISED, {1: aid, 2: e[1], 3: e[2]}, True])
-                force = True
-            elif t == "clear":
-                aid = active.pop(str(e[1]), 0)
-                out.append([PRIO_ALARM, schema.K_ALARM_CLEARED, {1: aid, 2: e[1], 3: e[2]}, True])
-                force = True
-            elif t == "fault":
-                out.append([PRIO_EVENT, schema.K_FAULT, {1: e[1], 2: e[2], 15: max(0, min(mv, 4500))},
-                            False])
-            elif t == "report":
-                force = True
-        return force
+        if not ev:
+            return False
+        from lifeline.firmware import reports
 
-    def _next_alarm_id(self):
-        fs = self.hal.fs
-        p = storage.load_record(fs, ALARM_ID_PATH)
-        n = (int.from_bytes(p, "big") + 1) & 0xFFFF if p is not None and len(p) == 2 else 1
-        storage.save_record(fs, ALARM_ID_PATH, n.to_bytes(2, "big"))
-        return n
+        return reports.events(self, ev, out, mv)
 
     # ================================================================ radio
     def _open_radio(self):
@@ -261,7 +233,7 @@ class Node:
         listen = ack or self.maint_until >= 0
         for attempt in range(tries):
             if attempt:
-                self.hal.sleep_ms(ALARM_RETRY_MS * attempt)
+                self.hal.sleep_ms(_ALARM_RETRY_MS * attempt)
                 self.hal.wdt_feed()
             c, data = self._encode(kind, fields, t, ack, queued)
             ok, downs = self.radio.send(data, listen)
@@ -269,7 +241,9 @@ class Node:
                 self.tx.append(data)
             acked = self._downlinks(downs, c)
             if ok and (not ack or acked or self.cfg.radio == "ble"):
-                if ack and acked and not self.confirmed:
+                if ack and acked and self.trial and not self.confirmed:
+                    from lifeline.firmware import bootsel
+
                     self.confirmed = bootsel.confirm(self.hal.fs)
                 return True
         return False
@@ -285,7 +259,7 @@ class Node:
         t = now if self.rtc.get("ts") else 0
         link_ok = True
         for prio, kind, fields, ack in out:
-            tries = ALARM_TRIES if prio == PRIO_ALARM else 1
+            tries = _ALARM_TRIES if prio == PRIO_ALARM else 1
             if link_ok and self._transmit(kind, fields, t, ack, False, tries):
                 continue
             if prio != PRIO_ALARM:
@@ -300,7 +274,7 @@ class Node:
         if not q.due(now):
             return
         n = 0
-        while len(q) and n < QUEUE_BUDGET:
+        while len(q) and n < _QUEUE_BUDGET:
             prio, qt, kind, fields, ack = q.peek()
             if not self._transmit(kind, fields, qt, ack, True, 1):
                 q.failed(now)

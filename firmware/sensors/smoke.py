@@ -11,8 +11,6 @@
 # threshold reports "drift", above the whole threshold "dirty" (clean or replace the chamber).
 # All arithmetic is integer: microvolts and hundredths of %/m (the wire scale).
 
-from lifeline.firmware.sensors import buzzer
-
 try:
     from micropython import const
 except ImportError:
@@ -58,7 +56,7 @@ class SmokeSensor:
         self._led = hal.pin("smoke_led", True)
         self._adc = hal.adc("smoke_adc")
         self._button = hal.pin("test_button")
-        self.buzzer = buzzer.Buzzer(hal, st)
+        self._buzzer = None
         if "base" not in st:
             st["base"] = self.clean_uv
             st["bt"] = -1
@@ -68,6 +66,14 @@ class SmokeSensor:
             st["obs"] = 0
             st["test"] = 0
             st["hush"] = 0
+
+    @property
+    def buzzer(self):
+        if self._buzzer is None:  # loaded only when it has to sound
+            from lifeline.firmware.sensors import buzzer
+
+            self._buzzer = buzzer.Buzzer(self._hal, self._st)
+        return self._buzzer
 
     # ---- measurement ----
     def read_signal(self):
@@ -200,17 +206,21 @@ class SmokeSensor:
         return f
 
     def busy(self):
-        return self._st["state"] in (PRE_ALARM, ALARM) or self.buzzer.active()
+        st = self._st
+        return st["state"] in (PRE_ALARM, ALARM) or bool(st.get("bz")) or (
+            self._buzzer is not None and self._buzzer.active())
 
     def next_sample_s(self):
         return _FAST_S if self.busy() else self.sample_s
 
     def tick(self, now_ms):
         """Drive the buzzer pattern while awake."""
-        self.buzzer.tick(now_ms)
+        if self._buzzer is not None or self._st.get("bz"):
+            self.buzzer.tick(now_ms)
 
     def wake_pins(self):
         return ("test_button",)
 
     def on_ack(self, alarm_id, state):
-        self.buzzer.acked()
+        if self._st.get("bz"):
+            self.buzzer.acked()
