@@ -1,0 +1,749 @@
+"""The reference city-platform sink: receives signed batches over MQTT, verifies, dedupes, stores.
+
+- Subscribes ``$share/<group>/lifeline/v1/+/up/+`` (MQTT 5 shared subscription): several sinks on one
+  broker split the batches between them; pointed at one SQLite file (WAL) they also share the dedupe.
+- Every batch is verified with ``lifeline.protocols.batch.verify`` against the trusted key of the
+  gateway named in the topic; the topic's gateway and lane must match the signed payload. Rejects are
+  stored with their reason and counted, never raised.
+- Records are stored once per (device, fcnt) (gateway events once per (gateway, event seq)); a batch
+  redelivered by MQTT is recognised by (gateway, seq, digest).
+- The hash chain is checked as batches arrive against their stored neighbours (broken links at once)
+  and in full by :meth:`PlatformSink.chain_report` (gaps, broken links, equivocations; computed from the
+  database, so it covers every sink sharing it).
+- A batch is acknowledged to the broker (manual PUBACK) only after its transaction committed.
+- Commands to gateways: :meth:`PlatformSink.send_command`, :meth:`PlatformSink.ack_alarm`; results on
+  ``lifeline/v1/<gw>/down/result`` and presence on ``lifeline/v1/<gw>/state`` are kept in memory.
+
+``lifeline platform-sink --broker HOST:PORT --db FILE --trust GW=PUBKEYFILE`` runs it with a live
+count (or JSON lines with ``--json``). Tests use :class:`PlatformSink` in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from lifeline.gateway.mqtt_async import TlsFiles
+from lifeline.protocols import batch, keys
+
+log = logging.getLogger(__name__)
+
+SHARE_GROUP = "lifeline-sinks"
+UP_FILTER = "lifeline/v1/+/up/+"
+STATE_FILTER = "lifeline/v1/+/state"
+RESULT_FILTER = "lifeline/v1/+/down/result"
+LANES = {"live": batch.LANE_LIVE, "backlog": batch.LANE_BACKLOG}
+
+# reject reasons added by the sink to batch.REASONS
+R_BAD_TOPIC = "bad_topic"
+R_UNTRUSTED = "untrusted_gateway"
+R_TOPIC_MISMATCH = "topic_mismatch"
+R_LANE_MISMATCH = "lane_mismatch"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL, prev_hash BLOB NOT NULL,
+    lane INTEGER NOT NULL, created_ms INTEGER NOT NULL, count INTEGER NOT NULL, new_records INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL, sink TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (gateway, seq, digest)
+);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    scope TEXT NOT NULL,            -- '' for readings (dedupe across gateways), the gateway for events
+    device BLOB NOT NULL, fcnt INTEGER NOT NULL, record_type INTEGER NOT NULL,
+    kind INTEGER NOT NULL, node_time INTEGER NOT NULL, rx_ms INTEGER NOT NULL,
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, lane INTEGER NOT NULL, flags INTEGER NOT NULL,
+    priority INTEGER NOT NULL, data_class INTEGER NOT NULL, record_json TEXT NOT NULL,
+    stored_ms INTEGER NOT NULL, sink TEXT NOT NULL,
+    UNIQUE (scope, device, fcnt, record_type)
+);
+CREATE INDEX IF NOT EXISTS records_by_device ON records (device, fcnt);
+CREATE TABLE IF NOT EXISTS rejects (
+    id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL,
+    detail TEXT NOT NULL, size INTEGER NOT NULL, sink TEXT NOT NULL
+);
+"""
+
+
+class SinkError(Exception):
+    """The sink could not start (broker unreachable, bad key file) or a wait passed its deadline."""
+
+
+class SinkTimeout(SinkError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    device: bytes
+    fcnt: int
+    record_type: int
+    kind: int
+    node_time: int
+    rx_ms: int
+    gateway: str
+    seq: int
+    lane: int
+    flags: int
+    priority: int
+    fields: Mapping[str, Any]  # human-named, as batch.record_to_json renders them
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    gateway: str
+    batches: int
+    highest: int | None
+    gaps: tuple[tuple[int, int], ...]
+    broken_links: tuple[tuple[int, int], ...]
+    equivocations: tuple[int, ...]
+
+    @property
+    def intact(self) -> bool:
+        return not (self.gaps or self.broken_links or self.equivocations)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gateway": self.gateway, "batches": self.batches, "highest": self.highest,
+                "gaps": [list(g) for g in self.gaps], "broken_links": [list(b) for b in self.broken_links],
+                "equivocations": list(self.equivocations), "intact": self.intact}
+
+
+@dataclass(frozen=True, slots=True)
+class SinkEvent:
+    """What the sink did with one message (for live output): kind is batch / reject / broken_link /
+    presence / result."""
+
+    kind: str
+    data: Mapping[str, Any]
+
+
+def load_trust(pairs: Mapping[str, Path]) -> dict[str, Ed25519PublicKey]:
+    """Gateway id -> public key from files holding 32 raw bytes, 64 hex characters or a PEM."""
+    out: dict[str, Ed25519PublicKey] = {}
+    for gw, path in pairs.items():
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise SinkError(f"trust {gw}: cannot read {path}: {e.strerror or e}") from None
+        try:
+            out[gw] = keys.load_public_key(data if len(data) == 32 else data.decode("ascii", "replace"))
+        except (keys.KeyFileError, ValueError) as e:
+            raise SinkError(f"trust {gw}: {path}: {e}") from None
+    return out
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # a PUBACK follows the commit: it must be durable
+    db.execute("PRAGMA busy_timeout=30000")
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def topic_parts(topic: str) -> tuple[str, str] | None:
+    """(gateway id, lane name) of ``lifeline/v1/<gw>/up/<lane>``."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != "lifeline" or parts[1] != "v1" or parts[3] != "up":
+        return None
+    return parts[2], parts[4]
+
+
+class PlatformSink:
+    """One sink instance: an MQTT 5 client (paho thread) and a SQLite database (possibly shared)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        db: Path,
+        trust: Mapping[str, Ed25519PublicKey | bytes],
+        tls: TlsFiles | None = None,
+        client_id: str | None = None,
+        share_group: str | None = SHARE_GROUP,
+        session_expiry_s: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        on_event: Callable[[SinkEvent], None] | None = None,
+        keepalive_s: int = 30,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.db_path = Path(db)
+        self.trust: dict[str, Ed25519PublicKey] = {
+            gw: (k if isinstance(k, Ed25519PublicKey) else keys.load_public_key(k)) for gw, k in trust.items()
+        }
+        self.client_id = client_id or f"lifeline-sink-{uuid.uuid4().hex[:12]}"
+        self.share_group = share_group
+        self.on_event = on_event
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._db = open_db(self.db_path)
+        self.counters: Counter[str] = Counter()
+        self.presence: dict[str, str] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.trackers: dict[str, batch.ChainTracker] = {}
+        self._subscribed = threading.Event()
+        self._connect_error: str | None = None
+        self._session_expiry_s = session_expiry_s
+        self._keepalive_s = keepalive_s
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        self._client.manual_ack_set(True)
+        self._client.max_inflight_messages_set(100)
+        self._client.reconnect_delay_set(0.1, 5)  # type: ignore[arg-type]
+        if tls is not None:
+            self._client.tls_set_context(tls.context())
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._started = False
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    @property
+    def up_subscription(self) -> str:
+        return f"$share/{self.share_group}/{UP_FILTER}" if self.share_group else UP_FILTER
+
+    def start(self, timeout_s: float = 10.0) -> PlatformSink:
+        """Connect and subscribe (bounded wait). Raises SinkError. Idempotent."""
+        if self._started:
+            return self
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if self._session_expiry_s:
+            props.SessionExpiryInterval = self._session_expiry_s
+        self._client.connect_timeout = timeout_s
+        try:
+            self._client.connect(self.host, self.port, keepalive=self._keepalive_s,
+                                 clean_start=self._session_expiry_s == 0, properties=props)
+        except (OSError, ValueError) as e:
+            raise SinkError(f"cannot connect to {self.host}:{self.port}: {e}") from None
+        self._client.loop_start()
+        self._started = True
+        if not self._subscribed.wait(timeout_s):
+            why = self._connect_error or "no SUBACK"
+            self.stop()
+            raise SinkError(f"{self.host}:{self.port}: {why} within {timeout_s}s")
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._started = False
+        with self._lock, contextlib.suppress(sqlite3.ProgrammingError):
+            self._db.close()
+
+    def __enter__(self) -> PlatformSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------- callbacks
+
+    def _on_connect(self, c: mqtt.Client, u: object, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            self._connect_error = f"CONNACK {rc}"
+            return
+        self.counters["connects"] += 1
+        c.subscribe([(self.up_subscription, 1), (STATE_FILTER, 1), (RESULT_FILTER, 1)])
+
+    def _on_subscribe(self, c: mqtt.Client, u: object, mid: int, rcs: list[Any], props: Any) -> None:
+        if any(rc.is_failure for rc in rcs):
+            self._connect_error = "SUBACK refused: " + ", ".join(str(rc) for rc in rcs)
+            return
+        self._subscribed.set()
+
+    def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        try:
+            if topic.endswith("/state"):
+                self._on_state(topic, bytes(msg.payload))
+            elif topic.endswith("/down/result"):
+                self._on_result(topic, bytes(msg.payload))
+            else:
+                self._on_batch(topic, bytes(msg.payload))
+        except sqlite3.Error as e:  # the database refused: leave the message unacknowledged
+            log.error("sink database error on %s: %s", topic, e)
+            self.counters["db_errors"] += 1
+            return
+        except Exception:  # never let a bug kill the network thread
+            log.exception("sink failed on %s", topic)
+            self.counters["errors"] += 1
+        if msg.qos > 0:
+            c.ack(msg.mid, msg.qos)
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(SinkEvent(kind, data))
+            except Exception:
+                log.exception("sink event handler failed")
+
+    def _on_state(self, topic: str, payload: bytes) -> None:
+        gw = topic.split("/")[2]
+        state = payload.decode("utf-8", "replace")
+        with self._cond:
+            self.presence[gw] = state
+            self._cond.notify_all()
+        self._emit("presence", gateway=gw, state=state)
+
+    def _on_result(self, topic: str, payload: bytes) -> None:
+        try:
+            result = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            self.counters["bad_results"] += 1
+            return
+        if not isinstance(result, dict) or not isinstance(result.get("id"), str):
+            self.counters["bad_results"] += 1
+            return
+        result["gateway"] = topic.split("/")[2]
+        with self._cond:
+            self.results[result["id"]] = result
+            self._cond.notify_all()
+        self._emit("result", **result)
+
+    def _reject(self, topic: str, payload: bytes, reason: str, detail: str = "") -> None:
+        with self._cond:
+            self.counters["rejected"] += 1
+            self.counters[f"rejected.{reason}"] += 1
+            self._db.execute(
+                "INSERT INTO rejects (received_ms, topic, reason, detail, size, sink) VALUES (?,?,?,?,?,?)",
+                (_now_ms(), topic[:200], reason, detail[:500], len(payload), self.client_id),
+            )
+            self._cond.notify_all()
+        self._emit("reject", topic=topic, reason=reason, detail=detail)
+
+    def _on_batch(self, topic: str, payload: bytes) -> None:
+        self.counters["batches_received"] += 1
+        parts = topic_parts(topic)
+        if parts is None or parts[1] not in LANES:
+            self._reject(topic, payload, R_BAD_TOPIC)
+            return
+        gw, lane_name = parts
+        key = self.trust.get(gw)
+        if key is None:
+            self._reject(topic, payload, R_UNTRUSTED, gw)
+            return
+        try:
+            b = batch.verify(payload, key)
+        except batch.BatchError as e:
+            self._reject(topic, payload, e.reason, e.detail)
+            return
+        if b.gateway_id != gw:
+            self._reject(topic, payload, R_TOPIC_MISMATCH, f"signed by {gw}'s key for {b.gateway_id}")
+            return
+        if b.lane != LANES[lane_name]:
+            self._reject(topic, payload, R_LANE_MISMATCH, f"lane {b.lane} on {lane_name}")
+            return
+        self._store(b, payload)
+
+    def _store(self, b: batch.Batch, data: bytes) -> None:
+        now = _now_ms()
+        with self._cond:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO batches (gateway, seq, digest, prev_hash, lane, created_ms, count, "
+                    "new_records, received_ms, sink, data) VALUES (?,?,?,?,?,?,?,0,?,?,?)",
+                    (b.gateway_id, b.seq, b.digest, b.prev_hash, b.lane, b.created_ms, len(b.records), now,
+                     self.client_id, data),
+                )
+                redelivered = cur.rowcount == 0
+                new = 0
+                if not redelivered:
+                    for r in b.records:
+                        scope = b.gateway_id if r.record_type == batch.RECORD_EVENT else ""
+                        cur = db.execute(
+                            "INSERT OR IGNORE INTO records (scope, device, fcnt, record_type, kind, node_time, "
+                            "rx_ms, gateway, seq, lane, flags, priority, data_class, record_json, stored_ms, "
+                            "sink) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            (scope, r.device_id, r.fcnt, r.record_type, r.kind, r.node_time, r.rx_ms,
+                             b.gateway_id, b.seq, b.lane, r.flags, r.priority, r.data_class,
+                             json.dumps(batch.record_to_json(r), separators=(",", ":")), now, self.client_id),
+                        )
+                        new += cur.rowcount
+                    db.execute("UPDATE batches SET new_records=? WHERE gateway=? AND seq=? AND digest=?",
+                               (new, b.gateway_id, b.seq, b.digest))
+                broken = [] if redelivered else self._check_links(b)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            tracker = self.trackers.setdefault(b.gateway_id, batch.ChainTracker())
+            verdict = tracker.add_batch(b).verdict
+            if redelivered:
+                self.counters["batches_redelivered"] += 1
+            else:
+                self.counters["batches_stored"] += 1
+                self.counters["records_stored"] += new
+                self.counters["records_duplicate"] += len(b.records) - new
+            self.counters["broken_links"] += len(broken)
+            self._cond.notify_all()
+        self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
+                   records=len(b.records), new=new, redelivered=redelivered, verdict=verdict)
+        for link in broken:
+            self._emit("broken_link", gateway=b.gateway_id, link=list(link))
+
+    def _check_links(self, b: batch.Batch) -> list[tuple[int, int]]:
+        """Links to the stored neighbours (any sink sharing the database stored them)."""
+        broken: list[tuple[int, int]] = []
+        if b.seq == 0 and b.prev_hash != batch.ZERO_HASH:
+            broken.append((-1, 0))
+        rows = self._db.execute(
+            "SELECT seq, digest, prev_hash FROM batches WHERE gateway=? AND seq IN (?, ?)",
+            (b.gateway_id, b.seq - 1, b.seq + 1),
+        ).fetchall()
+        for seq, digest, prev in rows:
+            if seq == b.seq - 1 and digest != b.prev_hash:
+                broken.append((seq, b.seq))
+            if seq == b.seq + 1 and prev != b.digest:
+                broken.append((b.seq, seq))
+        return broken
+
+    # ---------------------------------------------------------------------------- queries
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    def record_count(self) -> int:
+        """Records stored in the database (by every sink sharing it)."""
+        return int(self._query("SELECT COUNT(*) FROM records")[0][0])
+
+    def batch_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM batches")[0][0])
+
+    def records(self, device: bytes | None = None) -> list[StoredRecord]:
+        """Stored records in storage order (optionally of one device)."""
+        sql = ("SELECT device, fcnt, record_type, kind, node_time, rx_ms, gateway, seq, lane, flags, priority, "
+               "record_json FROM records")
+        args: tuple[Any, ...] = ()
+        if device is not None:
+            sql += " WHERE device=?"
+            args = (device,)
+        out = []
+        for row in self._query(sql + " ORDER BY id", args):
+            out.append(StoredRecord(
+                device=bytes(row[0]), fcnt=row[1], record_type=row[2], kind=row[3], node_time=row[4],
+                rx_ms=row[5], gateway=row[6], seq=row[7], lane=row[8], flags=row[9], priority=row[10],
+                fields=json.loads(row[11])["fields"],
+            ))
+        return out
+
+    def rejects(self) -> list[tuple[str, str, str]]:
+        """(topic, reason, detail) of every rejected message in the database."""
+        return [(r[0], r[1], r[2]) for r in self._query("SELECT topic, reason, detail FROM rejects ORDER BY id")]
+
+    def chain_report(self, gateway: str | None = None) -> list[ChainReport]:
+        return chain_report(self._db, gateway, lock=self._lock)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"sink": self.client_id, "records": self.record_count(), "batches": self.batch_count(),
+                    "counters": dict(self.counters), "presence": dict(self.presence)}
+
+    # ------------------------------------------------------------------------------ waits
+
+    def wait_for(self, predicate: Callable[[PlatformSink], bool], timeout_s: float, what: str = "") -> None:
+        """Block until ``predicate(self)`` holds (re-checked on every stored message and every 0.2 s)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SinkTimeout(f"timed out after {timeout_s}s waiting for {what or 'condition'}: "
+                                      f"{self.snapshot()}")
+                self._cond.wait(min(left, 0.2))  # other sinks may write the shared database
+
+    def wait_records(self, n: int, timeout_s: float) -> None:
+        self.wait_for(lambda s: s.record_count() >= n, timeout_s, f"{n} records")
+
+    async def wait_for_async(self, predicate: Callable[[PlatformSink], bool], timeout_s: float,
+                             what: str = "") -> None:
+        """The same from asyncio code (polls without blocking the event loop)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if predicate(self):
+                    return
+            if time.monotonic() > deadline:
+                raise SinkTimeout(f"timed out after {timeout_s}s waiting for {what or 'condition'}: "
+                                  f"{self.snapshot()}")
+            await asyncio.sleep(0.02)
+
+    async def wait_records_async(self, n: int, timeout_s: float) -> None:
+        await self.wait_for_async(lambda s: s.record_count() >= n, timeout_s, f"{n} records")
+
+    def wait_result(self, command_id: str, timeout_s: float) -> dict[str, Any]:
+        self.wait_for(lambda s: command_id in s.results, timeout_s, f"result of {command_id}")
+        return self.results[command_id]
+
+    # --------------------------------------------------------------------------- commands
+
+    def send_command(self, gateway_id: str, command: Mapping[str, Any] | str, timeout_s: float = 10.0) -> str:
+        """Publish a platform command (QoS 1) to ``lifeline/v1/<gw>/down``; returns its id."""
+        body: dict[str, Any] = json.loads(command) if isinstance(command, str) else dict(command)
+        if not isinstance(body, dict):
+            raise SinkError("a command is a JSON object")
+        body.setdefault("id", str(uuid.uuid4()))
+        info = self._client.publish(f"lifeline/v1/{gateway_id}/down",
+                                    json.dumps(body, separators=(",", ":")).encode(), qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise SinkError(f"command not sent: {mqtt.error_string(info.rc)}")
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise SinkError(f"command not acknowledged by the broker within {timeout_s}s")
+        return str(body["id"])
+
+    def ack_alarm(self, gateway_id: str, device: bytes | str, alarm_id: int, timeout_s: float = 10.0) -> str:
+        """Acknowledge an alarm: the gateway sends the node an ``ack`` command for ``alarm_id``."""
+        dev = device.hex() if isinstance(device, bytes) else device
+        return self.send_command(gateway_id, {"device": dev, "command": "ack",
+                                              "fields": {"alarm_id": int(alarm_id), "alarm_state": 1}}, timeout_s)
+
+
+def chain_report(db: sqlite3.Connection, gateway: str | None = None,
+                 lock: threading.RLock | None = None) -> list[ChainReport]:
+    """Gaps, broken links and equivocations per gateway, from every batch in the database."""
+    with lock if lock is not None else contextlib.nullcontext():
+        gateways = [gateway] if gateway else [r[0] for r in db.execute("SELECT DISTINCT gateway FROM batches")]
+        out = []
+        for gw in sorted(gateways):
+            rows = db.execute("SELECT seq, prev_hash, digest FROM batches WHERE gateway=? ORDER BY seq, received_ms",
+                              (gw,)).fetchall()
+            tracker = batch.ChainTracker(window=max(2, len(rows) + 1))
+            for seq, prev, digest in rows:
+                tracker.add(int(seq), bytes(prev), bytes(digest))
+            out.append(ChainReport(gw, len(rows), tracker.highest, tracker.gaps, tracker.broken_links,
+                                   tracker.equivocations))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _parse_broker(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint="--broker")
+    return host, int(port)
+
+
+def _parse_trust(values: tuple[str, ...]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for v in values:
+        gw, sep, path = v.partition("=")
+        if not sep or not gw or not path:
+            raise click.BadParameter(f"{v!r} is not GATEWAY_ID=PUBKEYFILE", param_hint="--trust")
+        out[gw] = Path(path)
+    return out
+
+
+def _echo_json(obj: Mapping[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+    sys.stdout.flush()
+
+
+@click.command("platform-sink")
+@click.option("--broker", "broker", metavar="HOST:PORT", help="MQTT broker of the platform.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="SQLite database (created if missing; several sinks may share it).")
+@click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE",
+              help="Trusted gateway key (hex, raw or PEM Ed25519 public key). Repeatable.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
+@click.option("--client-id", default=None, help="MQTT client id (default: random, one per sink).")
+@click.option("--share-group", default=SHARE_GROUP, show_default=True,
+              help="Shared-subscription group; sinks in one group split the batches.")
+@click.option("--session-expiry", type=click.IntRange(0), default=0, show_default=True,
+              help="MQTT 5 session expiry (s): the broker keeps batches for a restarting sink this long.")
+@click.option("--count", "stop_after", type=click.IntRange(1), default=None,
+              help="Exit 0 once the database holds this many records.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=None,
+              help="Exit 1 if --count is not reached within this many seconds.")
+@click.option("--send", "commands", multiple=True, metavar="GATEWAY_ID=JSON",
+              help="Publish a platform command after connecting. Repeatable.")
+@click.option("--ack-alarm", "acks", multiple=True, metavar="GATEWAY_ID:DEVICE:ALARM_ID",
+              help="Acknowledge an alarm after connecting. Repeatable.")
+@click.option("--report", is_flag=True, help="Print the chain report of --db and exit (no broker needed).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of the live count.")
+def platform_sink_cmd(
+    broker: str | None, db_path: Path, trust: tuple[str, ...], tls_ca: Path | None, tls_cert: Path | None,
+    tls_key: Path | None, client_id: str | None, share_group: str, session_expiry: int, stop_after: int | None,
+    timeout_s: float | None, commands: tuple[str, ...], acks: tuple[str, ...], report: bool, as_json: bool,
+) -> None:
+    """Reference city-platform sink: verify, dedupe and store signed gateway batches.
+
+    Exit codes: 0 ok, 1 --count not reached in --timeout or the chain report found a problem,
+    2 usage error, 3 broker/key/database error.
+    """
+    if report:
+        _report(db_path, as_json)
+        return
+    if broker is None:
+        raise click.UsageError("--broker is required (unless --report)")
+    if not trust:
+        raise click.UsageError("at least one --trust GATEWAY_ID=PUBKEYFILE is required")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    host, port = _parse_broker(broker)
+    parsed_commands = []
+    for c in commands:
+        gw, sep, body = c.partition("=")
+        if not sep or not gw:
+            raise click.BadParameter(f"{c!r} is not GATEWAY_ID=JSON", param_hint="--send")
+        try:
+            parsed_commands.append((gw, json.loads(body)))
+        except ValueError:
+            raise click.BadParameter(f"{body!r} is not JSON", param_hint="--send") from None
+    parsed_acks = []
+    for a in acks:
+        fields = a.split(":")
+        if len(fields) != 3 or not fields[2].isdigit():
+            raise click.BadParameter(f"{a!r} is not GATEWAY_ID:DEVICE:ALARM_ID", param_hint="--ack-alarm")
+        parsed_acks.append((fields[0], fields[1], int(fields[2])))
+    try:
+        keys_by_gw = load_trust(_parse_trust(trust))
+    except SinkError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    tls = TlsFiles(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
+
+    on_event = (lambda ev: _echo_json({"event": ev.kind, **ev.data})) if as_json else None
+    try:
+        sink = PlatformSink(host, port, db=db_path, trust=keys_by_gw, tls=tls, client_id=client_id,
+                            share_group=share_group or None, session_expiry_s=session_expiry, on_event=on_event)
+    except sqlite3.Error as e:
+        click.echo(f"error: database {db_path}: {e}", err=True)
+        sys.exit(3)
+    try:
+        sink.start()
+    except SinkError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    code = 0
+    try:
+        for gw, body in parsed_commands:
+            cid = sink.send_command(gw, body)
+            _say(as_json, {"event": "command_sent", "gateway": gw, "id": cid})
+        for gw, dev, alarm in parsed_acks:
+            cid = sink.ack_alarm(gw, dev, alarm)
+            _say(as_json, {"event": "ack_sent", "gateway": gw, "device": dev, "alarm_id": alarm, "id": cid})
+        code = _run(sink, as_json, stop_after, timeout_s)
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        final = sink.snapshot()
+        reports = sink.chain_report()
+        sink.stop()
+    _say(as_json, {"event": "summary", **final, "chains": [r.to_json() for r in reports]})
+    sys.exit(code)
+
+
+def _say(as_json: bool, obj: Mapping[str, Any]) -> None:
+    if as_json:
+        _echo_json(obj)
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in obj.items()), err=True)
+
+
+def _run(sink: PlatformSink, as_json: bool, stop_after: int | None, timeout_s: float | None) -> int:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def finished() -> bool:
+        return stop_after is not None and sink.record_count() >= stop_after
+
+    def expired() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    if as_json or not sys.stderr.isatty():
+        while not finished():
+            if expired():
+                return 1
+            with contextlib.suppress(SinkTimeout):
+                sink.wait_for(lambda s: finished(), 0.5)
+        return 0
+    from rich.live import Live
+    from rich.table import Table
+
+    def table() -> Table:
+        snap = sink.snapshot()
+        t = Table(title=f"lifeline platform sink {sink.client_id} on {sink.host}:{sink.port}")
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        c = snap["counters"]
+        for label, value in (("records stored (db)", snap["records"]), ("batches (db)", snap["batches"]),
+                             ("batches here", c.get("batches_stored", 0)),
+                             ("redelivered", c.get("batches_redelivered", 0)),
+                             ("duplicate records", c.get("records_duplicate", 0)),
+                             ("rejected", c.get("rejected", 0)), ("broken links", c.get("broken_links", 0))):
+            t.add_row(label, str(value))
+        for gw, state in sorted(snap["presence"].items()):
+            t.add_row(f"gateway {gw}", state)
+        return t
+
+    with Live(table(), refresh_per_second=4, console=None, transient=False) as live:
+        while not finished():
+            if expired():
+                return 1
+            with contextlib.suppress(SinkTimeout):
+                sink.wait_for(lambda s: finished(), 0.25)
+            live.update(table())
+    return 0
+
+
+def _report(db_path: Path, as_json: bool) -> None:
+    if not db_path.exists():
+        click.echo(f"error: {db_path} does not exist", err=True)
+        sys.exit(3)
+    db = open_db(db_path)
+    try:
+        reports = chain_report(db)
+        records = int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        rejects = dict(db.execute("SELECT reason, COUNT(*) FROM rejects GROUP BY reason").fetchall())
+    finally:
+        db.close()
+    out = {"records": records, "rejects": rejects, "chains": [r.to_json() for r in reports]}
+    if as_json:
+        _echo_json(out)
+    else:
+        click.echo(f"records: {records}")
+        for reason, n in sorted(rejects.items()):
+            click.echo(f"rejected {reason}: {n}")
+        for r in reports:
+            state = "intact" if r.intact else "PROBLEM"
+            click.echo(f"{r.gateway}: {r.batches} batches, highest seq {r.highest}, {state}"
+                       f"{f', gaps {list(r.gaps)}' if r.gaps else ''}"
+                       f"{f', broken links {list(r.broken_links)}' if r.broken_links else ''}"
+                       f"{f', equivocations {list(r.equivocations)}' if r.equivocations else ''}")
+    sys.exit(0 if all(r.intact for r in reports) else 1)
