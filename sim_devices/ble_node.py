@@ -63,7 +63,7 @@ class BleAir(LocalLink):
         pl_1m_db: float = PL_1M_DB,
         sensitivity_dbm: float = SENSITIVITY_DBM,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.path_loss_exponent = path_loss_exponent
         self.pl_1m_db = pl_1m_db
         self.sensitivity_dbm = sensitivity_dbm
@@ -146,14 +146,14 @@ class RadioController(Controller):
     def send_hci_packet(self, packet: Any) -> None:
         if isinstance(packet, hci.HCI_LE_Extended_Advertising_Report_Event):
             scan_rsp = hci.HCI_LE_Extended_Advertising_Report_Event.EventType.SCAN_RESPONSE
-            reports = [
+            ext_reports = [
                 dataclasses.replace(r, rssi=r.rssi if self._rx_rssi is None else self._rx_rssi)
                 for r in packet.reports
                 if not (self._passive and r.event_type & scan_rsp)
             ]
-            if not reports:
+            if not ext_reports:
                 return
-            packet = hci.HCI_LE_Extended_Advertising_Report_Event(reports)
+            packet = hci.HCI_LE_Extended_Advertising_Report_Event(ext_reports)
         elif isinstance(packet, hci.HCI_LE_Advertising_Report_Event):
             scan_rsp_type = hci.HCI_LE_Advertising_Report_Event.EventType.SCAN_RSP
             reports = [
@@ -374,6 +374,10 @@ class BleNodeSim:
     def _service(self) -> gatt.Service:
         props = gatt.Characteristic.Properties
         perms = gatt.Characteristic.Permissions
+        self._status_char: gatt.Characteristic[bytes] = gatt.Characteristic(
+            ble_adv.UUID_STATUS, props.READ | props.NOTIFY, perms.READABLE,
+            gatt.CharacteristicValue(read=self._on_status_read),
+        )
         return gatt.Service(
             ble_adv.UUID_SERVICE,
             [
@@ -381,10 +385,7 @@ class BleNodeSim:
                     ble_adv.UUID_DOWNLINK, props.WRITE, perms.WRITEABLE,
                     gatt.CharacteristicValue(write=self._on_downlink_write),
                 ),
-                gatt.Characteristic(
-                    ble_adv.UUID_STATUS, props.READ | props.NOTIFY, perms.READABLE,
-                    gatt.CharacteristicValue(read=self._on_status_read),
-                ),
+                self._status_char,
                 gatt.Characteristic(
                     ble_adv.UUID_MAINTENANCE, props.WRITE, perms.WRITEABLE,
                     gatt.CharacteristicValue(write=self._on_maintenance_write),
@@ -399,6 +400,10 @@ class BleNodeSim:
 
     def _on_status_read(self, connection: Any) -> bytes:
         return self.status
+
+    async def notify_status(self) -> None:
+        """Notify the current status to every subscribed central."""
+        await self.device.notify_subscribers(self._status_char, self.status)
 
     def _check(self, value: bytes) -> None:
         if not frame.MIN_FRAME <= len(value) <= frame.MAX_FRAME:
