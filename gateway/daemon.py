@@ -349,9 +349,11 @@ class Gateway:
                 await asyncio.wait_for(self.flush(), timeout_s)
             except (TimeoutError, RuntimeError) as e:
                 _log.error("final flush incomplete", error=type(e).__name__)
-        if "forwarder" in self._tasks or hasattr(self, "forwarder"):
-            with contextlib.suppress(AttributeError):
-                await self.forwarder.stop(timeout_s)
+        if hasattr(self, "forwarder"):
+            await self.forwarder.stop(timeout_s)
+        if hasattr(self, "commands") and self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.commands.drain_results(self._publisher), timeout_s)
         self._stopped = True
         for t in self._tasks.values():
             t.cancel()

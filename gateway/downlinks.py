@@ -142,6 +142,7 @@ class CommandQueue:
         self.open_by_device: collections.Counter[bytes] = collections.Counter()
         self.results: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RESULTS)
         self.results_ready = asyncio.Event()
+        self._publish_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ DB thread
 
@@ -261,8 +262,23 @@ class CommandQueue:
         if sent:
             self.result(cmd.id, "sent", device, down_fcnt=down_fcnt)
 
+    async def drain_results(self, publisher: AckedPublisher) -> int:
+        """Publish queued result messages in order until none is left or the uplink refuses one."""
+        sent = 0
+        async with self._publish_lock:
+            while self.results and publisher.is_connected():
+                msg = self.results[0]
+                try:
+                    await publisher.publish(self.topic, json.dumps(msg, separators=(",", ":")).encode())
+                except UplinkUnavailable:
+                    break
+                if self.results and self.results[0] is msg:
+                    self.results.popleft()
+                sent += 1
+        return sent
+
     async def publish_results(self, publisher: AckedPublisher, heartbeat: Heartbeat) -> None:
-        """Publish result messages in order; on an uplink outage keep them and retry."""
+        """Stage loop: publish result messages as they come; on an uplink outage keep them and retry."""
         while True:
             heartbeat.beat()
             if not self.results:
@@ -270,17 +286,9 @@ class CommandQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.results_ready.wait(), HEARTBEAT_S)
                 continue
-            if not publisher.is_connected():
+            await self.drain_results(publisher)
+            if self.results:
                 await asyncio.sleep(HEARTBEAT_S / 2)
-                continue
-            msg = self.results[0]
-            try:
-                await publisher.publish(self.topic, json.dumps(msg, separators=(",", ":")).encode())
-            except UplinkUnavailable:
-                await asyncio.sleep(HEARTBEAT_S / 2)
-                continue
-            if self.results and self.results[0] is msg:
-                self.results.popleft()
 
 
 def ack_fields(plan: rec.DownlinkPlan, now_ms: int) -> tuple[int, dict[int, int | bytes]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lifeline.gateway import records as rec
-from lifeline.gateway.buffer import Buffer, add_receptions, decode_record, encode_reading, with_flags
+from lifeline.gateway.buffer import Buffer, Drop, add_receptions, decode_record, encode_reading, with_flags
 from lifeline.gateway.config import BufferConfig
 from lifeline.gateway.ingress.base import Reception
 from lifeline.gateway.statedb import Transaction, connect
@@ -37,7 +37,7 @@ def _open(path: Path, quota_mb: int = 64, ttl_s: tuple[int, int, int] = (3000, 2
     return conn, buf
 
 
-def _write(conn: sqlite3.Connection, buf: Buffer, items: list[rec.Reading], now: int = 0) -> list[object]:
+def _write(conn: sqlite3.Connection, buf: Buffer, items: list[rec.Reading], now: int = 0) -> list[Drop]:
     with Transaction(conn):
         res = buf.write_group(conn, items, now)
     return list(res.drops)
@@ -100,7 +100,7 @@ def test_quota_drops_oldest_periodic_then_events_then_alarms(tmp_path: Path) -> 
     conn, buf = _open(tmp_path / "b.db", quota_mb=1)
     t = 0
 
-    def group(prio: int, n: int) -> list[object]:
+    def group(prio: int, n: int) -> list[Drop]:
         nonlocal t
         items = []
         for _ in range(n):
@@ -111,7 +111,7 @@ def test_quota_drops_oldest_periodic_then_events_then_alarms(tmp_path: Path) -> 
         return drops
 
     assert group(P_A, 700) == [] and group(P_E, 700) == []
-    drops = []
+    drops: list[Drop] = []
     for _ in range(10):
         drops += group(P_P, 200)
     assert drops and {d.priority for d in drops} == {P_P}  # periodic go first

@@ -106,10 +106,10 @@ async def test_fuzzed_garbage_is_counted_not_fatal(tmp_path: Path) -> None:
             if i % 3 == 0:
                 data = rng.randbytes(rng.randrange(0, 80))
             else:
-                data = bytearray(rng.choice(seeds))
+                buf = bytearray(rng.choice(seeds))
                 for _ in range(rng.randrange(1, 4)):
-                    data[rng.randrange(len(data))] = rng.randrange(256)
-                data = bytes(data)
+                    buf[rng.randrange(len(buf))] = rng.randrange(256)
+                data = bytes(buf)
             await h.adapter.hear(data, h.clock.now_ms())
             n += 1
         await h.gw.flush()
@@ -142,7 +142,9 @@ async def test_priority_mapping_and_rules_hook(tmp_path: Path) -> None:
         def evaluate(self, reading: rec.Reading) -> RuleOutcome | None:
             seen.append(reading)
             if reading.kind == schema.K_WATER_LEVEL:
-                if reading.fields[1] > 15000:
+                level = reading.fields[1]
+                assert isinstance(level, int)
+                if level > 15000:
                     raise RuntimeError("buggy rule")
                 ev = rec.GatewayEvent(rec.EV_RULES_FIRST, reading.device_id, reading.rx_ms, schema.P_ALARM,
                                       fields={1: reading.fields[1]})
