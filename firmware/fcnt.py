@@ -26,9 +26,13 @@ class FrameCounter:
         if p is None or len(p) != 4:
             if not first_boot:
                 raise CounterLost("frame counter record missing or corrupt")
-            self.reserved = 0
-        else:
-            self.reserved = int.from_bytes(p, "big")
+            # first boot: persist the first reservation now, before the caller records that it booted
+            storage.save_record(fs, PATH, STEP.to_bytes(4, "big"))
+            self.reserved = STEP
+            self.persists += 1
+            self.value = 0
+            return
+        self.reserved = int.from_bytes(p, "big")
         nxt = rtc.get("fc") if rtc.valid else None
         if isinstance(nxt, int) and self.reserved - STEP <= nxt <= self.reserved:
             self.value = nxt

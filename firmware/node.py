@@ -230,7 +230,7 @@ class Node:
         """Send one reading (encode per try: a fresh counter each time). True when delivered."""
         if not self._open_radio():
             return False
-        listen = ack or self.maint_until >= 0
+        listen = True  # class-A style: a receive window after every uplink (rx_ms 0 turns it off)
         for attempt in range(tries):
             if attempt:
                 self.hal.sleep_ms(_ALARM_RETRY_MS * attempt)

@@ -75,6 +75,14 @@ class Air:
         k[1] += 1
         return data
 
+    def poll(self, hal, dev_id):
+        """A receive window opened without an uplink (maintenance): the next queued downlink, if any."""
+        p = self.pending.get(dev_id)
+        if not self.up or not p:
+            return None
+        kind, fields = p.pop(0)
+        return self.downlink(dev_id, kind, fields)
+
     def uplink(self, hal, payload, params):
         if not self.up:
             return None
@@ -130,6 +138,7 @@ class SimNode:
         if pulses:
             pu.update(pulses)
         self.modem = sim_chips.Rak3172(self.air, lora_airtime)
+        self.modem.dev_id = self.dev_id
         u["lora"] = self.modem
         self.hal = sim.SimHal(clock=clock, flash=flash, providers=p, i2c_devices=i, uart_devices=u,
                               pulse_providers=pu, net=net)
@@ -154,6 +163,11 @@ class SimNode:
     def sleep(self, ms=None, wake="timer"):
         """Deep sleep for ms (default: what the node asked for) and wake by timer or another source."""
         self.hal.resume(3, wake, self.last_sleep_ms if ms is None else ms)
+
+    def decoded(self, frames=None):
+        """Every uplink (or ``frames``) verified and decoded with this node's keys."""
+        keys = frame.derive_keys(self.root_key, self.dev_id)
+        return [frame.decode(f, keys) for f in (self.air.frames if frames is None else frames)]
 
     def cycle(self):
         ms = self.wake()

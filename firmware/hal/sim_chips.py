@@ -142,6 +142,7 @@ class Rak3172:
         self.airtime_ms = airtime_ms  # callable(n, params) -> ms
         self.sent = []
         self.restarts = 0
+        self.dev_id = None
 
     def _emit(self, t, line):
         self._out.append((t, line.encode() + b"\r\n"))
@@ -209,6 +210,8 @@ class Rak3172:
                 return
             down = self._pending_down
             self._pending_down = None
+            if down is None and self.air is not None and self.dev_id is not None:
+                down = self.air.poll(hal, self.dev_id)  # a gateway that knows the node is listening
             if down is not None:
                 rssi, snr, payload = down if isinstance(down, tuple) else (-90, 7, down)
                 self._emit(now + 50, "+EVT:RXP2P:%d:%d:%s" % (rssi, snr, payload.hex()))

@@ -6,13 +6,6 @@ import socket
 from typing import Any
 
 import pytest
-from lifeline.firmware import simnode
-from lifeline.protocols import frame
-
-
-def decode_all(sn: simnode.SimNode, frames: list[bytes] | None = None) -> list[frame.Frame]:
-    keys = frame.derive_keys(sn.root_key, sn.dev_id)
-    return [frame.decode(f, keys) for f in (sn.air.frames if frames is None else frames)]
 
 
 class RealNet:
