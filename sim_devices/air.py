@@ -428,7 +428,8 @@ class AirChannel:
 
 
 def open_rx_window(node: Radio, uplink: Transmission) -> Listen:
-    """Lifeline's P2P receive window after ``uplink`` (gateway/ingress/lora_p2p.py): the node listens
-    RX1_DELAY_MS after the uplink ends, for RX_WINDOW_MS, with inverted IQ."""
+    """The contract's receive window after ``uplink`` (gateway/ingress/lora_p2p.py): the node listens
+    at least from RX1_DELAY_MS after the uplink ends, for RX_WINDOW_MS, with the downlink IQ polarity.
+    (The node firmware listens longer, from the end of its uplink; a downlink that lands here lands there.)"""
     start = uplink.end_ms + lora_p2p.RX1_DELAY_MS
     return node.listen(uplink.params.downlink(), start, start + lora_p2p.RX_WINDOW_MS)

@@ -27,8 +27,10 @@ VERSION = 2
 PUSH_DATA, PUSH_ACK, PULL_DATA, PULL_RESP, PULL_ACK, TX_ACK = range(6)
 TX_MIN_LEAD_US = 1500 + 1000 + 30000  # TX_START_DELAY + TX_MARGIN_DELAY + TX_JIT_DELAY (jitqueue.c)
 TX_MAX_ADVANCE_US = 512_000_000
+# Eight multi-SF channels as a Lifeline EU868 concentrator is configured: the three LoRaWAN default
+# channels, four more, and Lifeline's P2P channel 869.525 MHz (docs/radios.md section 2.4).
 EU868_CHANNELS = (868_100_000, 868_300_000, 868_500_000, 867_100_000, 867_300_000, 867_500_000,
-                  867_700_000, 867_900_000)
+                  867_700_000, 869_525_000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,7 +117,7 @@ class TxPk:
     immediate: bool = False
     rfch: int = 0
     codr: str = "4/5"
-    ipol: bool = True  # downlinks use inverted IQ so nodes never hear each other's uplinks
+    ipol: bool = True  # LoRaWAN inverts downlink IQ; Lifeline passes lora_p2p.DOWNLINK_IQ_INVERTED
     preamble: int | None = None
 
     def to_json(self) -> dict[str, object]:

@@ -1,17 +1,22 @@
 """Lifeline's LoRa point-to-point link contract, shared by both LoRa ingress adapters and the simulator.
 
 Lifeline nodes send raw LoRa packets (no LoRaWAN MAC): one Lifeline frame per packet, explicit header,
-CRC on, sync word 0x34 (public), normal IQ. A node that wants an answer (ACK_REQ, or it polls for
-commands) listens once after each uplink, class-A style:
+CRC on, the modem's default sync word, normal IQ. A node that wants an answer (ACK_REQ, or it polls for
+commands) listens once after each uplink, class-A style, on the uplink's channel and SF:
 
-    uplink ends ──── RX1_DELAY_MS (1000 ms) ────► node opens its receiver for RX_WINDOW_MS (500 ms)
-                                                   on the uplink's channel and SF, with *inverted* IQ.
+    uplink ends ──── RX1_DELAY_MS (1000 ms) ──── the gateway's answer starts TX_OFFSET_MS (50 ms) later
+                     [ node listens at least from +1000 ms to +1500 ms (RX_WINDOW_MS) ]
 
-A gateway starts a downlink TX_OFFSET_MS (50 ms) after the window opens, so the node's timer jitter and
-the serial latency of a modem both fit, and the preamble (8 + 4.25 symbols) lies well inside the window.
-A node that detects a preamble inside its window keeps receiving until the packet ends. Downlinks use
-inverted IQ (as LoRaWAN does) so nodes never demodulate each other's uplinks and gateways never hear
-downlinks as uplinks. The full description is docs/radios.md, section 3.
+The node firmware (firmware/radios/lora_at.py) sends AT+PRECV=1500 right after +EVT:TXP2P DONE, so it
+listens from about +0 to +1500 ms, which contains the contract window. The one-second delay gives the
+gateway time to verify the frame and commit the reading before it acknowledges (acks only after commit);
+the 50 ms offset absorbs the node's timer jitter and a modem's serial latency, and leaves 450 ms for the
+preamble to be detected inside the window even at SF12.
+
+Downlinks use normal IQ, like uplinks: the node's RAK3172 listens with its P2P defaults. A node that hears
+another node's uplink in its window, or a gateway that hears a downlink, cannot mistake it: the frame's
+DOWN flag and the per-direction MIC keys (docs/protocol.md section 1) reject it as ``bad_direction`` /
+``bad_mic``. Full description: docs/radios.md, section 3.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ RX1_DELAY_MS = 1000  # uplink end -> node receive window opens
 RX_WINDOW_MS = 500  # how long the node listens for a preamble
 TX_OFFSET_MS = 50  # gateway downlink start, after the window opens
 UPLINK_IQ_INVERTED = False
-DOWNLINK_IQ_INVERTED = True
+DOWNLINK_IQ_INVERTED = False  # both directions normal IQ (see the module docstring)
 
 
 def downlink_start_ms(uplink_end_ms: float) -> float:
@@ -42,13 +47,13 @@ class ChannelDefaults:
     tx_power_dbm: int
 
 
-# One channel per region for uplinks and their downlinks. EU868 868.1 MHz is in ETSI sub-band g1
-# (1 % duty cycle, 14 dBm ERP) and is a default channel every concentrator listens on. CN470 470.3 MHz is
-# the first CN470 uplink channel; 17 dBm is the SRRC limit (50 mW ERP). SF10/125 kHz carries the whole
-# 51-byte Lifeline frame budget with margin for range.
+# One channel per region for uplinks and their downlinks, the node firmware's defaults
+# (firmware/config.py REGIONS): EU868 869.525 MHz lies in ETSI sub-band g3 (10 % duty cycle, up to
+# 500 mW ERP), so a gateway can acknowledge alarms often; CN470 470.3 MHz is the first CN470 uplink
+# channel, 17 dBm being the SRRC limit (50 mW ERP). SF9/125 kHz carries the whole 51-byte frame budget.
 REGION_DEFAULTS: dict[str, ChannelDefaults] = {
-    "EU868": ChannelDefaults(freq_hz=868_100_000, sf=10, bw_khz=125, tx_power_dbm=14),
-    "CN470": ChannelDefaults(freq_hz=470_300_000, sf=10, bw_khz=125, tx_power_dbm=17),
+    "EU868": ChannelDefaults(freq_hz=869_525_000, sf=9, bw_khz=125, tx_power_dbm=14),
+    "CN470": ChannelDefaults(freq_hz=470_300_000, sf=9, bw_khz=125, tx_power_dbm=17),
 }
 
 

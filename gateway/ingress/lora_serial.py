@@ -4,15 +4,15 @@ The port is opened with pyserial (settings, exclusive lock) and then read withou
 descriptor joins the event loop with ``loop.add_reader``; writes are non-blocking with ``add_writer``
 back-pressure. A supervisor task owns the modem's life cycle:
 
-    open port -> configure (AT, AT+NWM=0, AT+PRECV=0, AT+P2P=..., AT+IQINVER=0, AT+PRECV=65534)
+    open port -> configure (AT, AT+NWM=0, AT, AT+PRECV=0, AT+P2P=..., AT+PRECV=65534)
       -> receiving: +EVT:RXP2P lines become RawFrames for the sink
       -> port lost (read error, EOF, write error): close, poll for the device path with exponential
          backoff, reopen, reconfigure; counted as ``disconnects`` / ``reconnects``
       -> modem rebooted (banner outside configuration) or receive stopped: reconfigure; ``modem_resets``
 
-Downlinks go out in the node's receive window (lora_p2p: RX1 1000 ms after the uplink ended, 500 ms
-long, inverted IQ): stop receive, AT+IQINVER=1, wait for the start time, AT+PSEND, wait for
-+EVT:TXP2P DONE, then AT+IQINVER=0 and AT+PRECV=65534 again. The regional duty cycle is checked before,
+Downlinks go out in the node's receive window (lora_p2p: they start 1050 ms after the uplink ended):
+stop receive just before (AT+PRECV=0), wait for the start time, AT+PSEND, wait for +EVT:TXP2P DONE,
+then AT+PRECV=65534 again. The regional duty cycle is checked before,
 and accounted after, every transmission. The command set is in docs/radios.md section 1.
 """
 
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 RADIO = "lora-serial"
 PRECV_CONTINUOUS = 65534  # RUI3: receive continuously until AT+PRECV=0
 PRECV_STOP = 0
-PREP_MS = 100  # stop receive / set IQ this long before a downlink starts
+PREP_MS = 50  # stop receive this long before a downlink starts
 _CONTEXT = struct.Struct(">q")  # estimated uplink end, Unix ms
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
@@ -262,7 +262,6 @@ class LoraSerialAdapter:
             await self._sleep_until(start - PREP_MS - cmd_ms)
             try:
                 await self._expect_ok(f"AT+PRECV={PRECV_STOP}")
-                await self._expect_ok("AT+IQINVER=1")
                 await self._sleep_until(start - cmd_ms)
                 if self._clock.now_ms() + cmd_ms > latest:
                     return False, "too_late"
@@ -287,7 +286,6 @@ class LoraSerialAdapter:
         if self._lost.is_set() or self._reset.is_set() or self._fd is None:
             return
         try:
-            await self._expect_ok("AT+IQINVER=0")
             await self._expect_ok(f"AT+PRECV={PRECV_CONTINUOUS}")
         except (ModemGone, CommandFailed, TimeoutError):
             self._counts["rx_resume_failed"] += 1
@@ -414,7 +412,6 @@ class LoraSerialAdapter:
             await self._expect_ok_retry("AT", attempts=5)
             await self._expect_ok(f"AT+PRECV={PRECV_STOP}")
             await self._expect_ok(self.config.p2p_command())
-            await self._expect_ok("AT+IQINVER=0")
             await self._expect_ok(f"AT+PRECV={PRECV_CONTINUOUS}")
             self._reset.clear()
         finally:

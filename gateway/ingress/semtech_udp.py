@@ -9,8 +9,9 @@ number of forwarders, told apart by their gateway EUI (the "MAC address" bytes 4
 * PULL_DATA: answered with PULL_ACK; the datagram's source address becomes the forwarder's downlink
   address, so a forwarder that restarts (new source port) or moves is picked up by its next PULL_DATA.
 * Downlinks: PULL_RESP with a ``txpk`` timed on the concentrator counter (``tmst`` of the uplink plus the
-  Lifeline window offset, lora_p2p), inverted IQ; the result is the TX_ACK ``error`` (NONE, TOO_LATE,
-  TOO_EARLY, COLLISION_PACKET, ...), counted per value; no TX_ACK in time counts as not sent.
+  Lifeline window offset, lora_p2p), normal IQ (``ipol`` false, as the nodes listen); the result is the
+  TX_ACK ``error`` (NONE, TOO_LATE, TOO_EARLY, COLLISION_PACKET, ...), counted per value; no TX_ACK in
+  time counts as not sent.
 * Protocol version 1 and anything else malformed is counted by reason (gwmp.GwmpError) and ignored.
 """
 

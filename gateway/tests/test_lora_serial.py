@@ -17,9 +17,8 @@ from lifeline.protocols import lora_phy
 from lifeline.sim_devices.air import AirChannel, LoraParams, Radio, Transmission, VirtualClock, open_rx_window
 from lifeline.sim_devices.lora_modem_emulator import Rak3172Emulator
 
-CONFIGURE = ["AT", "AT+NWM=0", "AT", "AT+PRECV=0", "AT+P2P=868100000:10:125:0:8:14", "AT+IQINVER=0",
-             "AT+PRECV=65534"]
-UPLINK = LoraParams(868_100_000, 10, 125)
+CONFIGURE = ["AT", "AT+NWM=0", "AT", "AT+PRECV=0", "AT+P2P=869525000:9:125:0:8:14", "AT+PRECV=65534"]
+UPLINK = LoraParams(869_525_000, 9, 125)
 
 
 class CollectSink:
@@ -69,7 +68,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     air = AirChannel(clock, seed=7)
     modem = Rak3172Emulator(air, "gw-modem", tmp_path / "ttyLORA0")
     await modem.start()
-    node = air.add_radio("node-1", 120.0, 0.0, duty_cycle=False)
+    node = air.add_radio("node-1", 60.0, 0.0, duty_cycle=False)
     adapter = make_adapter(modem.path, clock)
     sink = CollectSink()
     await adapter.start(sink)
@@ -92,7 +91,7 @@ async def test_receives_frames_with_rssi_and_snr(rig: Rig) -> None:
     heard = rig.air.received_by("gw-modem")[-1]
     assert frame.payload == b"\x11lifeline-frame"
     r = frame.reception
-    assert (r.radio, r.adapter, r.freq_hz, r.sf) == ("lora-serial", "lora0", 868_100_000, 10)
+    assert (r.radio, r.adapter, r.freq_hz, r.sf) == ("lora-serial", "lora0", 869_525_000, 9)
     assert r.rssi == round(heard.rssi_dbm) and r.snr_x10 == 10 * round(heard.snr_db)
     assert -135 < r.rssi < -60
     assert abs(r.rx_ms - tx.end_ms) < 1
@@ -108,11 +107,10 @@ async def test_downlink_is_sent_inside_the_node_receive_window(rig: Rig) -> None
                                                          frame.reception.rx_ms + 5000))
     assert ok
     (got,) = rig.air.received_by("node-1")
-    assert got.tx.payload == b"ACK-123" and got.tx.params.iq_inverted
+    assert got.tx.payload == b"ACK-123" and got.tx.params == UPLINK.downlink()
     assert window.start_ms <= got.tx.start_ms < window.end_ms
     assert got.tx.start_ms - tx.end_ms == pytest.approx(lora_p2p.RX1_DELAY_MS + lora_p2p.TX_OFFSET_MS, abs=10)
-    assert rig.modem.commands == ["AT+PRECV=0", "AT+IQINVER=1", "AT+PSEND=" + b"ACK-123".hex().upper(),
-                                  "AT+IQINVER=0", "AT+PRECV=65534"]
+    assert rig.modem.commands == ["AT+PRECV=0", "AT+PSEND=" + b"ACK-123".hex().upper(), "AT+PRECV=65534"]
     # and it listens again
     rig.uplink(b"next")
     assert (await rig.sink.next()).payload == b"next"
@@ -131,17 +129,16 @@ async def test_downlink_after_the_window_is_refused(rig: Rig) -> None:
 
 
 async def test_downlinks_respect_the_eu868_duty_cycle(rig: Rig) -> None:
-    payload = b"D" * 20
-    toa = lora_phy.time_on_air_ms(len(payload), 10, 125)
+    payload = b"D" * 50
+    toa = lora_phy.time_on_air_ms(len(payload), 9, 125)
     rig.uplink(b"one")
     first = await rig.sink.next()
     assert await rig.adapter.send_downlink(DownlinkRequest(b"\x01" * 8, payload, first.reception, 2**62))
-    rig.clock.advance(2000)
     rig.uplink(b"two")
     second = await rig.sink.next()
     assert not await rig.adapter.send_downlink(DownlinkRequest(b"\x01" * 8, payload, second.reception, 2**62))
     assert rig.adapter.counters()["downlink_failed.duty_cycle"] == 1
-    rig.clock.advance(99 * toa)  # g1 is 1 %: silent for 99 times the airtime
+    rig.clock.advance(9 * toa)  # 869.525 MHz is in g3, 10 %: silent for 9 times the airtime
     rig.uplink(b"three")
     third = await rig.sink.next()
     assert await rig.adapter.send_downlink(DownlinkRequest(b"\x01" * 8, payload, third.reception, 2**62))
@@ -249,9 +246,9 @@ async def test_cn470_plan_and_configurable_duty_cycle(tmp_path: Path) -> None:
 
 def test_config_from_table_names_the_bad_key() -> None:
     good = LoraSerialConfig.from_config({"name": "lora0", "port": "/dev/ttyUSB0", "region": "CN470"})
-    assert good.p2p_command() == "AT+P2P=470300000:10:125:0:8:17"
+    assert good.p2p_command() == "AT+P2P=470300000:9:125:0:8:17"
     adapter = LoraSerialAdapter.from_config({"port": "/dev/ttyUSB0", "sf": 12}, name="lora1")
-    assert adapter.name == "lora1" and adapter.config.p2p_command().startswith("AT+P2P=868100000:12:")
+    assert adapter.name == "lora1" and adapter.config.p2p_command().startswith("AT+P2P=869525000:12:")
     cases = [
         ({"name": "x", "port": "/dev/x", "sf": 13}, "sf:"),
         ({"name": "x", "port": "/dev/x", "sf": "7"}, "sf:"),

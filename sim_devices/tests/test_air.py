@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -148,9 +149,9 @@ def test_receive_window_rules() -> None:
     assert window.start_ms == pytest.approx(up.end_ms + lora_p2p.RX1_DELAY_MS)
     assert window.end_ms - window.start_ms == lora_p2p.RX_WINDOW_MS
     t_sym = lora_phy.symbol_time_ms(9, 125)
-    # normal IQ in the window: not for the node (it listens with inverted IQ)
+    # the other IQ polarity in the window: not demodulated
     clock.advance_to(window.start_ms + 10)
-    gw.transmit(b"wrong-iq", P)
+    gw.transmit(b"wrong-iq", replace(P.downlink(), iq_inverted=not P.downlink().iq_inverted))
     clock.advance(400)
     # a downlink whose preamble starts too late in the window (fewer than 5 symbols inside)
     up2 = node.transmit(b"up2", P)
