@@ -4,8 +4,8 @@
 #
 # Sensor faults: no valid frames (no echo / wiring), distance inside the blind zone (blocked: debris,
 # spider web, ice), out of range, and "stuck": real echoes jitter by a few mm, so bursts with zero spread
-# on several consecutive wakes mean the sensor is reporting a frozen value. A faulty sensor never raises a
-# flood alarm.
+# on several consecutive wakes mean the sensor is reporting a frozen value; such bursts never count towards
+# a flood alarm, and a faulty sensor never raises one.
 
 from lifeline.firmware.sensors import a02yyuw
 
@@ -82,6 +82,7 @@ class WaterLevelSensor:
         ev = []
         got = self.burst()
         fault = FAULT_OK
+        spread = 0
         if not got:
             fault = FAULT_NO_ECHO
         else:
@@ -90,8 +91,8 @@ class WaterLevelSensor:
                 fault = FAULT_BLOCKED
             elif d < a02yyuw.MIN_MM or d > a02yyuw.MAX_MM or d > self.mount_mm + 200:
                 fault = FAULT_RANGE
+            spread = max(got) - min(got)
             if fault == FAULT_OK:
-                spread = max(got) - min(got)
                 st["stuck"] = st["stuck"] + 1 if spread == 0 and len(got) >= 5 else 0
                 if st["stuck"] >= _STUCK_WAKES:
                     fault = FAULT_BLOCKED
@@ -110,8 +111,9 @@ class WaterLevelSensor:
             st["rate"] = max(-20000, min(20000, rate))
         st["lvl"] = level
         st["t"] = now
+        live = spread > 0 or len(got) < 5  # a frozen value never confirms a flood
         if not st["alarm"]:
-            if level >= self.high:
+            if level >= self.high and live:
                 st["n"] += 1
                 if st["n"] >= self.confirm:
                     st["alarm"] = 1
