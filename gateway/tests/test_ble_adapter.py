@@ -244,6 +244,7 @@ async def test_configured_bumble_transport_over_hci_tcp(air: BleAir, clock: Manu
     finally:
         await adapter.stop()
         await server.close()
+        sock.close()
 
 
 def test_config_defaults_and_validation() -> None:
