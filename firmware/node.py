@@ -25,6 +25,7 @@ MAX_AWAKE_MS = const(600000)  # an awake episode (alarm sounding, maintenance) i
 TICK_MS = const(250)
 _QUEUE_BUDGET = const(8)  # queued readings sent per wake
 _SAFE_RETRY_S = const(86400)
+_LINK_CHECK_EVERY = const(8)  # every 8th periodic report asks for an ACK: unacknowledged LoRa is blind
 TRIAL_PATH = "/app/trial"  # bootsel.TRIAL / ROLLED: checked by existence so bootsel loads only when needed
 ROLLED_PATH = "/app/rolled"
 QUEUE_PATH = "/queue"  # txqueue.PATH (the module is imported only when a reading must be queued)
@@ -183,7 +184,10 @@ class Node:
             interval = self.sensor.report_interval(interval)
         last = rtc.get("lr", -1)
         if force_report or trial or last < 0 or now - last >= interval or now < last:
-            out.append([PRIO_PERIODIC, cfg.kind, self._report_fields(mv), trial])
+            lk = rtc.get("lk", 0) + 1
+            check = trial or lk >= _LINK_CHECK_EVERY or self.queue is not None and len(self.queue) > 0
+            out.append([PRIO_PERIODIC, cfg.kind, self._report_fields(mv), check])
+            rtc.set("lk", lk)
             rtc.set("lr", now)
         lh = rtc.get("lh", -1)
         if lh < 0 or now - lh >= cfg.heartbeat or now < lh:
@@ -240,6 +244,8 @@ class Node:
             if ok:
                 self.tx.append(data)
             acked = self._downlinks(downs, c)
+            if acked:
+                self.rtc.set("lk", 0)
             if ok and (not ack or acked or self.cfg.radio == "ble"):
                 if ack and acked and self.trial and not self.confirmed:
                     from lifeline.firmware import bootsel
@@ -257,26 +263,29 @@ class Node:
 
     def _send_all(self, out, now):
         t = now if self.rtc.get("ts") else 0
-        link_ok = True
+        q = self.queue
+        # while queued readings wait for their backoff, new periodic ones join them without a transmission
+        waiting = q is not None and len(q) > 0 and not q.due(now)
+        failed = False
         for prio, kind, fields, ack in out:
-            tries = _ALARM_TRIES if prio == PRIO_ALARM else 1
-            if link_ok and self._transmit(kind, fields, t, ack, False, tries):
-                continue
-            if prio != PRIO_ALARM:
-                link_ok = False
+            if prio == PRIO_ALARM or not (waiting or failed):
+                if self._transmit(kind, fields, t, ack, False, _ALARM_TRIES if prio == PRIO_ALARM else 1):
+                    continue
+                failed = True
             self._queue().push(prio, t, kind, fields, ack)
         q = self.queue
         if q is None or not len(q):
             return
-        if not link_ok or self.radio_ok is False:
+        if failed:
             q.failed(now)
             return
-        if not q.due(now):
+        if waiting:
             return
         n = 0
         while len(q) and n < _QUEUE_BUDGET:
             prio, qt, kind, fields, ack = q.peek()
-            if not self._transmit(kind, fields, qt, ack, True, 1):
+            # a queued reading leaves the queue only when the gateway confirms it
+            if not self._transmit(kind, fields, qt, True, True, 1):
                 q.failed(now)
                 return
             q.pop()
