@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 RADIO = "ble"
 DISCONNECT_TIMEOUT_S = 2.0
 GUARD_S = 2.5  # extra time the outer deadline grants the backend to cancel a connection attempt itself
+DEVICE_CACHE = 4096  # BLEDevice objects kept for downlinks (bleak connects best with a scanned device)
 RSSI_NOT_AVAILABLE = 127  # HCI reports 0x7F when the controller has no RSSI
 _ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
@@ -293,7 +294,7 @@ class BleAdapter:
                 return
             self._devices[device.address] = device
             self._devices.move_to_end(device.address)
-            while len(self._devices) > self.config.queue_frames:
+            while len(self._devices) > DEVICE_CACHE:
                 self._devices.popitem(last=False)
             rssi = adv.rssi if isinstance(adv.rssi, int) and adv.rssi != RSSI_NOT_AVAILABLE else None
             reception = Reception(
@@ -313,7 +314,12 @@ class BleAdapter:
         assert self._sink is not None
         while True:
             raw = await self._queue.get()
-            await self._sink.submit(raw)
+            try:
+                await self._sink.submit(raw)
+            except Exception:  # the pipeline's bug must not stop the radio; the node repeats the frame
+                self._extractor.forget(raw.payload)
+                self._counts["sink_errors"] += 1
+                log.exception("%s: sink.submit failed", self.name)
 
     # --- downlinks ---------------------------------------------------------------------------------
 

@@ -206,6 +206,24 @@ async def test_back_pressure_loses_no_frame(air: BleAir, host: BumbleHost, clock
     assert adapter.counters()["frames"] >= len(sent)
 
 
+async def test_a_failing_sink_does_not_stop_the_radio(air: BleAir, adapter: BleAdapter) -> None:
+    class FlakySink(CollectSink):
+        failures = 1
+
+        async def submit(self, raw: RawFrame) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("pipeline bug")
+            await super().submit(raw)
+
+    sink = FlakySink()
+    await adapter.start(sink)
+    async with BleNodeSim(air, NODE) as node:
+        sent = await node.advertise(uplink(40))
+        assert (await sink.next()).payload == sent  # the repeat after the failure got through
+    assert adapter.counters()["sink_errors"] == 1 and adapter.counters()["frames"] == 2
+
+
 async def test_stop_and_restart(air: BleAir, adapter: BleAdapter) -> None:
     sink = CollectSink()
     await adapter.start(sink)
