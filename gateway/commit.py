@@ -24,7 +24,7 @@ from lifeline.gateway.clock import Clock
 from lifeline.gateway.downlinks import CommandQueue
 from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
 from lifeline.gateway.log import Log
-from lifeline.gateway.pipeline import Barrier, Item
+from lifeline.gateway.pipeline import Barrier, Item, Waiters
 from lifeline.gateway.replay import ReplayGuard
 from lifeline.gateway.statedb import StateDB, Transaction
 from lifeline.gateway.stats import Stats
@@ -74,7 +74,7 @@ class CommitStage:
             self.replay.persist(conn, [(dev, epoch, fcnt) for dev, (epoch, fcnt) in top.items()])
         return res, plans
 
-    async def run(self, inq: asyncio.Queue[list[Item] | Barrier], out: asyncio.Queue[Any],
+    async def run(self, inq: asyncio.Queue[list[Item | Waiters] | Barrier], out: asyncio.Queue[Any],
                   heartbeat: Heartbeat) -> None:
         while True:
             try:
@@ -83,18 +83,30 @@ class CommitStage:
                 heartbeat.beat()
                 continue
             group: list[Item] = []
+            waiters: list[Waiters] = []
             barrier: Barrier | None = None
-            nxt: list[Item] | Barrier = first
+            nxt: list[Item | Waiters] | Barrier = first
             while True:
                 if isinstance(nxt, Barrier):
                     barrier = nxt
                     break
-                group.extend(nxt)
+                for it in nxt:
+                    if isinstance(it, Waiters):
+                        waiters.append(it)
+                    else:
+                        group.append(it)
                 if len(group) >= self.group_max or inq.empty():
                     break
                 nxt = inq.get_nowait()
             if group:
-                await self._commit_group(group, out)
+                try:
+                    await self._commit_group(group, out)
+                except BaseException as e:
+                    for w in waiters:
+                        w.resolve(RuntimeError("commit failed"))
+                    raise e
+            for w in waiters:
+                w.resolve()
             if barrier is not None:
                 await out.put(barrier)
             heartbeat.beat()

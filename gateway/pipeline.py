@@ -28,6 +28,8 @@ from lifeline.protocols import fastpath, frame, schema
 
 _log = Log("ingest")
 Item = rec.Reading | rec.ReceptionUpdate | rec.GatewayEvent
+OUT_ACCEPTED = "accepted"
+OUT_DUPLICATE = "duplicate"
 _RATE_LIMIT_MS = 10_000
 
 
@@ -38,6 +40,34 @@ class Barrier:
 
     def __init__(self) -> None:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Tracked:
+    """A frame whose submitter waits until its outcome is durable (``Pipeline.submit_durable``)."""
+
+    __slots__ = ("done", "frame")
+
+    def __init__(self, frame: RawFrame) -> None:
+        self.frame = frame
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+
+class Waiters:
+    """Rides at the end of a record list; the commit stage resolves these after that list's COMMIT."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[asyncio.Future[str], str]]) -> None:
+        self.items = items
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        for fut, outcome in self.items:
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(outcome)
+            else:
+                fut.set_exception(error)
 
 
 class Pipeline:
@@ -53,7 +83,7 @@ class Pipeline:
         self.stats = stats
         self.batch_max = batch_max
         self._now_ms = now_ms
-        self.queue: asyncio.Queue[RawFrame | Barrier] = asyncio.Queue(maxsize=queue_max)
+        self.queue: asyncio.Queue[RawFrame | Tracked | Barrier] = asyncio.Queue(maxsize=queue_max)
         self._last_warn: dict[str, int] = {}
         self.last_rejection: rec.Rejection | None = None
 
@@ -66,9 +96,18 @@ class Pipeline:
         for f in frames:
             await self.queue.put(f)
 
+    async def submit_durable(self, frame: RawFrame) -> str:
+        """Submit and wait until the frame's outcome is final: ``"accepted"`` or ``"duplicate"`` once the
+        reading (or the extra reception) is committed to disk, or the rejection reason. An adapter whose
+        transport has its own acknowledgement (MQTT PUBACK to the node broker) acknowledges after this
+        returns, so a frame it acknowledged can never be lost in a crash."""
+        t = Tracked(frame)
+        await self.queue.put(t)
+        return await t.done
+
     # ------------------------------------------------------------------ stage loop
 
-    async def run(self, out: asyncio.Queue[list[Item] | Barrier], heartbeat: Heartbeat) -> None:
+    async def run(self, out: asyncio.Queue[list[Item | Waiters] | Barrier], heartbeat: Heartbeat) -> None:
         q = self.queue
         while True:
             try:
@@ -76,9 +115,9 @@ class Pipeline:
             except TimeoutError:
                 heartbeat.beat()
                 continue
-            frames: list[RawFrame] = []
+            frames: list[RawFrame | Tracked] = []
             barrier: Barrier | None = None
-            item: RawFrame | Barrier = first
+            item: RawFrame | Tracked | Barrier = first
             while True:
                 if isinstance(item, Barrier):
                     barrier = item
@@ -97,17 +136,26 @@ class Pipeline:
 
     # ------------------------------------------------------------------ hot path
 
-    def process(self, frames: Sequence[RawFrame]) -> list[Item]:
-        out: list[Item] = []
-        for f in frames:
+    def process(self, frames: Sequence[RawFrame | Tracked]) -> list[Item | Waiters]:
+        out: list[Item | Waiters] = []
+        waiting: list[tuple[asyncio.Future[str], str]] = []
+        for t in frames:
+            f = t.frame if isinstance(t, Tracked) else t
             try:
-                self._one(f, out)
+                outcome = self._one(f, out)
             except Exception as e:  # defensive: a bug here must cost one frame, not the daemon
-                self._reject(rec.R_INTERNAL, f, None, type(e).__name__)
+                outcome = self._reject(rec.R_INTERNAL, f, None, type(e).__name__)
                 _log.error("internal error on a frame", error=type(e).__name__)
+            if isinstance(t, Tracked):
+                if outcome in (OUT_ACCEPTED, OUT_DUPLICATE):
+                    waiting.append((t.done, outcome))
+                elif not t.done.done():
+                    t.done.set_result(outcome)
+        if waiting:
+            out.append(Waiters(waiting))
         return out
 
-    def _reject(self, reason: str, f: RawFrame, device: bytes | None, detail: str = "") -> None:
+    def _reject(self, reason: str, f: RawFrame, device: bytes | None, detail: str = "") -> str:
         rc = f.reception
         self.stats.rejects.inc(reason, rc.radio)
         self.last_rejection = rec.Rejection(reason, rc.radio, rc.adapter, device, detail)
@@ -116,52 +164,45 @@ class Pipeline:
             self._last_warn[reason] = now
             _log.warning("frame rejected", reason=reason, radio=rc.radio, adapter=rc.adapter,
                          device=device.hex() if device else "-", total=self.stats.rejects.get(reason, rc.radio))
+        return reason
 
-    def _one(self, f: RawFrame, out: list[Item]) -> None:
+    def _one(self, f: RawFrame, out: list[Item | Waiters]) -> str:
+        """Process one frame; returns OUT_ACCEPTED, OUT_DUPLICATE or the rejection reason."""
         payload = f.payload
         rc = f.reception
         self.stats.frames_in.inc(rc.radio, rc.adapter)
         if not isinstance(payload, bytes | bytearray):
-            self._reject("bad_type", f, None)
-            return
+            return self._reject("bad_type", f, None)
         payload = bytes(payload)
         try:
             hdr = frame.parse_header(payload)
         except frame.FrameError as e:
-            self._reject(e.reason, f, None)
-            return
+            return self._reject(e.reason, f, None)
         dev_id = hdr.dev_id
         dev = self.devices.get(dev_id)
         if dev is None:
-            self._reject(rec.R_UNKNOWN_DEVICE, f, dev_id)
-            return
+            return self._reject(rec.R_UNKNOWN_DEVICE, f, dev_id)
         if not dev.active:
-            self._reject(rec.R_REVOKED_DEVICE, f, dev_id)
-            return
+            return self._reject(rec.R_REVOKED_DEVICE, f, dev_id)
         if hdr.flags & frame.FLAG_DOWN:
-            self._reject("bad_direction", f, dev_id)
-            return
+            return self._reject("bad_direction", f, dev_id)
         recent = self.dedupe.match(dev_id, hdr.fcnt, rc.rx_ms)
         if recent is not None and recent.payload == payload:
             if recent.count >= self.dedupe.max_receptions:
-                self._reject(rec.R_TOO_MANY_RECEPTIONS, f, dev_id)
-                return
+                return self._reject(rec.R_TOO_MANY_RECEPTIONS, f, dev_id)
             recent.count += 1
             self.stats.duplicates.inc(rc.radio)
             out.append(rec.ReceptionUpdate(recent.reading_id, dev_id, hdr.fcnt, rc, recent.priority))
-            return
+            return OUT_DUPLICATE
         keys = self.keys.get(dev)
         try:
             decoded = fastpath.decode(payload, keys)
         except frame.FrameError as e:
-            self._reject(e.reason, f, dev_id)
-            return
+            return self._reject(e.reason, f, dev_id)
         if recent is not None:
-            self._reject(rec.R_COUNTER_REUSE, f, dev_id)
-            return
+            return self._reject(rec.R_COUNTER_REUSE, f, dev_id)
         if not self.replay.accept(dev_id, dev.key_epoch, hdr.fcnt):
-            self._reject(rec.R_REPLAY, f, dev_id)
-            return
+            return self._reject(rec.R_REPLAY, f, dev_id)
         fields: dict[int, Any] = decoded.fields
         kind = hdr.kind
         k = schema.KINDS[kind]
@@ -189,3 +230,4 @@ class Pipeline:
         self.stats.accepted.inc(rc.radio)
         out.append(reading)
         out.extend(events)
+        return OUT_ACCEPTED

@@ -1,7 +1,7 @@
 """Ingress adapter types by config string, imported lazily (only the radios a gateway uses are loaded).
 
 A radio engineer adds an adapter with one line in :data:`ADAPTERS`: ``"type": "module:Attribute"``.
-The attribute is either a class with ``from_config(options, *, name, clock)`` (validates the
+The attribute is either a class with ``from_config(*, table, name, clock)`` (keywords; validates the
 ``[ingress.options]`` table, raising ``ValueError("option: reason")``) or a factory function
 ``factory(spec, context) -> IngressAdapter``. The adapter it returns is not started yet.
 """
@@ -67,7 +67,8 @@ def create(spec: IngressSpec, context: AdapterContext) -> IngressAdapter:
     obj = resolve(spec.type)
     try:
         if hasattr(obj, "from_config"):
-            adapter: IngressAdapter = obj.from_config(dict(spec.options), name=spec.name, clock=context.clock)
+            adapter: IngressAdapter = obj.from_config(table=dict(spec.options), name=spec.name,
+                                                      clock=context.clock)
         else:
             adapter = obj(spec, context)
     except AdapterOptionError:

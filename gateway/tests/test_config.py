@@ -130,3 +130,33 @@ def test_check_config_validates_adapter_options(tmp_path: Path) -> None:
     assert r.exit_code == 3
     [err] = json.loads(r.output)["errors"]
     assert err.startswith(f"{f}: ingress[0].options.port: ")
+
+
+def test_check_config_builds_every_adapter_type(tmp_path: Path) -> None:
+    extra = """
+[[ingress]]
+type = "lora-udp"
+name = "lora0"
+[[ingress]]
+type = "lora-serial"
+name = "lora1"
+options = { port = "/dev/ttyUSB0" }
+[[ingress]]
+type = "nbiot-mqtt"
+name = "nb0"
+options = { host = "broker.local" }
+[[ingress]]
+type = "ble"
+name = "ble0"
+"""
+    f = tmp_path / "gw.toml"
+    f.write_text(config_text(tmp_path, extra=extra), encoding="utf-8")
+    r = CliRunner().invoke(gateway, ["check-config", str(f), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["ingress"] == ["lora-udp:lora0", "lora-serial:lora1", "nbiot-mqtt:nb0", "ble:ble0"]
+    f.write_text(config_text(tmp_path, extra=extra.replace('host = "broker.local"', "hostname = 1")),
+                 encoding="utf-8")
+    r = CliRunner().invoke(gateway, ["check-config", str(f), "--json"])
+    assert r.exit_code == 3
+    [err] = json.loads(r.output)["errors"]
+    assert err.startswith(f"{f}: ingress[2].options")

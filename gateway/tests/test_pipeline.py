@@ -188,3 +188,24 @@ async def test_backpressure_bounded_queue(tmp_path: Path) -> None:
         assert h.gw.stats.accepted.total() == 50
     finally:
         await h.stop()
+
+
+async def test_submit_durable_returns_after_commit(tmp_path: Path) -> None:
+    """For adapters whose transport acknowledges (NB-IoT PUBACK): the outcome is final when it returns."""
+    import sqlite3
+
+    from lifeline.gateway.ingress.base import RawFrame, Reception
+
+    h = await start_harness(tmp_path, [A])
+    try:
+        rx = Reception("nbiot", "nb0", h.clock.now_ms())
+        data = A.smoke(0)
+        assert await h.gw.pipeline.submit_durable(RawFrame(data, rx)) == "accepted"
+        with sqlite3.connect(h.config.gateway.buffer_db) as c:  # another connection sees it: committed
+            assert c.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
+            assert c.execute("SELECT up FROM counters").fetchone()[0] == 1
+        assert await h.gw.pipeline.submit_durable(RawFrame(data, rx)) == "duplicate"
+        assert await h.gw.pipeline.submit_durable(RawFrame(b"\x00", rx)) == "truncated"
+        assert await h.gw.pipeline.submit_durable(RawFrame(STRANGER.smoke(0), rx)) == "unknown_device"
+    finally:
+        await h.stop()
