@@ -212,6 +212,7 @@ class BleAdapter:
 
     @classmethod
     def from_config(cls, name: str, table: Mapping[str, object], *, clock: Clock | None = None) -> BleAdapter:
+        """The registry's entry point (called by keyword: ``table=``, ``name=``, ``clock=``)."""
         return cls(name, BleConfig.from_config(table), clock=clock)
 
     # --- IngressAdapter ----------------------------------------------------------------------------
@@ -384,7 +385,7 @@ class BleAdapter:
 
 
 def create(spec: IngressSpec, context: AdapterContext) -> BleAdapter:
-    """Registry factory (``"ble": "lifeline.gateway.ingress.ble:create"``)."""
+    """Plain factory form of :meth:`BleAdapter.from_config` (raises AdapterOptionError naming the option)."""
     from lifeline.gateway.ingress.registry import AdapterOptionError
 
     try:

@@ -16,7 +16,7 @@ from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 
 from lifeline.gateway.clock import ManualClock
 from lifeline.gateway.config import IngressSpec
-from lifeline.gateway.ingress import ble_adv
+from lifeline.gateway.ingress import ble_adv, registry
 from lifeline.gateway.ingress.base import DownlinkRequest, RawFrame, Reception
 from lifeline.gateway.ingress.ble import BleAdapter, BleakBackend, BleConfig, create
 from lifeline.gateway.ingress.bleak_bumble import BumbleHost
@@ -294,13 +294,17 @@ def test_config_defaults_and_validation() -> None:
         assert str(e.value).startswith(key + ":"), (table, str(e.value))
 
 
-def test_registry_factory(tmp_path: Path) -> None:
-    ctx = AdapterContext(gateway_id="gw-1", state_dir=tmp_path, clock=ManualClock())
-    adapter = create(IngressSpec(type="ble", name="ble0", options={"scanning_mode": "active"}), ctx)
+@pytest.mark.parametrize("factory", [registry.create, create])
+def test_registry_factory(tmp_path: Path, factory: Callable[[IngressSpec, AdapterContext], object]) -> None:
+    """The gateway builds the adapter from ``[[ingress]] type = "ble"`` (registry: BleAdapter.from_config
+    by keyword); ``ble.create`` is the same as a plain factory."""
+    clock = ManualClock()
+    ctx = AdapterContext(gateway_id="gw-1", state_dir=tmp_path, clock=clock)
+    adapter = factory(IngressSpec(type="ble", name="ble0", options={"scanning_mode": "active"}), ctx)
     assert isinstance(adapter, BleAdapter) and adapter.name == "ble0" and adapter.radio == "ble"
-    assert adapter.config.scanning_mode == "active"
+    assert adapter.config.scanning_mode == "active" and adapter._clock is clock
     with pytest.raises(AdapterOptionError) as e:
-        create(IngressSpec(type="ble", name="ble0", options={"queue_frames": -1}), ctx)
+        factory(IngressSpec(type="ble", name="ble0", options={"queue_frames": -1}), ctx)
     assert e.value.option == "queue_frames"
 
 
