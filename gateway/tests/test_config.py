@@ -160,3 +160,27 @@ name = "ble0"
     assert r.exit_code == 3
     [err] = json.loads(r.output)["errors"]
     assert err.startswith(f"{f}: ingress[2].options")
+
+
+def test_operations_doc_config_block_is_valid_and_complete() -> None:
+    import dataclasses
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = doc.split("### Configuration", 1)[1]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    text = block.group(1)
+    cfg = C.parse(text, "operations.md")
+    assert cfg.gateway.id == "gw-0001" and cfg.ingress[0].type == "lora-udp"
+    # the documented defaults are the real defaults
+    assert C.parse(MINIMAL, "x").buffer == cfg.buffer
+    assert C.parse(MINIMAL, "x").forwarder == cfg.forwarder
+    assert C.parse(MINIMAL, "x").pipeline == cfg.pipeline
+    assert C.parse(MINIMAL, "x").downlinks == cfg.downlinks
+    # every option appears in the reference (commented-out optional ones included)
+    for section_cls in (C.GatewaySection, C.BufferConfig, C.DedupeConfig, C.ForwarderConfig, C.UplinkEndpoint,
+                        C.UplinkConfig, C.DownlinkConfig, C.MetricsConfig, C.PipelineConfig):
+        for f in dataclasses.fields(section_cls):
+            if f.name not in ("endpoints", "ttl_s"):
+                assert re.search(rf"^#? ?{f.name} = ", text, re.M), f"{section_cls.__name__}.{f.name}"
