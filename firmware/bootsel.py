@@ -104,7 +104,7 @@ class OsFs:
             return False
 
     def mkdir(self, path):
-        try:
+        try:  # noqa: SIM105 - MicroPython has no contextlib
             self._os.mkdir(path)
         except OSError:
             pass

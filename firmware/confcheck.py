@@ -54,6 +54,7 @@ _NBIOT = {
     "password": ("str", False, 0, 128),
     "keepalive": ("int", False, 10, 3600),
     "timeout_ms": ("int", False, 1000, 60000),
+    "rx_ms": ("int", False, 0, 30000),
 }
 _BLE = {
     "interval_ms": ("int", False, 20, 10240),
@@ -93,9 +94,8 @@ def _check(obj, spec, prefix, errors):
                     ok = False
             if not ok:
                 errors.append(where + ": must be %d hex characters" % (2 * lo))
-        elif typ == "dict":
-            if not isinstance(v, dict):
-                errors.append(where + ": must be an object")
+        elif typ == "dict" and not isinstance(v, dict):
+            errors.append(where + ": must be an object")
 
 
 def validate(obj):

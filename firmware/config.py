@@ -1,5 +1,6 @@
 # Node configuration: /config.json written by provisioning, validated against a small schema.
-# Validation rules live in confcheck.py (loaded only when the file changed). Invalid configuration never crashes the node: load() returns the errors and the life cycle goes to safe
+# Validation rules live in confcheck.py (loaded only when the file changed).
+# Invalid configuration never crashes the node: load() returns the errors and the life cycle goes to safe
 # mode (maintenance only). Error texts name the field and the rule, never a secret's value.
 # MicroPython subset.
 

@@ -185,7 +185,7 @@ class Node:
         last = rtc.get("lr", -1)
         if force_report or trial or last < 0 or now - last >= interval or now < last:
             lk = rtc.get("lk", 0) + 1
-            check = trial or lk >= _LINK_CHECK_EVERY or self.queue is not None and len(self.queue) > 0
+            check = trial or lk >= _LINK_CHECK_EVERY or (self.queue is not None and len(self.queue) > 0)
             out.append([PRIO_PERIODIC, cfg.kind, self._report_fields(mv), check])
             rtc.set("lk", lk)
             rtc.set("lr", now)

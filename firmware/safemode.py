@@ -23,7 +23,7 @@ def run(node, cfg, code, detail):
         if last < 0 or now - last >= REPORT_EVERY_S or now < last:
             rtc.set("sf", now)
             node._transmit(schema.K_FAULT, {1: code, 2: min(detail, 65535)}, 0, False, False, 1)
-    try:
+    try:  # noqa: SIM105 - MicroPython has no contextlib
         maintenance_window(node, MAINT_S)
     except OSError:
         pass

@@ -80,7 +80,7 @@ def save_json(fs, path, obj):
 
 
 def remove(fs, path):
-    try:
+    try:  # noqa: SIM105 - MicroPython has no contextlib
         fs.remove(path)
     except OSError:
         pass

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lifeline.tools.demo:demo", "Run the end-to-end demo (broker, gateway, platform sink, nodes)."),
     "bench": ("lifeline.tools.bench:bench", "Measure throughput, latency and memory against same-run baselines."),
     "gateway": ("lifeline.gateway.cli:gateway", "Run and manage the gateway daemon."),
+    "battery": ("lifeline.tools.battery:battery_cmd", "Estimate a node's battery life from its configuration."),
     "platform-sink": ("lifeline.tools.platform_sink:platform_sink_cmd", "Reference city-platform sink."),
     "sim": ("lifeline.sim_devices.cli:sim", "Simulations on the virtual LoRa air (capacity vs ALOHA, ...)."),
 }

@@ -134,7 +134,7 @@ class _Ble:
         if event == 1:  # _IRQ_CENTRAL_CONNECT
             self._conn = data[0]
         elif event == 3:  # _IRQ_GATTS_WRITE
-            conn, handle = data
+            _conn, handle = data
             char = self._handles.get(handle)
             if char is not None and self._on_write is not None:
                 self._on_write(char, self._b.gatts_read(handle))

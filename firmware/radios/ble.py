@@ -93,7 +93,7 @@ class BleLink:
 
     def close(self):
         if self._ble is not None:
-            try:
+            try:  # noqa: SIM105 - MicroPython has no contextlib
                 self._ble.stop()
             except OSError:
                 pass

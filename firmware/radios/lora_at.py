@@ -120,7 +120,7 @@ class Rak3172:
         if not ok:
             return False
         ok, lines = self.command("AT+NWM=?")
-        if not ok or "AT+NWM=0" not in lines and "0" not in lines:
+        if not ok or ("AT+NWM=0" not in lines and "0" not in lines):
             ok, _ = self.command("AT+NWM=0")
             if not ok:
                 return False

@@ -204,11 +204,11 @@ class Mqtt:
     def disconnect(self):
         if self._sock is None:
             return
-        try:
+        try:  # noqa: SIM105 - MicroPython has no contextlib
             self._sock.write(packet(DISCONNECT, b""))
         except OSError:
             pass
-        try:
+        try:  # noqa: SIM105 - MicroPython has no contextlib
             self._sock.close()
         except OSError:
             pass

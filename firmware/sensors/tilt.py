@@ -152,7 +152,7 @@ class TiltSensor:
             st["fault"] = 0
             ev.append(("report",))
         if motion:
-            try:
+            try:  # noqa: SIM105 - MicroPython has no contextlib
                 self._acc.motion_source()  # clear the latched INT1
             except OSError:
                 pass

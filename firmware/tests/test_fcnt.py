@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from lifeline.firmware import fcnt, storage
 from lifeline.firmware.hal import sim
 from lifeline.firmware.rtcstate import RtcState

@@ -7,6 +7,7 @@ import struct
 from typing import Any
 
 import pytest
+
 from lifeline.firmware import config
 from lifeline.firmware.hal import sim, sim_chips
 from lifeline.firmware.sensors import electricity, meter, modbus, pulse, sdm120
@@ -95,7 +96,7 @@ def test_debounce_and_quadrature_decode() -> None:
 def test_normal_use_is_not_a_leak() -> None:
     m = WaterMeter()
     household(m, 5)
-    hal, s, st = make(m)
+    hal, s, _st = make(m)
     ev = run_days(hal, s, 5)
     assert not [e for e in ev if e[0] == "raise"]
     assert s.report()[1] == 5 * (100 + 150)
@@ -105,7 +106,7 @@ def test_continuous_night_flow_is_a_leak() -> None:
     m = WaterMeter()
     household(m, 4)
     m.draws.append((2 * DAY + 12 * 3600, 5 * DAY, 12.0))  # a running toilet from day 2 noon: 12 L/h
-    hal, s, st = make(m)
+    hal, s, _st = make(m)
     ev = run_days(hal, s, 4)
     leaks = [e for e in ev if e[:2] == ("raise", meter.CAUSE_LEAK)]
     assert len(leaks) == 1
@@ -115,7 +116,7 @@ def test_continuous_night_flow_is_a_leak() -> None:
 def test_leak_without_a_synchronised_clock_uses_the_24_hour_rule() -> None:
     m = WaterMeter()
     m.draws.append((0, 3 * DAY, 12.0))
-    hal, s, st = make(m, clock_ok=False)
+    hal, s, _st = make(m, clock_ok=False)
     ev = run_days(hal, s, 2)
     assert [e[:2] for e in ev if e[0] == "raise"] == [("raise", meter.CAUSE_LEAK)]
 
@@ -124,7 +125,7 @@ def test_magnet_on_the_meter_is_tamper() -> None:
     m = WaterMeter()
     m.draws = [(0, 2 * 3600, 120.0)]
     m.magnet = [(3600, 5400)]  # a magnet is put on the meter: pulses stop, the hall input fires
-    hal, s, st = make(m)
+    hal, s, _st = make(m)
     ev = []
     for _ in range(12):
         hal.sleep_ms(900_000)
@@ -137,7 +138,7 @@ def test_magnet_on_the_meter_is_tamper() -> None:
 def test_reverse_flow_alarm() -> None:
     m = WaterMeter()
     m.reverse = [(600, 1500, 60.0)]
-    hal, s, st = make(m)
+    hal, s, _st = make(m)
     ev = []
     for _ in range(4):
         hal.sleep_ms(900_000)
@@ -162,7 +163,8 @@ def test_modbus_crc_and_request_bytes() -> None:
     assert modbus.crc16(b"123456789") == 0x4B37  # CRC-16/MODBUS check value
 
 
-@pytest.mark.parametrize("bad", [b"", b"\x01\x04\x04\x00\x00", b"\x01\x84\x02\xc2\xc1", b"\x02\x04\x02\x00\x01\x00\x00"])
+@pytest.mark.parametrize(
+    "bad", [b"", b"\x01\x04\x04\x00\x00", b"\x01\x84\x02\xc2\xc1", b"\x02\x04\x02\x00\x01\x00\x00"])
 def test_modbus_response_errors_are_reasons(bad: bytes) -> None:
     with pytest.raises(modbus.ModbusError):
         modbus.parse_read_input(1, 1, bad)

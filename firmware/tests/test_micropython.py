@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from lifeline.firmware import manifest
 from lifeline.protocols import frame
 from lifeline.sim_devices import fw_memory

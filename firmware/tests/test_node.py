@@ -67,8 +67,6 @@ def test_link_down_queues_readings_alarms_first_and_drains_oldest_first_with_que
 
 def test_queue_keeps_alarms_over_periodic() -> None:
     class Fs:
-        files: dict[str, bytes] = {}
-
         def open(self, p: str, m: str = "rb") -> Any:
             raise OSError(2)
 

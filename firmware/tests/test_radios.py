@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+
 from lifeline.firmware import config
 from lifeline.firmware.hal import sim
 from lifeline.firmware.radios import airtime, ble, lora_at, mqtt, nbiot
@@ -101,7 +102,7 @@ def test_mqtt_client_against_mosquitto_publish_and_downlink(mosquitto: Any, real
     import paho.mqtt.client as paho
 
     sn = SimNode("tilt", radio="nbiot", net=real_net,
-                 config_extra={"nbiot": {"host": "127.0.0.1", "port": mosquitto.port}})
+                 config_extra={"nbiot": {"host": "127.0.0.1", "port": mosquitto.port, "rx_ms": 300}})
     got: list[bytes] = []
     ready = threading.Event()
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="platform")
@@ -197,6 +198,6 @@ def test_ble_node_broadcasts_its_frames() -> None:
 
 
 def test_config_region_table_is_sane() -> None:
-    for name, (freq, duty, power, dwell) in config.REGIONS.items():
+    for name, (freq, duty, power, _dwell) in config.REGIONS.items():
         assert 400_000_000 < freq < 930_000_000 and 0 <= duty <= 100 and power <= 22, name
     assert config.Config(config_for("tilt", "lora", bytes(8), bytes(32))).region == "EU868"

@@ -46,14 +46,14 @@ def run(hal: sim.SimHal, s: smoke.SmokeSensor, seconds: int, step: int) -> list[
 
 
 def test_clean_air_reads_zero() -> None:
-    hal, s, st = make(Chamber())
+    hal, s, _st = make(Chamber())
     run(hal, s, 60, 10)
     assert s.report() == {1: smoke.NORMAL, 2: 0, 3: smoke.CH_OK}
 
 
 def test_fire_raises_the_alarm_within_a_minute_and_clears_with_hysteresis() -> None:
     ch = Chamber()
-    hal, s, st = make(ch)
+    hal, s, _st = make(ch)
     run(hal, s, 3600, 10)
     ev = []
     for _ in range(120):  # smouldering fire: +0.1 %/m every 2 s (3 %/m per minute)
@@ -88,7 +88,7 @@ def test_dust_settling_over_weeks_is_compensated_and_reported_dirty_not_as_fire(
 
 def test_open_led_is_a_chamber_fault_not_silence() -> None:
     ch = Chamber()
-    hal, s, st = make(ch)
+    hal, s, _st = make(ch)
     run(hal, s, 30, 10)
     ch.led_open = True
     ev = run(hal, s, 30, 10)

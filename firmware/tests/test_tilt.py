@@ -43,7 +43,7 @@ def make(cover: Cover) -> tuple[sim.SimHal, tilt.TiltSensor, sim_chips.Lis3dh, d
 
 
 def test_driver_configures_the_chip_by_the_datasheet() -> None:
-    hal, s, chip, st = make(Cover())
+    _hal, s, chip, st = make(Cover())
     s.sample(0)
     r = chip.regs
     assert r[lis3dh.CTRL_REG1] == 0x47  # 50 Hz, X/Y/Z on
@@ -80,10 +80,10 @@ def test_integer_angle_matches_floating_point_within_a_tenth_of_a_degree() -> No
 
 def test_truck_passing_is_not_an_open_cover() -> None:
     cover = Cover()
-    hal, s, chip, st = make(cover)
+    hal, s, _chip, st = make(cover)
     s.sample(0)
     events = []
-    for k in range(20):  # twenty trucks, each a 1.5 s burst that trips the motion interrupt
+    for _k in range(20):  # twenty trucks, each a 1.5 s burst that trips the motion interrupt
         t0 = hal.clock.ms
         cover.vibration = [(t0, t0 + 1500)]
         events += s.sample(hal.time(), motion=True)
@@ -95,7 +95,7 @@ def test_truck_passing_is_not_an_open_cover() -> None:
 
 def test_lifted_cover_is_open_after_confirmation() -> None:
     cover = Cover()
-    hal, s, chip, st = make(cover)
+    hal, s, _chip, st = make(cover)
     s.sample(0)
     t0 = hal.clock.ms
     cover.vibration = [(t0, t0 + 1200)]  # levering it up rattles first
@@ -111,7 +111,7 @@ def test_lifted_cover_is_open_after_confirmation() -> None:
 
 def test_cover_dragged_away_is_open_even_without_a_stable_reading() -> None:
     cover = Cover()
-    hal, s, chip, st = make(cover)
+    hal, s, _chip, _st = make(cover)
     s.sample(0)
     t0 = hal.clock.ms
     cover.vibration = [(t0, t0 + 60_000)]  # continuous motion far longer than any vehicle
@@ -121,7 +121,7 @@ def test_cover_dragged_away_is_open_even_without_a_stable_reading() -> None:
 
 def test_slightly_displaced_cover() -> None:
     cover = Cover()
-    hal, s, chip, st = make(cover)
+    hal, s, _chip, st = make(cover)
     s.sample(0)
     cover.tilt_deg = 8.0
     assert s.sample(hal.time(), motion=True) == [("raise", tilt.CAUSE_DISPLACED, st["angle"])]
