@@ -146,9 +146,9 @@ def test_fuzz_100k_random_lines_every_line_counted() -> None:
                       bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))]
             body = b"+EVT:RXP2P:" + b":".join(fields[: rng.randint(1, 3)])
         elif kind == 2:  # a good line with one byte replaced
-            body = bytearray(b"+EVT:RXP2P:-72:9:" + rng.randbytes(rng.randrange(1, 52)).hex().encode())
-            body[rng.randrange(len(body))] = rng.choice(alphabet)
-            body = bytes(body)
+            good = bytearray(b"+EVT:RXP2P:-72:9:" + rng.randbytes(rng.randrange(1, 52)).hex().encode())
+            good[rng.randrange(len(good))] = rng.choice(alphabet)
+            body = bytes(good)
         else:  # random printable text
             body = bytes(rng.choice(alphabet[:-3]) for _ in range(rng.randrange(1, 30)))
         if not body.strip(b" \t"):

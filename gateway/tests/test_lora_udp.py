@@ -284,7 +284,7 @@ def test_config_from_table_names_the_bad_key() -> None:
     assert cfg.power_dbm == 17
     adapter = SemtechUdpAdapter.from_config({"port": 1701}, name="udp1")
     assert adapter.name == "udp1" and adapter.config.port == 1701
-    for table, key in [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"name": "u", "port": 70000}, "port:"),
         ({"name": "u", "port": "1700"}, "port:"),
         ({"name": "u", "region": "AS923"}, "region:"),
@@ -292,7 +292,8 @@ def test_config_from_table_names_the_bad_key() -> None:
         ({"name": "u", "listen": "x"}, "listen:"),
         ({"name": "bad name"}, "name:"),
         ({}, "name:"),
-    ]:
+    ]
+    for table, key in cases:
         with pytest.raises(ValueError) as info:
             SemtechUdpConfig.from_config(table)
         assert str(info.value).startswith(key), (table, str(info.value))
