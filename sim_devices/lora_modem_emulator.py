@@ -8,7 +8,7 @@ from :class:`~lifeline.sim_devices.air.AirChannel`, in virtual time.
 
 Fault injection for tests: :meth:`inject` (raw bytes: garbage, partial or overlong lines, unsolicited
 responses), :meth:`reset` (the module reboots mid-stream and prints its banner), :meth:`unplug` and
-:meth:`replug`.
+:meth:`replug`, and :attr:`hung` (the firmware locks up: commands get no answer, nothing is received).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Rak3172Emulator:
         self.rx_mode = 0
         self._rx_timer = None
         self._tx_end_ms = -1.0
+        self.hung = False  # firmware lock-up: the module reads but answers nothing
         self.commands: list[str] = []  # every command line received, for assertions
         self.transmissions: list[tuple[float, bytes, LoraParams]] = []  # (start ms, payload, params)
         self.counters: Counter[str] = Counter()
@@ -128,6 +129,7 @@ class Rak3172Emulator:
         self._write(data)
 
     def _power_on(self) -> None:
+        self.hung = False
         self._stop_rx()
         self.iq_inverted = False
         self._tx_end_ms = -1.0
@@ -199,6 +201,8 @@ class Rak3172Emulator:
     def _command(self, line: str) -> None:
         self.commands.append(line)
         self.counters["commands"] += 1
+        if self.hung:
+            return
         upper = line.upper()
         if upper == "AT":
             return self._line("OK")
@@ -316,7 +320,7 @@ class Rak3172Emulator:
     # --- the air -----------------------------------------------------------------------------------
 
     def _on_delivery(self, delivery: Delivery) -> None:
-        if not delivery.ok or not self.rx_mode or self._master is None:
+        if not delivery.ok or not self.rx_mode or self._master is None or self.hung:
             return
         self.counters["received"] += 1
         self._line(f"+EVT:RXP2P:{round(delivery.rssi_dbm)}:{round(delivery.snr_db)}:"

@@ -201,6 +201,46 @@ async def test_garbage_partial_overlong_and_unsolicited_lines_are_counted(rig: R
     assert (await rig.sink.next()).payload == b"still fine"
 
 
+async def test_unplug_during_a_downlink_fails_it_and_recovers(rig: Rig) -> None:
+    rig.uplink(b"needs an answer")
+    frame = await rig.sink.next()
+    real_sleep = rig.clock.sleep
+
+    async def sleep_then_pull_the_cable(seconds: float) -> None:
+        rig.modem.unplug()  # while the adapter waits for the window
+        await real_sleep(seconds)
+
+    rig.adapter._sleep = sleep_then_pull_the_cable
+    ok = await rig.adapter.send_downlink(DownlinkRequest(b"\x01" * 8, b"ACK", frame.reception, 2**62))
+    rig.adapter._sleep = real_sleep
+    assert not ok
+    assert rig.adapter.counters()["downlink_failed.modem_gone"] == 1
+    await eventually(lambda: rig.adapter.counters().get("disconnects") == 1)
+    rig.modem.replug()
+    await rig.adapter.wait_connected(5)
+    rig.uplink(b"back")
+    assert (await rig.sink.next()).payload == b"back"
+
+
+async def test_a_hung_modem_is_detected_by_the_health_probe(tmp_path: Path) -> None:
+    clock = VirtualClock()
+    air = AirChannel(clock, seed=8)
+    modem = Rak3172Emulator(air, "gw-modem", tmp_path / "ttyLORA0")
+    await modem.start()
+    adapter = make_adapter(modem.path, clock, health_interval_s=0.05, command_timeout_s=0.1)
+    await adapter.start(CollectSink())
+    await adapter.wait_connected(5)
+    modem.hung = True  # firmware lock-up: silent, answers nothing
+    await eventually(lambda: adapter.counters().get("modem_unresponsive") == 1)
+    assert adapter.counters()["health_probes"] >= 2
+    await eventually(lambda: adapter.counters().get("disconnects") == 1)
+    modem.reset()  # watchdog reboot of the module
+    await adapter.wait_connected(5)
+    assert adapter.counters()["reconnects"] == 1
+    await adapter.stop()
+    await modem.stop()
+
+
 async def test_device_absent_at_start_is_waited_for(tmp_path: Path) -> None:
     clock = VirtualClock()
     air = AirChannel(clock, seed=3)
