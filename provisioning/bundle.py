@@ -13,8 +13,10 @@ the emulated board and the fleet simulator run).
 from __future__ import annotations
 
 import hashlib
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lifeline.provisioning.errors import EnvironmentProblem
 from lifeline.tools import mpy_compile, mpy_runtime
@@ -42,22 +44,26 @@ class Bundle:
         return sum(len(v) for v in self.lib.values()) + sum(len(v) for v in self.root.values())
 
 
+def firmware_module(name: str) -> Any:
+    """A firmware module (MicroPython-subset code, untyped: imported by name so mypy does not check it)."""
+    return importlib.import_module(f"lifeline.firmware.{name}")
+
+
 def firmware_kind(kind: str) -> str:
     """The firmware's name for a schema report kind (same kind id; e.g. manhole_tilt -> tilt)."""
-    from lifeline.firmware import config
     from lifeline.protocols import schema
 
     kid = schema.kind_id_by_name(kind)
-    for name, fid in config.KINDS.items():
+    kinds: dict[str, int] = firmware_module("config").KINDS
+    for name, fid in kinds.items():
         if fid == kid:
             return name
-    raise ValueError(f"kind {kind!r} has no firmware sensor (one of {', '.join(sorted(config.KINDS))})")
+    raise ValueError(f"kind {kind!r} has no firmware sensor (one of {', '.join(sorted(kinds))})")
 
 
 def build(kind: str, radio: str, *, device: bool = True) -> Bundle:
     """Bundle for one node. ``kind`` is the schema's report kind name (e.g. ``smoke``, ``manhole_tilt``)."""
-    from lifeline.firmware import manifest
-
+    manifest = firmware_module("manifest")
     fw_kind = firmware_kind(kind)
     if radio not in manifest.RADIO_FILES:
         raise ValueError(f"radio {radio!r} is not one of {', '.join(manifest.RADIO_FILES)}")

@@ -21,6 +21,7 @@ FLASH_END "run user code"), which needs no reset line either.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import zlib
@@ -264,8 +265,6 @@ class Flasher:
 
     def close(self) -> None:
         if self.esp is not None:
-            try:
+            with contextlib.suppress(serial.SerialException, OSError):
                 self.esp._port.close()
-            except (serial.SerialException, OSError):
-                pass
             self.esp = None

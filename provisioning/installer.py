@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from lifeline.provisioning.errors import ProvisionError
-from lifeline.provisioning.rawrepl import DeviceException, RawRepl
+from lifeline.provisioning.rawrepl import DeviceException, ExecResult, RawRepl
 
 CONFIG_PATH = "/config.json"
 CHUNK_BYTES = 2048  # raw bytes per exec (2.7 KiB of base64): small against the ESP32's ~100 KiB heap
@@ -103,7 +103,7 @@ class Installer:
         except (ValueError, KeyError, IndexError, TypeError):
             raise InstallError("bad_board_reply", "the board's reply to the facts query was not understood") from None
 
-    def _exec(self, code: str, doing: str, path: str = "") -> object:
+    def _exec(self, code: str, doing: str, path: str = "") -> ExecResult:
         try:
             return self.repl.exec(code)
         except DeviceException as exc:
@@ -142,7 +142,7 @@ class Installer:
             self._exec(_SHA, "defining the hash helper")
             self._sha_defined = True
         out = self._exec(f"print(_sha({path!r}))", "hashing", path)
-        text = getattr(out, "stdout", "").strip()
+        text = out.stdout.strip()
         return text or None
 
     def install(self, files: Mapping[str, bytes], *, what: str = "install") -> int:
@@ -162,11 +162,13 @@ class Installer:
         for p in paths:
             got = self.sha256(p)
             if got != hashlib.sha256(files[p]).hexdigest():
-                raise InstallError("verify_mismatch", f"{p} on the board does not match what was written (hash differs)")
+                raise InstallError("verify_mismatch",
+                                   f"{p} on the board does not match what was written (hash differs)")
         return written
 
     def remove(self, paths: list[str]) -> None:
-        code = "import os\nfor _p in %r:\n    try:\n        os.remove(_p)\n    except OSError:\n        pass\n" % (paths,)
+        code = ("import os\nfor _p in %r:\n    try:\n        os.remove(_p)\n    except OSError:\n        pass\n"
+                % (paths,))
         self._exec(code, "removing files")
 
     def wipe_app(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lifeline.protocols import schema
-from lifeline.provisioning.bundle import firmware_kind
+from lifeline.provisioning.bundle import firmware_kind, firmware_module
 from lifeline.provisioning.errors import UsageProblem
 
 RADIOS = ("lora", "nbiot", "ble")
@@ -50,8 +50,7 @@ class DeviceSpec:
 
 def check_spec(spec: DeviceSpec) -> list[tuple[str, str]]:
     """Problems as (field, message); empty when the spec is usable."""
-    from lifeline.firmware import config as fwconfig
-
+    fwconfig = firmware_module("config")
     errors: list[tuple[str, str]] = []
     kid = schema.kind_id_by_name(spec.kind)
     if kid is None or schema.is_downlink_kind(kid):
@@ -97,10 +96,10 @@ def check_spec(spec: DeviceSpec) -> list[tuple[str, str]]:
 def firmware_validate(obj: dict[str, Any]) -> list[str]:
     """The firmware's own config check (firmware/confcheck.py; older trees kept it in config.py)."""
     try:
-        from lifeline.firmware import confcheck
+        check = firmware_module("confcheck")
     except ImportError:
-        from lifeline.firmware import config as confcheck  # type: ignore[no-redef]
-    result = confcheck.validate(obj)
+        check = firmware_module("config")
+    result = check.validate(obj)
     return [str(e) for e in result]
 
 
@@ -131,5 +130,6 @@ def node_config(spec: DeviceSpec, device_id: bytes, root_key: bytes) -> dict[str
     problems = firmware_validate(cfg)
     if problems:
         # the firmware's messages name fields and rules, never values
-        raise UsageProblem("config_invalid", "node configuration rejected by the firmware rules: " + "; ".join(problems))
+        raise UsageProblem("config_invalid",
+                           "node configuration rejected by the firmware rules: " + "; ".join(problems))
     return cfg

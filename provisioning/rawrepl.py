@@ -12,10 +12,12 @@ buffers everything, so tests use 0.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import serial
 
@@ -52,13 +54,13 @@ class RawRepl:
 
     def __init__(
         self,
-        port: serial.SerialBase,
+        port: Any,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         chunk_delay: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.port = port
+        self.port: Any = port  # serial.Serial or a pyserial URL handler (socket://)
         self.timeout = timeout
         self.chunk_delay = chunk_delay
         self._clock = clock
@@ -119,10 +121,8 @@ class RawRepl:
             self.in_raw = False
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(ProvisionError):
             self.exit()
-        except ProvisionError:
-            pass
         self.port.close()
 
     def __enter__(self) -> RawRepl:

@@ -167,7 +167,8 @@ def verify(device_output: str, *, device_id: bytes, root_key: bytes, kind: str,
             checks.append(Check("frame_verify", "fail" if problems else "pass", "; ".join(problems)))
         except (ValueError, frame.FrameError) as exc:
             reason = getattr(exc, "reason", "not hex")
-            checks.append(Check("frame_verify", "fail", f"the test frame does not verify with the record's key ({reason})"))
+            checks.append(Check("frame_verify", "fail",
+                                f"the test frame does not verify with the record's key ({reason})"))
     if "transmit" in {c.name for c in checks if c.status == "pass"}:
         if res.get("acked"):
             checks.append(Check("gateway_ack", "pass", ""))

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("lifeline.gateway.cli:gateway", "Run and manage the gateway daemon."),
     "battery": ("lifeline.tools.battery:battery_cmd", "Estimate a node's battery life from its configuration."),
     "platform-sink": ("lifeline.tools.platform_sink:platform_sink_cmd", "Reference city-platform sink."),
+    "provision": ("lifeline.provisioning.cli:provision", "Flash, key, register and test nodes (field technicians)."),
     "sim": ("lifeline.sim_devices.cli:sim", "Simulations on the virtual LoRa air (capacity vs ALOHA, ...)."),
 }
 
