@@ -22,6 +22,7 @@ from lifeline.gateway import records as rec
 from lifeline.gateway.buffer import Buffer, WriteResult
 from lifeline.gateway.clock import Clock
 from lifeline.gateway.downlinks import CommandQueue
+from lifeline.gateway.forwarder import Forwarder, Signed
 from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
 from lifeline.gateway.log import Log
 from lifeline.gateway.pipeline import Barrier, Item, Waiters
@@ -35,7 +36,8 @@ _log = Log("commit")
 
 class CommitStage:
     def __init__(self, *, db: StateDB, buffer: Buffer, replay: ReplayGuard, commands: CommandQueue, clock: Clock,
-                 stats: Stats, group_max: int, on_commit: Callable[[], None]) -> None:
+                 stats: Stats, group_max: int, on_commit: Callable[[], None],
+                 forwarder: Forwarder | None = None) -> None:
         self.db = db
         self.buffer = buffer
         self.replay = replay
@@ -44,35 +46,47 @@ class CommitStage:
         self.stats = stats
         self.group_max = group_max
         self.on_commit = on_commit
+        self.forwarder = forwarder
         self.last_commit_s = 0.0
         self.last_group = 0
 
-    def commit(self, conn: sqlite3.Connection, items: list[Item], now_ms: int) -> tuple[WriteResult,
-                                                                                        list[rec.DownlinkPlan]]:
-        """One transaction (runs on the DB thread)."""
+    def commit(self, conn: sqlite3.Connection, items: list[Item], now_ms: int) -> tuple[
+            WriteResult, list[rec.DownlinkPlan], Signed | None]:
+        """One transaction (runs on the DB thread). New live alarms are signed into the outbox inside it
+        (``Forwarder.sign_alarms_in``), so an alarm costs one fsync before it can be published."""
         plans: list[rec.DownlinkPlan] = []
-        with Transaction(conn):
-            res = self.buffer.write_group(conn, items, now_ms)
-            top: dict[bytes, tuple[int, int]] = {}
-            for it in items:
-                if not isinstance(it, rec.Reading):
-                    continue
-                prev = top.get(it.device_id)
-                if prev is None or it.fcnt > prev[1]:
-                    top[it.device_id] = (it.key_epoch, it.fcnt)
-                ack = bool(it.frame_flags & frame.FLAG_ACK_REQ)
-                if not ack and not self.commands.has_open(it.device_id):
-                    continue
-                cmd = self.commands.take(conn, it.device_id, now_ms, ack_only=ack)
-                if not ack and cmd is None:
-                    continue
-                down = self.replay.alloc_down(it.device_id, it.key_epoch)
-                if down is None:
-                    _log.error("downlink counter exhausted; re-key the device", device=it.device_id)
-                    continue
-                plans.append(rec.DownlinkPlan(it, down, cmd))
-            self.replay.persist(conn, [(dev, epoch, fcnt) for dev, (epoch, fcnt) in top.items()])
-        return res, plans
+        signed: Signed | None = None
+        fw = self.forwarder
+        before = fw.signer_state() if fw is not None else None
+        try:
+            with Transaction(conn):
+                res = self.buffer.write_group(conn, items, now_ms)
+                top: dict[bytes, tuple[int, int]] = {}
+                for it in items:
+                    if not isinstance(it, rec.Reading):
+                        continue
+                    prev = top.get(it.device_id)
+                    if prev is None or it.fcnt > prev[1]:
+                        top[it.device_id] = (it.key_epoch, it.fcnt)
+                    ack = bool(it.frame_flags & frame.FLAG_ACK_REQ)
+                    if not ack and not self.commands.has_open(it.device_id):
+                        continue
+                    cmd = self.commands.take(conn, it.device_id, now_ms, ack_only=ack)
+                    if not ack and cmd is None:
+                        continue
+                    down = self.replay.alloc_down(it.device_id, it.key_epoch)
+                    if down is None:
+                        _log.error("downlink counter exhausted; re-key the device", device=it.device_id)
+                        continue
+                    plans.append(rec.DownlinkPlan(it, down, cmd))
+                self.replay.persist(conn, [(dev, epoch, fcnt) for dev, (epoch, fcnt) in top.items()])
+                if fw is not None and res.inserted[schema.P_ALARM]:
+                    signed = fw.sign_alarms_in(conn, now_ms)
+        except BaseException:
+            if fw is not None and before is not None:
+                fw.restore_signer(before)
+            raise
+        return res, plans, signed
 
     async def run(self, inq: asyncio.Queue[list[Item | Waiters] | Barrier], out: asyncio.Queue[Any],
                   heartbeat: Heartbeat) -> None:
@@ -114,7 +128,9 @@ class CommitStage:
     async def _commit_group(self, group: list[Item], out: asyncio.Queue[Any]) -> None:
         now = self.clock.now_ms()
         t0 = time.perf_counter()
-        res, plans = await self.db.run(lambda c: self.commit(c, group, now))
+        res, plans, signed = await self.db.run(lambda c: self.commit(c, group, now))
+        if signed is not None and self.forwarder is not None:
+            self.forwarder.launch(signed)
         self.last_commit_s = time.perf_counter() - t0
         self.last_group = len(group)
         self.stats.commits.inc()

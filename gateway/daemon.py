@@ -96,7 +96,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *, publisher: AckedPublisher | None = None,
                  adapters: Sequence[IngressAdapter] | None = None, clock: Clock | None = None,
                  rules: RulesHook | None = None, signing_key: Ed25519PrivateKey | None = None,
-                 serve_metrics: bool = True, run_forwarder: bool = True) -> None:
+                 serve_metrics: bool = True, run_forwarder: bool = True, fast_alarms: bool | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self._publisher = publisher
@@ -105,6 +105,7 @@ class Gateway:
         self.rules: RulesHook = rules or NoRules()
         self.serve_metrics = serve_metrics
         self.run_forwarder = run_forwarder
+        self.fast_alarms = run_forwarder if fast_alarms is None else fast_alarms
         self.metrics = Metrics()
         self.stats = Stats(self.metrics)
         self.heartbeats = Heartbeats(self.clock)
@@ -183,7 +184,9 @@ class Gateway:
         self.plan_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
         self.commit_stage = CommitStage(db=self.db, buffer=self.buffer, replay=self.replay, commands=self.commands,
                                         clock=self.clock, stats=self.stats,
-                                        group_max=cfg.buffer.group_commit_max, on_commit=self.forwarder.wake)
+                                        group_max=cfg.buffer.group_commit_max, on_commit=self.forwarder.wake,
+                                        forwarder=self.forwarder)
+        self.forwarder.fast_alarms = self.fast_alarms
         self.sender = DownlinkSender(devices=self.devices, keys=self.keys, commands=self.commands,
                                      adapters=self.adapters, config=cfg.downlinks, clock=self.clock,
                                      stats=self.stats)

@@ -47,7 +47,7 @@ RATE_WINDOW_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
-class _Signed:
+class Signed:
     entry: OutboxEntry
     radios: collections.Counter[str]
 
@@ -75,6 +75,7 @@ class Forwarder:
         self.fatal: BaseException | None = None
         self.backlog_mark_ms = clock.now_ms()
         self._acked: collections.deque[tuple[float, int]] = collections.deque()
+        self.fast_alarms = False  # sign new live alarms inside their own commit (set by the daemon)
 
     # ------------------------------------------------------------------ state
 
@@ -150,19 +151,19 @@ class Forwarder:
             seq = min(self._retry)
             entry = self._retry.pop(seq)
             self.stats.republished.inc()
-            self._launch(_Signed(entry, collections.Counter({"unknown": entry.count})))
+            self._launch(Signed(entry, collections.Counter({"unknown": entry.count})))
             return 0
         backlog_busy = sum(1 for lane, _ in self._inflight.values() if lane == BACKLOG)
         allow_backlog = backlog_busy < max(1, self.config.max_inflight - 1)
         result = await self.db.run(lambda c: self._next_batch(c, now, allow_backlog))
-        if isinstance(result, _Signed):
+        if isinstance(result, Signed):
             self._launch(result)
             return 0
         if result is None:
             return None
         return max(0.0, (result - now) / 1000.0)
 
-    def _next_batch(self, conn: sqlite3.Connection, now: int, allow_backlog: bool) -> _Signed | int | None:
+    def _next_batch(self, conn: sqlite3.Connection, now: int, allow_backlog: bool) -> Signed | int | None:
         """DB thread: choose, sign and commit the next batch; else the Unix ms when one will be due."""
         cfg = self.config
         buf = self.buffer
@@ -192,29 +193,59 @@ class Forwarder:
                 return self._sign_commit(conn, bl, BACKLOG, now)
         return due
 
-    def _sign_commit(self, conn: sqlite3.Connection, rows: list[PendingRow], lane: int, now: int) -> _Signed:
-        extra = rec.RF_BACKFILLED if lane == BACKLOG else 0
-        encoded = [with_flags(r.record, extra) for r in rows]
+    def _sign_commit(self, conn: sqlite3.Connection, rows: list[PendingRow], lane: int, now: int) -> Signed:
         before = (self._signer.next_seq, self._signer.prev_hash)
-        signed = self._signer.sign_encoded(encoded, lane, now)
-        ids = [r.id for r in rows]
         try:
             with Transaction(conn):
-                self.buffer.outbox_add(conn, self.gateway_id, signed, now, ids)
+                return self._sign_into(conn, rows, lane, now)
         except BaseException:
             self._signer = batch.BatchSigner(self.key, self.gateway_id, *before)
             raise
+
+    def _sign_into(self, conn: sqlite3.Connection, rows: list[PendingRow], lane: int, now: int) -> Signed:
+        """Inside the caller's transaction: sign ``rows`` and add the batch to the outbox."""
+        extra = rec.RF_BACKFILLED if lane == BACKLOG else 0
+        encoded = [with_flags(r.record, extra) for r in rows]
+        signed = self._signer.sign_encoded(encoded, lane, now)
+        ids = [r.id for r in rows]
+        self.buffer.outbox_add(conn, self.gateway_id, signed, now, ids)
         self.buffer.mark_assigned(rows)
         radios = collections.Counter(r.radio for r in rows)
-        return _Signed(OutboxEntry(signed.seq, lane, now, signed.count, tuple(ids), signed.data), radios)
+        return Signed(OutboxEntry(signed.seq, lane, now, signed.count, tuple(ids), signed.data), radios)
+
+    # ------------------------------------------------------------------ alarm fast path
+
+    def signer_state(self) -> tuple[int, bytes]:
+        return self._signer.next_seq, self._signer.prev_hash
+
+    def restore_signer(self, state: tuple[int, bytes]) -> None:
+        self._signer = batch.BatchSigner(self.key, self.gateway_id, *state)
+
+    def sign_alarms_in(self, conn: sqlite3.Connection, now: int) -> Signed | None:
+        """DB thread, inside the commit transaction that stored new alarms: sign the live alarms into the
+        outbox in that same transaction, saving the second fsync (and a forwarder round trip) on the
+        alarm path. Only while the uplink is up and nothing older waits for a republish, so the live lane
+        keeps its order; otherwise the forwarder picks the alarms up as usual."""
+        if (not self.fast_alarms or self._stopping or self._retry or self._down
+                or len(self._inflight) >= self.config.max_inflight or not self.publisher.is_connected()):
+            return None
+        cutoff = max(now - self.config.backfill_after_s * 1000, self.backlog_mark_ms)
+        rows = self.buffer.select_pending(conn, schema.P_ALARM, _MIN, _MAX, self.config.batch_max)
+        if not rows or rows[0].rx_ms < cutoff:
+            return None  # old alarms first: that is the forwarder's backlog decision
+        return self._sign_into(conn, rows, LIVE, now)
+
+    def launch(self, s: Signed) -> None:
+        """Loop thread, after the COMMIT that put ``s`` in the outbox: publish it now."""
+        self._launch(s)
 
     # ------------------------------------------------------------------ publishing
 
-    def _launch(self, s: _Signed) -> None:
+    def _launch(self, s: Signed) -> None:
         task = asyncio.create_task(self._publish(s))
         self._inflight[s.entry.seq] = (s.entry.lane, task)
 
-    async def _publish(self, s: _Signed) -> None:
+    async def _publish(self, s: Signed) -> None:
         e = s.entry
         try:
             try:

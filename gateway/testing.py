@@ -226,7 +226,7 @@ class Harness:
 async def start_harness(state_dir: Path, nodes: Sequence[TestNode] = (), *, clock: ManualClock | None = None,
                         publisher: MemoryPublisher | None = None, adapters: Sequence[MemoryAdapter] | None = None,
                         extra: str = "", run_forwarder: bool = False, serve_metrics: bool = False,
-                        rules: Any = None, provision_nodes: bool = True,
+                        rules: Any = None, provision_nodes: bool = True, fast_alarms: bool = False,
                         sections: Mapping[str, Mapping[str, object]] | None = None) -> Harness:
     config = make_config(state_dir, extra=extra, sections=sections)
     if config.gateway.key_file.exists():
@@ -239,6 +239,6 @@ async def start_harness(state_dir: Path, nodes: Sequence[TestNode] = (), *, cloc
     pub = publisher or MemoryPublisher()
     ads = list(adapters) if adapters is not None else [MemoryAdapter()]
     gw = Gateway(config, publisher=pub, adapters=ads, clock=clock, run_forwarder=run_forwarder,
-                 serve_metrics=serve_metrics, rules=rules)
+                 serve_metrics=serve_metrics, rules=rules, fast_alarms=fast_alarms)
     await gw.start()
     return Harness(gw, pub, ads[0], key, clock, config, list(nodes))

@@ -121,3 +121,40 @@ async def test_backlog_never_takes_the_last_inflight_slot(tmp_path: Path) -> Non
         assert [b.lane for b in by_seq] == [1, 0, 1, 1]
     finally:
         await h.stop()
+
+
+async def test_new_alarm_is_signed_in_its_own_commit(tmp_path: Path) -> None:
+    """Alarm fast path: one transaction stores the alarm and puts its signed batch in the outbox."""
+    import sqlite3
+
+    nodes = _nodes(2)
+    pub = MemoryPublisher()
+    h = await start_harness(tmp_path, nodes, publisher=pub, fast_alarms=True)
+    fw = h.gw.forwarder
+    try:
+        await h.hear(nodes[0].smoke(0))
+        assert fw.inflight == 0  # periodic readings go the normal way
+        pub.hold = True
+        await h.hear(nodes[1].smoke(2))
+        assert fw.inflight == 1  # launched by the commit stage, no forwarder step
+        assert h.gw.stats.commits.total() == 2
+        with sqlite3.connect(h.config.gateway.buffer_db) as c:
+            assert c.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1
+            assert c.execute("SELECT count(*) FROM readings WHERE batch IS NULL").fetchone()[0] == 1
+        pub.release()
+        await fw.wait_inflight()
+        [b] = h.batches()
+        assert b.lane == 0 and [(r.device_id, r.priority) for r in b.records] == [(nodes[1].device_id, 0)]
+        # while the uplink is down, alarms wait for the forwarder (and go first when it is back)
+        pub.online = False
+        assert await fw.step() == pytest.approx(0.2)
+        await h.hear(nodes[1].smoke(2))
+        assert fw.inflight == 0
+        pub.online = True
+        h.clock.advance(1000)
+        await h.gw.forward_all()
+        assert [b.records[0].priority for b in h.batches()] == [0, 0, 2]
+        chain = [b.seq for b in h.batches()]
+        assert chain == [0, 1, 2]
+    finally:
+        await h.stop()
