@@ -234,7 +234,9 @@ class Node:
         """Send one reading (encode per try: a fresh counter each time). True when delivered."""
         if not self._open_radio():
             return False
-        listen = True  # class-A style: a receive window after every uplink (rx_ms 0 turns it off)
+        # class-A style: a receive window after every LoRa/NB-IoT uplink (rx_ms 0 turns it off); BLE stays
+        # connectable only after frames that ask for an answer (docs/ble.md 2.3)
+        listen = ack or self.cfg.radio != "ble"
         for attempt in range(tries):
             if attempt:
                 self.hal.sleep_ms(_ALARM_RETRY_MS * attempt)

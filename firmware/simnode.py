@@ -105,7 +105,7 @@ class Air:
 def config_for(kind, radio, dev_id, root_key, extra=None):
     c = {"device_id": dev_id.hex(), "root_key": root_key.hex(), "kind": kind, "radio": radio,
          "region": "EU868", "interval": 900, "heartbeat": 86400,
-         "lora": {"sf": 9, "bw": 125, "cr": 0, "preamble": 8, "power": 14, "rx_ms": 1000}}
+         "lora": {"sf": 9, "bw": 125, "cr": 0, "preamble": 8, "power": 14, "rx_ms": 1500}}
     if radio == "nbiot":
         c["nbiot"] = {"host": "127.0.0.1", "port": 1883}
     if extra:

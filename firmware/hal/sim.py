@@ -275,6 +275,7 @@ class SimBle:
         self.chars = None
         self._on_write = None
         self.notified = []
+        self.results = []
 
     def advertise(self, adv, rsp, interval_ms, connectable):
         self.adverts.append((self._hal.clock.ms, bytes(adv), bytes(rsp or b""), connectable))
@@ -287,6 +288,10 @@ class SimBle:
         self.service = service_uuid
         self.chars = chars
         self._on_write = on_write
+        pending = self._hal.ble_pending
+        while pending:  # a central that connects and writes as soon as the service is up
+            char, data = pending.pop(0)
+            self.results.append(self.write(char, data))
 
     def notify(self, handle, data):
         self.notified.append((handle, bytes(data)))
@@ -329,6 +334,7 @@ class SimHal:
         self.awake_ms = 0  # accounting for the power model
         self.sleeps = 0
         self.tx_log = []
+        self.ble_pending = []  # (characteristic uuid, bytes) written by a central once the node serves
 
     # ---- time ----
     def ticks_ms(self):

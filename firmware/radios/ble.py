@@ -1,58 +1,76 @@
-# BLE: frames broadcast in advertising packets, and a GATT service for the technician.
+# BLE: frames broadcast in advertisements, and the node's GATT service -- the format and service of
+# docs/ble.md (gateway side: gateway/ingress/ble_adv.py), plus two technician characteristics.
 #
-# Broadcast: MicroPython's gap_advertise sends legacy advertising (31 bytes of AD data plus 31 of scan
-# response), so a frame (<= 51 bytes) is split over the two, each as a Manufacturer Specific Data AD
-# structure (type 0xFF) with company id 0xFFFF (the Bluetooth SIG's value reserved for testing and
-# development; a product uses its own assigned id) followed by one segment byte:
-#   AD: len | 0xFF | 0xFF 0xFF | seg | up to 26 frame bytes
-#   seg = tag (bits 7..4, low nibble of the frame counter) | index (bits 3..2) | count (bits 1..0)
-# Non-connectable, scannable (ADV_SCAN_IND): a scanner doing active scanning gets both halves. On chips and
-# stacks with BLE 5 extended advertising the whole frame fits one AUX_ADV_IND (same AD format, count 1).
+# Advertising (docs/ble.md section 2): one Manufacturer Specific Data AD structure, company id 0xFFFF (the
+# Bluetooth SIG's value for testing and development; a product uses its own assigned id), then a 1-byte
+# Lifeline BLE header (version 1 in bits 7..4, segment in bits 3..2: 0 whole, 1 first, 2 second; sequence
+# in bits 1..0), then the frame or a segment of it. MicroPython's gap_advertise() sends legacy PDUs only
+# (31 bytes of AdvData), so a frame (28..51 bytes) goes as two segments, frame[0:26] and frame[26:], and
+# the node alternates them over a burst of advertising events; with BLE 5 extended advertising the whole
+# frame fits one AUX_ADV_IND (segment 0).
 #
-# GATT maintenance service (UUIDs in docs/firmware.md). Writes to the command characteristic must carry
-# an HMAC-SHA256 tag (8 bytes) over challenge || command, keyed by the root-key derivative for purpose
-# "lifeline/1/maint", so only a technician holding the device's key can change it.
+# GATT (docs/ble.md section 4; UUIDs 91e9xxxx-7b97-439d-8e31-2a87ab35f415): downlink (write one protected
+# downlink frame), status (read/notify, 20 bytes), maintenance (write a protected frame of a maintenance
+# session). Technician additions (docs/firmware.md): challenge (read, 8 bytes) and technician (write:
+# command || HMAC-SHA256(K_maint, challenge || command)[:8], K_maint derived from the root key for
+# "lifeline/1/maint"), for what the protected downlink kinds cannot carry (a whole new configuration,
+# leaving safe mode). Stock MicroPython cannot refuse a GATT write with an ATT error, so the result codes
+# below are returned to the simulator and reflected in the status characteristic (last accepted downlink
+# counter) for the gateway to read back.
 
 from lifeline.protocols import crypto
 
 COMPANY_ID = 0xFFFF
 AD_MANUFACTURER = 0xFF
 SEG_DATA = 26
-UUID_BASE = "4c4c%04x-1f0b-4a31-9e59-6c6966656c6e"
+BURST_EVENTS = 20  # legacy: 10 events per segment (docs/ble.md 2.3)
+WINDOW_MS = 3000  # connectable after the burst when the node expects an answer
+UUID_BASE = "91e9%04x-7b97-439d-8e31-2a87ab35f415"
 SERVICE_UUID = UUID_BASE % 0x0001
-CHAR_INFO = UUID_BASE % 0x0002  # read: JSON {"id","fw","kind","fcnt","queue","fault"}
-CHAR_CHALLENGE = UUID_BASE % 0x0003  # read: 8-byte nonce, new after every command
-CHAR_COMMAND = UUID_BASE % 0x0004  # write: command || HMAC(K_maint, challenge || command)[:8]
-CHAR_STATUS = UUID_BASE % 0x0005  # notify: result of the last command (text)
+CHAR_DOWNLINK = UUID_BASE % 0x0002
+CHAR_STATUS = UUID_BASE % 0x0003
+CHAR_MAINTENANCE = UUID_BASE % 0x0004
+CHAR_CHALLENGE = UUID_BASE % 0x0005  # Lifeline firmware addition: technician challenge
+CHAR_COMMAND = UUID_BASE % 0x0006  # Lifeline firmware addition: technician command
+CHARS = (CHAR_DOWNLINK, CHAR_STATUS, CHAR_MAINTENANCE, CHAR_CHALLENGE, CHAR_COMMAND)
 LABEL_MAINT = b"lifeline/1/maint"
 
+OK = 0
+ERR_LENGTH = 0x0D
+ERR_REJECTED = 0x80
+ERR_REPLAY = 0x81
+ERR_NOT_IN_MAINTENANCE = 0x82
 
-def segments(frame):
-    """Manufacturer-data AD structures carrying ``frame`` (one or two)."""
-    parts = [frame[i:i + SEG_DATA] for i in range(0, len(frame), SEG_DATA)] or [b""]
+
+def segments(frame, seq=0, extended=False):
+    """The Manufacturer Specific Data AD structures that carry ``frame``."""
+    cid = COMPANY_ID.to_bytes(2, "little")
+    if extended or len(frame) <= SEG_DATA:
+        parts = ((0x10, frame),)
+    else:
+        parts = ((0x14 | (seq & 3), frame[:SEG_DATA]), (0x18 | (seq & 3), frame[SEG_DATA:]))
     out = []
-    count = len(parts)
-    for i in range(count):
-        tag = (frame[14] & 0x0F) if len(frame) > 14 else 0  # low byte of the frame counter
-        seg = bytes(((tag << 4) | (i << 2) | count,))
-        body = bytes((AD_MANUFACTURER,)) + COMPANY_ID.to_bytes(2, "little") + seg + parts[i]
+    for hdr, data in parts:
+        body = bytes((AD_MANUFACTURER,)) + cid + bytes((hdr,)) + data
         out.append(bytes((len(body),)) + body)
     return out
 
 
 def reassemble(ads):
-    """Inverse of segments() for a scanner (used by tests and documented for the gateway)."""
+    """Frame bytes from the AD structures of one frame (whole, or both segments), else None."""
     parts = {}
-    count = 0
     for ad in ads:
         if len(ad) < 5 or ad[1] != AD_MANUFACTURER or int.from_bytes(ad[2:4], "little") != COMPANY_ID:
             return None
-        seg = ad[4]
-        count = seg & 3
-        parts[(seg >> 2) & 3] = ad[5:1 + ad[0]]
-    if count == 0 or len(parts) != count:
-        return None
-    return b"".join(parts[i] for i in range(count))
+        hdr = ad[4]
+        if hdr >> 4 != 1:
+            return None
+        parts[(hdr >> 2) & 3] = ad[5:1 + ad[0]]
+    if 0 in parts:
+        return parts[0]
+    if 1 in parts and 2 in parts:
+        return parts[1] + parts[2]
+    return None
 
 
 class BleLink:
@@ -60,36 +78,57 @@ class BleLink:
         self._hal = hal
         b = cfg.ble
         self.interval_ms = b.get("interval_ms", 100)
-        self.adv_ms = b.get("adv_ms", 1000)
+        self.extended = b.get("extended", False)
         self.rssi = None
         self.snr_x10 = None
         self.errors = 0
+        self.seq = 0
+        self.inbox = []  # downlink frames written to the GATT downlink characteristic
         self._ble = None
 
     def open(self):
         try:
             self._ble = self._hal.ble()
+            self._ble.serve(SERVICE_UUID, CHARS, self._on_write)
         except OSError:
             self.errors += 1
             return False
         return True
 
+    def _on_write(self, char, data):
+        if char != CHAR_DOWNLINK:
+            return ERR_REJECTED
+        if not 28 <= len(data) <= 51:
+            return ERR_LENGTH
+        self.inbox.append(bytes(data))
+        return OK
+
     def send(self, frame, listen):
-        """Advertise the frame for adv_ms. Broadcast has no acknowledgement: downlinks only come over GATT."""
+        """Advertise a burst; when an answer is expected, stay connectable for WINDOW_MS."""
         if self._ble is None:
             return False, []
-        ads = segments(frame)
+        ads = segments(frame, self.seq, self.extended)
+        self.seq = (self.seq + 1) & 3
         try:
-            self._ble.advertise(ads[0], ads[1] if len(ads) > 1 else b"", self.interval_ms, False)
-            self._hal.sleep_ms(self.adv_ms)
+            for i in range(BURST_EVENTS if len(ads) > 1 else BURST_EVENTS // 2):
+                self._ble.advertise(ads[i % len(ads)], b"", self.interval_ms, True)
+                self._hal.sleep_ms(self.interval_ms)
             self._ble.stop()
         except OSError:
             self.errors += 1
             return False, []
-        return True, []
+        downs = self.listen(WINDOW_MS) if listen else []
+        return True, downs
 
     def listen(self, window_ms):
-        return []
+        if self._ble is None:
+            return []
+        end = self._hal.ticks_ms() + window_ms
+        while not self.inbox and self._hal.ticks_diff(end, self._hal.ticks_ms()) > 0:
+            self._hal.sleep_ms(50)
+        out = self.inbox
+        self.inbox = []
+        return out
 
     def close(self):
         if self._ble is not None:
@@ -119,10 +158,10 @@ class Maintenance:
     def start(self):
         self._ble = self._hal.ble()
         self._new_challenge()
-        self._ble.serve(SERVICE_UUID, (CHAR_INFO, CHAR_CHALLENGE, CHAR_COMMAND, CHAR_STATUS), self.on_write)
+        self._ble.serve(SERVICE_UUID, CHARS, self.on_write)
 
     def read(self, char):
-        if char == CHAR_INFO:
+        if char == CHAR_STATUS:
             return self._info()
         if char == CHAR_CHALLENGE:
             return self.challenge

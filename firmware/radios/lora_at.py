@@ -2,12 +2,13 @@
 # commands, byte-exact with the "RUI3 AT Command Manual" (RAKwireless documentation, section "P2P
 # Instructions"; see docs/firmware.md for the command table):
 #   AT                                   -> OK
-#   AT+NWM=?                             -> AT+NWM=<0|1> OK        (0 = LoRa P2P, 1 = LoRaWAN)
-#   AT+NWM=0                             -> OK (the module restarts when the mode changes)
+#   AT+NWM=0                             -> OK (0 = LoRa P2P; the module restarts when the mode changes)
 #   AT+P2P=<freq>:<sf>:<bw>:<cr>:<preamble>:<power>   -> OK   (bw in kHz 125/250/500, cr 0..3 = 4/5..4/8)
 #   AT+PSEND=<hex payload>               -> OK, then +EVT:TXP2P DONE when the packet has left
 #   AT+PRECV=<ms>                        -> OK, then +EVT:RXP2P:<rssi>:<snr>:<hex payload>
 #                                           or +EVT:RXP2P RECEIVE TIMEOUT (0 stops listening)
+# RUI3 v4 forms (bandwidth in kHz, one +EVT:RXP2P line per packet), as docs/radios.md section 1 fixes for
+# the gateway side; the receive window follows the link contract of docs/radios.md section 3.1.
 # Errors: AT_ERROR, AT_PARAM_ERROR, AT_BUSY_ERROR, AT_TEST_PARAM_OVERFLOW, AT_NO_NETWORK_JOINED,
 # AT_RX_ERROR. Every wait has a deadline; the link never raises on modem trouble.
 
@@ -112,26 +113,28 @@ class Rak3172:
 
     # ---- operations ----
     def setup(self, freq, sf, bw, cr, preamble, power):
+        """AT (up to 3 tries: the first may only wake the UART), AT+NWM=0 (the module restarts when the
+        mode changes: AT until it answers), AT+PRECV=0 (parameter changes are refused while receiving),
+        AT+P2P=... -- the order docs/radios.md section 1.2 gives."""
         ok = False
-        for _ in range(3):  # the first AT may only wake the UART
+        for _ in range(3):
             ok, _lines = self.command("AT", 300)
             if ok:
                 break
         if not ok:
             return False
-        ok, lines = self.command("AT+NWM=?")
-        if not ok or ("AT+NWM=0" not in lines and "0" not in lines):
-            ok, _ = self.command("AT+NWM=0")
-            if not ok:
-                return False
-            # the module restarts into P2P mode; wait until it answers again
-            deadline = self._hal.ticks_ms() + RESTART_MS
-            while self._hal.ticks_diff(deadline, self._hal.ticks_ms()) > 0:
-                ok, _ = self.command("AT", 300)
-                if ok:
-                    break
-            if not ok:
-                return False
+        ok, _ = self.command("AT+NWM=0")
+        if not ok:
+            return False
+        deadline = self._hal.ticks_ms() + RESTART_MS
+        ok = False
+        while not ok and self._hal.ticks_diff(deadline, self._hal.ticks_ms()) > 0:
+            ok, _ = self.command("AT", 300)
+        if not ok:
+            return False
+        ok, _ = self.command("AT+PRECV=0")
+        if not ok:
+            return False
         ok, _ = self.command(p2p_command(freq, sf, bw, cr, preamble, power))
         return ok
 
@@ -175,7 +178,7 @@ class LoraLink:
         self.cr = lo.get("cr", 0)
         self.preamble = lo.get("preamble", 8)
         self.power = min(lo.get("power", region[2]), 22)
-        self.rx_ms = lo.get("rx_ms", 1500)
+        self.rx_ms = lo.get("rx_ms", 1500)  # docs/radios.md 3.1: listen at least +1000..+1500 ms
         self.max_dwell_ms = region[3]
         self._hal = hal
         self.modem = Rak3172(hal, hal.uart("lora", 115200))

@@ -37,14 +37,15 @@ class ScriptedModem:
 
 
 def test_at_command_bytes_are_exactly_the_rui3_p2p_set() -> None:
-    modem = ScriptedModem({"AT+NWM=?": ["AT+NWM=1", "OK"], "AT+PSEND=*": ["OK", "+EVT:TXP2P DONE"],
+    modem = ScriptedModem({"AT+NWM=*": ["OK", "RAKwireless RAK3172-E Example", "Version: RUI_4.0.6_RAK3172-E"],
+                           "AT+PSEND=*": ["OK", "+EVT:TXP2P DONE"],
                            "AT+PRECV=*": ["OK", "+EVT:RXP2P:-87:6:C0FFEE"]})
     hal = sim.SimHal(uart_devices={"lora": modem})
     r = lora_at.Rak3172(hal, hal.uart("lora", 115200))
     assert r.setup(869525000, 9, 125, 0, 8, 14)
     assert r.send(b"\x11\x01\xab", 1000)
     assert r.receive(1000) == (b"\xc0\xff\xee", -87, 6)
-    assert modem.written == (b"AT\r\nAT+NWM=?\r\nAT+NWM=0\r\nAT\r\nAT+P2P=869525000:9:125:0:8:14\r\n"
+    assert modem.written == (b"AT\r\nAT+NWM=0\r\nAT\r\nAT+PRECV=0\r\nAT+P2P=869525000:9:125:0:8:14\r\n"
                              b"AT+PSEND=1101ab\r\nAT+PRECV=1000\r\n")
 
 
@@ -179,22 +180,37 @@ def test_mqtt_packets_and_malformed_input() -> None:
         assert getattr(info.value, "reason", "io") == reason
 
 
-def test_ble_advertising_splits_a_frame_into_two_legacy_payloads() -> None:
+def test_ble_advertising_follows_docs_ble_md() -> None:
     data = bytes(range(51))
-    ads = ble.segments(data)
-    assert len(ads) == 2 and all(len(a) <= 31 for a in ads)
-    assert ads[0][1] == 0xFF and ads[0][2:4] == b"\xff\xff"
+    ads = ble.segments(data, seq=3)
+    assert [len(a) for a in ads] == [31, 30]  # 5 bytes of overhead + 26, then the rest
+    assert ads[0][:5] == bytes((30, 0xFF, 0xFF, 0xFF, 0x17)) and ads[1][4] == 0x1B
     assert ble.reassemble(ads) == data
-    assert ble.reassemble(ble.segments(data[:20])) == data[:20]
+    whole = ble.segments(data, extended=True)
+    assert len(whole) == 1 and whole[0][4] == 0x10 and ble.reassemble(whole) == data
     assert ble.reassemble([ads[0]]) is None
+    assert ble.reassemble([bytes((4, 0xFF, 0xFF, 0xFF, 0x24))]) is None  # wrong mapping version
 
 
-def test_ble_node_broadcasts_its_frames() -> None:
+def test_ble_node_broadcasts_its_frames_and_takes_downlinks_over_gatt() -> None:
     sn = SimNode("tilt", radio="ble")
     sn.wake()
-    adverts = sn.hal.ble().adverts
-    frames = [ble.reassemble([a, r] if r else [a]) for _, a, r, _ in adverts]
+    adverts = [a for _, a, _, _ in sn.hal.ble().adverts]
+    frames = []
+    for i in range(0, len(adverts), 20):  # one burst of 20 events per frame, alternating the halves
+        burst = adverts[i:i + 20]
+        assert burst[0] != burst[1] and burst[0] == burst[2]
+        frames.append(ble.reassemble(burst[:2]))
     assert [f.header.kind for f in sn.decoded(frames)] == [schema.K_TILT, schema.K_HEARTBEAT]
+    keys = frame.derive_keys(sn.root_key, sn.dev_id)
+    down = frame.encode(keys, sn.dev_id, 1, 0, schema.C_TIME_SYNC, {1: 150_000_000}, frame.FLAG_DOWN)
+    gatt = sn.hal.ble()
+    assert gatt.write(ble.CHAR_DOWNLINK, b"short") == ble.ERR_LENGTH
+    sn.sleep()
+    sn.hal.ble_pending.append((ble.CHAR_DOWNLINK, down))  # the gateway connects in the next window
+    sn.wake()
+    assert sn.hal.ble().results == [ble.OK]
+    assert sn.node.rtc.get("ts") == 1
 
 
 def test_config_region_table_is_sane() -> None:
