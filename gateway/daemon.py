@@ -27,7 +27,7 @@ from lifeline.gateway.clock import Clock, SystemClock
 from lifeline.gateway.commit import CommitStage
 from lifeline.gateway.config import ConfigError, GatewayConfig, load
 from lifeline.gateway.dedupe import Deduper
-from lifeline.gateway.devices import DeviceTable, KeyCache
+from lifeline.gateway.devices import DeviceInfo, DeviceTable, KeyCache
 from lifeline.gateway.downlinks import CommandQueue, DownlinkSender
 from lifeline.gateway.forwarder import Forwarder
 from lifeline.gateway.health import HEARTBEAT_S, Heartbeats
@@ -156,7 +156,8 @@ class Gateway:
         except OSError as e:
             raise StartupError(f"state database: {e}") from None
         reg = self._registry
-        devices, generation = await asyncio.to_thread(lambda: (list(reg.all()), reg.generation()))
+        devices, generation = await asyncio.to_thread(
+            lambda: ([DeviceInfo.of(d) for d in reg.all()], reg.generation()))
         self.devices.replace(devices, generation)
         if self._publisher is None:
             self._publisher = self._make_uplink()
@@ -318,7 +319,7 @@ class Gateway:
         generation = await asyncio.to_thread(reg.generation)
         if generation == self.devices.generation and not force:
             return False
-        devices = await asyncio.to_thread(lambda: list(reg.all()))
+        devices = await asyncio.to_thread(lambda: [DeviceInfo.of(d) for d in reg.all()])
         changed = self.devices.replace(devices, generation)
         self.keys.invalidate(changed)
         for d in changed:
@@ -425,10 +426,7 @@ class Gateway:
         return round(pending / rate, 1) if rate > 0 else -1
 
     def _device_counts(self) -> list[tuple[tuple[str, ...], float]]:
-        counts = {"active": 0, "revoked": 0}
-        for dev in list(self.devices._devices.values()):
-            counts[dev.status] = counts.get(dev.status, 0) + 1
-        return [((k,), v) for k, v in counts.items()]
+        return [((k,), v) for k, v in self.devices.status_counts().items()]
 
     def _adapter_counters(self) -> list[tuple[tuple[str, ...], float]]:
         out: list[tuple[tuple[str, ...], float]] = []

@@ -30,7 +30,7 @@ class Recent:
 
 
 class Deduper:
-    def __init__(self, window_ms: int, per_device: int = 4, max_receptions: int = 16) -> None:
+    def __init__(self, window_ms: int, per_device: int = 2, max_receptions: int = 16) -> None:
         self.window_ms = window_ms
         self.per_device = per_device
         self.max_receptions = max_receptions

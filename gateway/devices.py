@@ -4,21 +4,41 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from lifeline.gateway.registry import DeviceRecord
+from lifeline.gateway.registry import ACTIVE, DeviceRecord
 from lifeline.protocols import frame
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What the hot path needs of a registered device (a few dozen bytes, not the whole record)."""
+
+    device_id: bytes
+    root_key: bytes = field(repr=False)
+    key_epoch: int
+    data_class: int
+    status: str
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+    @classmethod
+    def of(cls, d: DeviceRecord) -> DeviceInfo:
+        return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, d.status)
 
 
 class DeviceTable:
     """Snapshot of the registry (reloaded when its generation changes)."""
 
     def __init__(self) -> None:
-        self._devices: dict[bytes, DeviceRecord] = {}
+        self._devices: dict[bytes, DeviceInfo] = {}
         self.generation = -1
 
-    def replace(self, devices: Iterable[DeviceRecord], generation: int) -> set[bytes]:
+    def replace(self, devices: Iterable[DeviceRecord | DeviceInfo], generation: int) -> set[bytes]:
         """Install a new snapshot; returns the ids whose key, epoch or status changed."""
-        new = {d.device_id: d for d in devices}
+        new = {d.device_id: d if isinstance(d, DeviceInfo) else DeviceInfo.of(d) for d in devices}
         changed = {dev for dev, d in new.items()
                    if (old := self._devices.get(dev)) is None or old.root_key != d.root_key
                    or old.key_epoch != d.key_epoch or old.status != d.status}
@@ -27,8 +47,14 @@ class DeviceTable:
         self.generation = generation
         return changed
 
-    def get(self, device_id: bytes) -> DeviceRecord | None:
+    def get(self, device_id: bytes) -> DeviceInfo | None:
         return self._devices.get(device_id)
+
+    def status_counts(self) -> dict[str, int]:
+        counts = {"active": 0, "revoked": 0}
+        for d in self._devices.values():
+            counts[d.status] = counts.get(d.status, 0) + 1
+        return counts
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -42,7 +68,7 @@ class KeyCache:
         self._keys: OrderedDict[bytes, tuple[int, frame.Keys]] = OrderedDict()
         self.derivations = 0
 
-    def get(self, device: DeviceRecord) -> frame.Keys:
+    def get(self, device: DeviceInfo) -> frame.Keys:
         hit = self._keys.get(device.device_id)
         if hit is not None and hit[0] == device.key_epoch:
             self._keys.move_to_end(device.device_id)
