@@ -26,7 +26,9 @@ from lifeline.provisioning.errors import ProvisionError, scrub
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 DEFAULT_TIMEOUT_S = 10.0
 CHUNK = 256
-_ERRNO = re.compile(r"OSError: \[Errno (\d+)\] ?(\w*)")
+# "OSError: [Errno 2] ENOENT" for codes in MicroPython's errno name table, "OSError: 28" for the others
+# (ENOSPC is not in the table on the ESP32 port: a full LittleFS raises "OSError: 28").
+_ERRNO = re.compile(r"OSError: (?:\[Errno )?(\d+)")
 
 
 class ReplError(ProvisionError):

@@ -897,6 +897,7 @@ class Esp32Emulator:
         self.failures: list[str] = []  # internal errors of the emulated board (tests assert it stays empty)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="lifeline-esp32-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / "ttyUSB0"
         self._tcp_wanted = tcp
         self.url: str | None = None
