@@ -99,7 +99,7 @@ def apply_config(node, fields):
     if 2 in fields:
         raw["interval"] = fields[2]
     if 5 in fields:
-        raw["heartbeat"] = fields[5]
+        raw["heartbeat"] = fields[5] * 60  # the command carries minutes
     th = dict(raw.get("thresholds", {}))
     for key, name in ((3, "high"), (4, "low"), (6, "confirm")):
         if key in fields:

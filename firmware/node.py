@@ -193,7 +193,8 @@ class Node:
         if lh < 0 or now - lh >= cfg.heartbeat or now < lh:
             from lifeline.firmware import reports
 
-            out.append([PRIO_PERIODIC, schema.K_HEARTBEAT, reports.heartbeat(self, mv), trial])
+            # the heartbeat asks for an ACK: a daily link check and a chance for queued commands
+            out.append([PRIO_PERIODIC, schema.K_HEARTBEAT, reports.heartbeat(self, mv), True])
             rtc.set("lh", now)
         self._send_all(out, now)
         self._stay_awake(cfg)

@@ -11,12 +11,12 @@ ALARM_ID_PATH = "/alarm_id"
 
 def heartbeat(node, mv):
     rtc = node.rtc
-    up = node.hal.time() - rtc.get("pt", 0)
-    f = {1: max(0, min(up, 0xFFFFFFFF)), 2: rtc.get("rc", 0), 3: FW_BUILD, 15: max(0, min(mv, 4500))}
+    up_h = (node.hal.time() - rtc.get("pt", 0)) // 3600  # schema: uptime in hours
+    f = {1: max(0, min(up_h, 65535)), 2: rtc.get("rc", 0), 3: FW_BUILD, 15: max(0, min(mv, 4500))}
     f[6] = min(len(node.queue), 255) if node.queue is not None else 0
     if rtc.get("rssi") is not None:
         f[4] = max(-150, min(rtc.get("rssi"), 0))
-        f[5] = max(-300, min(rtc.get("snr", 0), 300))
+        f[5] = max(-30, min(rtc.get("snr", 0) // 10, 30))  # kept in 0.1 dB, sent in dB
     return f
 
 

@@ -193,7 +193,7 @@ def test_ble_advertising_follows_docs_ble_md() -> None:
 
 
 def test_ble_node_broadcasts_its_frames_and_takes_downlinks_over_gatt() -> None:
-    sn = SimNode("tilt", radio="ble")
+    sn = SimNode("tilt", radio="ble", config_extra={"heartbeat": 3600})
     sn.wake()
     adverts = [a for _, a, _, _ in sn.hal.ble().adverts]
     frames = []
@@ -206,8 +206,8 @@ def test_ble_node_broadcasts_its_frames_and_takes_downlinks_over_gatt() -> None:
     down = frame.encode(keys, sn.dev_id, 1, 0, schema.C_TIME_SYNC, {1: 150_000_000}, frame.FLAG_DOWN)
     gatt = sn.hal.ble()
     assert gatt.write(ble.CHAR_DOWNLINK, b"short") == ble.ERR_LENGTH
-    sn.sleep()
-    sn.hal.ble_pending.append((ble.CHAR_DOWNLINK, down))  # the gateway connects in the next window
+    sn.sleep(3_600_000)
+    sn.hal.ble_pending.append((ble.CHAR_DOWNLINK, down))  # the gateway connects in the heartbeat's window
     sn.wake()
     assert sn.hal.ble().results == [ble.OK]
     assert sn.node.rtc.get("ts") == 1
