@@ -272,6 +272,9 @@ class CommandQueue:
                     await publisher.publish(self.topic, json.dumps(msg, separators=(",", ":")).encode())
                 except UplinkUnavailable:
                     break
+                except Exception as e:  # a publisher bug costs a retry, not the stage
+                    _log.warning("result publish failed", error=type(e).__name__)
+                    break
                 if self.results and self.results[0] is msg:
                     self.results.popleft()
                 sent += 1
@@ -286,7 +289,11 @@ class CommandQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.results_ready.wait(), HEARTBEAT_S)
                 continue
-            await self.drain_results(publisher)
+            task = asyncio.create_task(self.drain_results(publisher))
+            while not task.done():  # a publish waiting for its PUBACK must not look like a hung stage
+                await asyncio.wait({task}, timeout=HEARTBEAT_S)
+                heartbeat.beat()
+            task.result()
             if self.results:
                 await asyncio.sleep(HEARTBEAT_S / 2)
 
@@ -342,7 +349,12 @@ class DownlinkSender:
                     item.done.set_result(None)
                 continue
             for plan in item:
-                await self._sem.acquire()
+                while True:  # all send slots busy (slow radios): keep reporting that we are alive
+                    try:
+                        await asyncio.wait_for(self._sem.acquire(), HEARTBEAT_S)
+                        break
+                    except TimeoutError:
+                        heartbeat.beat()
                 t = asyncio.create_task(self._send(plan))
                 self._tasks.add(t)
                 t.add_done_callback(self._tasks.discard)
