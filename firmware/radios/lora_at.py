@@ -22,7 +22,7 @@ ERRORS = ("AT_ERROR", "AT_PARAM_ERROR", "AT_BUSY_ERROR", "AT_TEST_PARAM_OVERFLOW
           "AT_RX_ERROR", "AT_COMMAND_NOT_FOUND")
 CMD_TIMEOUT_MS = 1000
 RESTART_MS = 3000
-_POLL_MS = 5
+_POLL_MS = 20  # the UART driver buffers (rxbuf 512), so polling slower only adds latency
 
 
 def p2p_command(freq, sf, bw, cr, preamble, power):
