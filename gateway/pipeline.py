@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lifeline.gateway import records as rec
+from lifeline.gateway.buffer import encode_event
 from lifeline.gateway.dedupe import Deduper
 from lifeline.gateway.devices import DeviceTable, KeyCache
 from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
@@ -166,6 +167,18 @@ class Pipeline:
                          device=device.hex() if device else "-", total=self.stats.rejects.get(reason, rc.radio))
         return reason
 
+    def _valid_event(self, e: object) -> bool:
+        """A rules event must be encodable as a batch record, or it would fail the commit later."""
+        try:
+            if isinstance(e, rec.GatewayEvent) and e.priority in (0, 1, 2):
+                encode_event(e)
+                return True
+        except Exception:
+            pass
+        self.stats.rules_errors.inc()
+        _log.warning("rules hook emitted an invalid event; dropped")
+        return False
+
     def _one(self, f: RawFrame, out: list[Item | Waiters]) -> str:
         """Process one frame; returns OUT_ACCEPTED, OUT_DUPLICATE or the rejection reason."""
         payload = f.payload
@@ -224,8 +237,7 @@ class Pipeline:
                 p = raise_to(reading.priority, outcome.priority)
                 if p != reading.priority:
                     reading = dataclasses.replace(reading, priority=p)
-                events = tuple(e for e in outcome.events
-                               if isinstance(e, rec.GatewayEvent) and e.priority in (0, 1, 2) and len(e.device_id) == 8)
+                events = tuple(e for e in outcome.events if self._valid_event(e))
         self.dedupe.remember(dev_id, hdr.fcnt, rc.rx_ms, payload, reading.id, reading.priority)
         self.stats.accepted.inc(rc.radio)
         out.append(reading)

@@ -148,7 +148,9 @@ async def test_priority_mapping_and_rules_hook(tmp_path: Path) -> None:
                     raise RuntimeError("buggy rule")
                 ev = rec.GatewayEvent(rec.EV_RULES_FIRST, reading.device_id, reading.rx_ms, schema.P_ALARM,
                                       fields={1: reading.fields[1]})
-                return RuleOutcome(priority=schema.P_ALARM, events=(ev,))
+                bad = rec.GatewayEvent(rec.EV_RULES_FIRST, reading.device_id, reading.rx_ms, schema.P_ALARM,
+                                       fields={1: "not a wire value"})  # type: ignore[dict-item]
+                return RuleOutcome(priority=schema.P_ALARM, events=(ev, bad))
             return RuleOutcome(priority=schema.P_PERIODIC)  # never lowers
 
     lvl = TestNode(bytes.fromhex("3000000000000001"), "water_level")
@@ -169,7 +171,7 @@ async def test_priority_mapping_and_rules_hook(tmp_path: Path) -> None:
         assert by[(A.device_id, 2, 0)].flags == rec.RF_TEST
         [event] = [r for r in recs if r.record_type == rec.RT_EVENT]
         assert event.kind == rec.EV_RULES_FIRST and event.fields == {1: 1200}
-        assert h.gw.stats.rules_errors.total() == 1
+        assert h.gw.stats.rules_errors.total() == 2  # the raising rule and the unencodable event
     finally:
         await h.stop()
 
