@@ -1,9 +1,9 @@
 """A real Mosquitto broker on a free loopback port, for tests, the demo and the bench.
 
 :class:`MosquittoBroker` runs ``/usr/sbin/mosquitto`` (or the one on ``PATH``) with a generated config in
-its own directory: listeners on 127.0.0.1 only, persistence off, anonymous clients allowed on the plain
-listener. An optional TLS listener requires a client certificate and uses its common name as the MQTT
-username. :class:`TestPKI` makes the CA, server and client certificates for it with ``cryptography``.
+its own directory: listeners on 127.0.0.1 only, persistence off (unless asked for), anonymous clients
+allowed on the plain listener. An optional TLS listener requires a client certificate and uses its common
+name as the MQTT username. :class:`TestPKI` makes the CA, server and client certificates for it with ``cryptography``.
 
 The broker can be stopped, restarted on the same port (the gateway must find it again by itself), killed
 with SIGKILL and frozen with SIGSTOP (a stalled peer: TCP still accepts, MQTT never answers). The child
@@ -207,6 +207,7 @@ class MosquittoBroker:
         workdir: Path | None = None,
         executable: Path | None = None,
         max_queued_messages: int = 100_000,
+        persistence: bool = False,
         extra_config: str = "",
     ) -> None:
         self.host = LOOPBACK
@@ -222,6 +223,7 @@ class MosquittoBroker:
         if pki is not None:
             self.tls_port = tls_port if tls_port is not None else free_port()
         self._max_queued = max_queued_messages
+        self.persistence = persistence
         self._extra = extra_config
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = self.workdir / "mosquitto.log"
@@ -245,7 +247,12 @@ class MosquittoBroker:
             f"user {user}",  # never drop to the 'mosquitto' user: it could not read the 0600 keys
             "per_listener_settings false",
             "allow_anonymous true",
-            "persistence false",
+            *(
+                # sessions, subscriptions and queued messages survive stop()/restart() (not kill())
+                ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 0"]
+                if self.persistence
+                else ["persistence false"]
+            ),
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -442,6 +442,11 @@ class PlatformSink:
     def batch_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM batches")[0][0])
 
+    def record_keys(self) -> list[tuple[bytes, int]]:
+        """(device, fcnt) of every stored reading, in storage order (cheap: no JSON decoding)."""
+        return [(bytes(d), int(f)) for d, f in self._query(
+            "SELECT device, fcnt FROM records WHERE record_type=0 ORDER BY id")]
+
     def records(self, device: bytes | None = None) -> list[StoredRecord]:
         """Stored records in storage order (optionally of one device)."""
         sql = ("SELECT device, fcnt, record_type, kind, node_time, rx_ms, gateway, seq, lane, flags, priority, "

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from lifeline.tools.broker import MosquittoBroker, TestPKI
 
 

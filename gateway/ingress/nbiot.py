@@ -12,11 +12,15 @@ downlink published within that window reaches it at once; the adapter gives each
 message expiry equal to what is left of the window (or ``downlink_hold_s`` if set), so a command the
 node missed is dropped by the broker instead of arriving stale at the next wake.
 
-The adapter keeps a persistent session of its own (``session_expiry_s``) and acknowledges every message
-*after* the pipeline took it (manual PUBACK): frames published while the gateway is away or restarting
-wait in the broker, and a frame the gateway had not taken when it died is delivered again. MQTT 5
-``receive_maximum`` bounds how many unacknowledged frames the broker sends at once, so pipeline
-back-pressure reaches the broker.
+The adapter keeps a persistent session of its own (``session_expiry_s``) and acknowledges a message
+(manual PUBACK, in the order received) only once its outcome is durable: ``Pipeline.submit_durable``
+returns after the reading is committed to disk, or with the rejection reason. Frames published while the
+gateway is away or restarting wait in the broker, and a frame the gateway had not committed when it died
+is delivered again (docs/architecture.md, durability contract). Frames of one device are submitted one
+after the other (its counters reach the replay check in order); different devices proceed in parallel,
+so group commit still batches them. MQTT 5 ``receive_maximum`` bounds the unacknowledged frames the
+broker sends at once, so pipeline back-pressure reaches the broker. (A sink without ``submit_durable``
+gets plain ``submit`` and the PUBACK follows it.)
 
 Checks before the pipeline (each a ``rejected.<reason>`` counter; the frame is dropped and acknowledged):
 ``bad_topic`` (not ``<root>/<16 lowercase hex>/up``), ``retained`` (a stale retained message),
@@ -212,6 +216,9 @@ class NbiotAdapter:
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, rng=rng or random.Random())
         self._counts: Counter[str] = Counter()
         self._queue: asyncio.Queue[tuple[Connection, Message]] = asyncio.Queue()
+        self._acks: asyncio.Queue[_Pending] = asyncio.Queue()  # in the order the broker sent them
+        self._lanes: dict[bytes, asyncio.Queue[tuple[RawFrame, asyncio.Future[str]]]] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
         self._conn: Connection | None = None
         self._sink: FrameSink | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -230,16 +237,20 @@ class NbiotAdapter:
         self._tasks = [
             asyncio.create_task(self._supervise(), name=f"{self.name}-mqtt"),
             asyncio.create_task(self._deliver(), name=f"{self.name}-deliver"),
+            asyncio.create_task(self._acknowledge(), name=f"{self.name}-ack"),
         ]
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._lane_tasks]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        self._lane_tasks.clear()
+        self._lanes.clear()
         conn, self._conn = self._conn, None
         self.connected.clear()
         if conn is not None:
@@ -335,10 +346,14 @@ class NbiotAdapter:
 
     def _reject(self, conn: Connection, message: Message, reason: str) -> None:
         self._counts[f"rejected.{reason}"] += 1
-        conn.ack(message.mid, message.qos)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        done.set_result(reason)
+        self._acks.put_nowait(_Pending(conn, message.mid, message.qos, done, False))
 
     async def _deliver(self) -> None:
+        """Check each message, then hand it to its device's lane (frames of one device stay in order)."""
         root = self.config.topic_root
+        loop = asyncio.get_running_loop()
         while True:
             conn, message = await self._queue.get()
             self._counts["messages"] += 1
@@ -363,9 +378,66 @@ class NbiotAdapter:
                 payload=message.payload,
                 reception=Reception(radio=RADIO, adapter=self.name, rx_ms=self._clock.now_ms(), context=dev),
             )
-            assert self._sink is not None
-            await self._sink.submit(raw)  # back-pressure: the PUBACK waits for the pipeline
-            self._counts["frames"] += 1
-            if message.qos > 0 and not conn.ack(message.mid, message.qos):
+            done: asyncio.Future[str] = loop.create_future()
+            self._acks.put_nowait(_Pending(conn, message.mid, message.qos, done, True))
+            lane = self._lanes.get(dev)
+            if lane is None:
+                lane = self._lanes[dev] = asyncio.Queue()
+                task = loop.create_task(self._run_lane(dev, lane), name=f"{self.name}-{dev.hex()}")
+                self._lane_tasks.add(task)
+                task.add_done_callback(self._lane_tasks.discard)
+            lane.put_nowait((raw, done))
+
+    async def _run_lane(self, dev: bytes, lane: asyncio.Queue[tuple[RawFrame, asyncio.Future[str]]]) -> None:
+        """One device's frames, one at a time: the next is submitted after the previous one's outcome is
+        final, so the pipeline sees each device's counters in the order the node sent them."""
+        sink = self._sink
+        assert sink is not None
+        durable: Callable[[RawFrame], Awaitable[str]] | None = getattr(sink, "submit_durable", None)
+        while True:
+            try:
+                raw, done = lane.get_nowait()
+            except asyncio.QueueEmpty:
+                del self._lanes[dev]  # no await since the check: the deliver loop makes a new lane
+                return
+            try:
+                if durable is not None:
+                    outcome = await durable(raw)  # after COMMIT (or the rejection reason)
+                else:
+                    await sink.submit(raw)  # a sink without durability: acknowledged once queued
+                    outcome = "submitted"
+            except Exception as e:  # never acknowledge what the pipeline did not take
+                if not done.done():
+                    done.set_exception(e)
+                continue
+            if not done.done():
+                done.set_result(outcome)
+
+    async def _acknowledge(self) -> None:
+        """PUBACK each message, in the order received, once its outcome is final."""
+        while True:
+            p = await self._acks.get()
+            try:
+                outcome = await p.done
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                # not acknowledged: the broker delivers it again after the next reconnect
+                self._counts["submit_failed"] += 1
+                log.warning("%s: frame not taken by the pipeline: %s", self.name, e)
+                continue
+            if p.frame:
+                self._counts["frames"] += 1
+                self._counts[f"outcome.{outcome}"] += 1
+            if p.qos > 0 and not p.conn.ack(p.mid, p.qos):
                 # the connection died meanwhile: the broker delivers it again, the pipeline dedupes
                 self._counts["ack_lost"] += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    conn: Connection
+    mid: int
+    qos: int
+    done: asyncio.Future[str]
+    frame: bool  # False for a message the adapter itself rejected

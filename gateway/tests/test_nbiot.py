@@ -44,6 +44,23 @@ class Sink:
         self.frames.append(raw)
 
 
+class DurableSink(Sink):
+    """Like the pipeline: ``submit_durable`` returns only once the frame is "committed" (``commit`` set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commit = asyncio.Event()
+        self.commit.set()
+        self.in_progress: list[RawFrame] = []
+
+    async def submit_durable(self, raw: RawFrame) -> str:
+        self.in_progress.append(raw)
+        await self.commit.wait()
+        self.in_progress.remove(raw)
+        self.frames.append(raw)
+        return "accepted"
+
+
 async def eventually(pred: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not pred():
@@ -93,8 +110,9 @@ async def test_frames_reach_the_sink_with_their_reception(mosquitto: MosquittoBr
         # the frames are real: they verify with the node's keys
         got = frame.decode(sink.frames[3].payload, frame.derive_keys(ROOT, DEV_A))
         assert got.fields == {1: 2, 2: 150}
+        await eventually(lambda: nb.counters()["frames"] == 4, what="acknowledged")
         c = nb.counters()
-        assert c["frames"] == 4 and c["messages"] == 4 and c["connects"] == 1
+        assert c["messages"] == 4 and c["connects"] == 1 and c["outcome.submitted"] == 4
     finally:
         await nb.stop()
 
@@ -288,3 +306,46 @@ def test_registry_builds_the_adapter() -> None:
     ctx = registry.AdapterContext(gateway_id="gw", state_dir=Path("/tmp"), clock=SystemClock())
     built = registry.create(spec, ctx)
     assert isinstance(built, NbiotAdapter) and built.name == "nb0" and built.radio == "nbiot"
+
+
+async def test_acknowledged_only_after_commit_and_in_device_order(mosquitto: MosquittoBroker) -> None:
+    sink = DurableSink()
+    sink.commit.clear()  # nothing commits yet
+    nb = adapter(mosquitto)
+    await nb.start(sink)
+    assert await nb.wait_connected(10)
+    with NbiotNodeSim(mosquitto.host, mosquitto.port, DEV_A, ROOT) as a, \
+            NbiotNodeSim(mosquitto.host, mosquitto.port, DEV_B, ROOT) as b:
+        sent = [heartbeat(a, 1), heartbeat(b, 1), heartbeat(a, 2), heartbeat(b, 2), heartbeat(a, 3)]
+    await eventually(lambda: nb.counters()["messages"] == 5)
+    # one frame per device is with the pipeline; the next of the same device waits for its outcome
+    await eventually(lambda: len(sink.in_progress) == 2)
+    assert {f.payload for f in sink.in_progress} == {sent[0], sent[1]}
+    assert nb.counters()["frames"] == 0  # nothing committed, nothing acknowledged
+    await nb.stop()  # the gateway dies before the commit
+
+    again = DurableSink()
+    nb2 = adapter(mosquitto)
+    await nb2.start(again)
+    try:
+        await eventually(lambda: len(again.frames) == 5, what="redelivery of every uncommitted frame")
+        got = [f.payload for f in again.frames]
+        assert [p for p in got if p in sent[0::2]] == sent[0::2]  # device A in order
+        assert [p for p in got if p in sent[1::2]] == sent[1::2]  # device B in order
+        await eventually(lambda: nb2.counters()["frames"] == 5)
+        assert nb2.counters()["outcome.accepted"] == 5
+    finally:
+        await nb2.stop()
+
+    # committed and acknowledged: a third start gets nothing again
+    third = DurableSink()
+    nb3 = adapter(mosquitto)
+    await nb3.start(third)
+    try:
+        assert await nb3.wait_connected(10)
+        with NbiotNodeSim(mosquitto.host, mosquitto.port, DEV_A, ROOT, fcnt=10) as a:
+            marker = heartbeat(a, 9)
+        await eventually(lambda: len(third.frames) == 1)
+        assert third.frames[0].payload == marker
+    finally:
+        await nb3.stop()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
 from lifeline.tools.broker import BrokerError, MosquittoBroker, TestPKI, port_accepts
 from lifeline.tools.pytest_plugin import _gone
-from paho.mqtt.enums import CallbackAPIVersion
 
 
 def _roundtrip(host: str, port: int, *, tls: ssl.SSLContext | None = None, timeout_s: float = 10.0) -> bytes:

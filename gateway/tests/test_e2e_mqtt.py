@@ -1,0 +1,390 @@
+"""End to end over real MQTT: simulated NB-IoT nodes -> node broker -> ``lifeline gateway run`` (a real
+subprocess) -> platform broker -> reference platform sink. Real Mosquitto, real SQLite, real keys.
+
+Two brokers, as deployed: the NB-IoT operator's broker the nodes talk to, and the city platform's broker
+the gateway uplinks to, so the platform side can fail while nodes keep reporting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from lifeline.gateway.metrics import parse_text
+from lifeline.gateway.testing import TestNode
+from lifeline.protocols import frame, schema
+from lifeline.tools.broker import CertPair, MosquittoBroker, TestPKI
+from lifeline.tools.nbiot_sim import NbiotNodeSim
+from lifeline.tools.platform_sink import PlatformSink
+
+LIFELINE = str(Path(sys.executable).with_name("lifeline"))
+GW = "gw-e2e"
+Key = tuple[bytes, int]  # (device id, fcnt)
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait for a condition with a deadline (polling; never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class GatewayProcess:
+    """One gateway: state dir, key, config, registry; started and stopped as ``lifeline gateway run``."""
+
+    def __init__(self, tmp: Path, platform: MosquittoBroker, nodes_broker: MosquittoBroker, *,
+                 tls: tuple[TestPKI, CertPair] | None = None, dedupe_window_ms: int | None = None) -> None:
+        self.state = tmp / "state"
+        self.state.mkdir(parents=True)
+        self.config = tmp / "gateway.toml"
+        self.log = tmp / "gateway.log"
+        lines = [
+            "[gateway]", f'id = "{GW}"', f'state_dir = "{self.state}"', f'key_file = "{self.state / "gateway.key"}"',
+            "[metrics]", 'listen = "127.0.0.1"', "port = 0",
+            "[buffer]", "maintenance_s = 1",
+            "[uplink]", "keepalive_s = 5", "connect_timeout_s = 2", "publish_timeout_s = 3",
+            "[[uplink.endpoints]]", 'name = "platform"', 'host = "127.0.0.1"',
+        ]
+        if tls is not None:
+            pki, pair = tls
+            lines += [f"port = {platform.tls_port}", f'tls_ca = "{pki.ca_cert}"', f'tls_cert = "{pair.cert}"',
+                      f'tls_key = "{pair.key}"']
+        else:
+            lines += [f"port = {platform.port}"]
+        if dedupe_window_ms is not None:
+            lines += ["[dedupe]", f"window_ms = {dedupe_window_ms}", f"collect_ms = {min(200, dedupe_window_ms)}"]
+        lines += [
+            "[[ingress]]", 'type = "nbiot-mqtt"', 'name = "nb0"', "[ingress.options]",
+            'host = "127.0.0.1"', f"port = {nodes_broker.port}", f'client_id = "{GW}-nb0"',
+            "reconnect_min_s = 0.1", "reconnect_max_s = 1.0",
+        ]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        r = self.cli("keygen", "--out", str(self.state / "gateway.key"))
+        self.public_key_hex = r.stdout.strip()
+        self.public_key_file = tmp / "gateway.pub"
+        self.public_key_file.write_text(self.public_key_hex + "\n")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([LIFELINE, "gateway", *args], capture_output=True, text=True, timeout=60)
+        if check:
+            assert r.returncode == 0, f"lifeline gateway {' '.join(args)}: {r.stderr}"
+        return r
+
+    def import_devices(self, nodes: list[TestNode]) -> None:
+        prov = self.state.parent / "devices.jsonl"
+        prov.write_text("".join(json.dumps(n.record()) + "\n" for n in nodes))
+        self.cli("devices", "import", str(prov), "--config", str(self.config))
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        (self.state / "metrics.addr").unlink(missing_ok=True)
+        log = open(self.log, "ab")  # noqa: SIM115 - the child owns it
+        try:
+            self.proc = subprocess.Popen([LIFELINE, "gateway", "run", "--config", str(self.config)],
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        wait_until(lambda: self._metrics_url() is not None or self.proc is None or self.proc.poll() is not None,
+                   30, "gateway metrics endpoint")
+        assert self.proc.poll() is None, self.log_tail()
+
+    def _metrics_url(self) -> str | None:
+        try:
+            addr = (self.state / "metrics.addr").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return f"http://{addr}/metrics" if addr else None
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        url = self._metrics_url()
+        assert url is not None
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return parse_text(resp.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        return sum(v for lab, v in self.metrics().get(f"lifeline_gateway_{name}", [])
+                   if all(lab.get(k) == x for k, x in labels.items()))
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def buffered_readings(self) -> set[Key]:
+        """(device, fcnt) of every reading committed to the buffer and not yet PUBACKed (read-only open)."""
+        conn = sqlite3.connect(f"file:{self.state / 'buffer.db'}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT record FROM readings").fetchall()
+        finally:
+            conn.close()
+        out: set[Key] = set()
+        for (blob,) in rows:
+            rec = cbor2.loads(blob)
+            if rec.get(10, 0) == 0:  # readings, not gateway events
+                out.add((bytes(rec[1]), int(rec[2])))
+        return out
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def nodes_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(workdir=tmp_path / "nodes-broker") as b:
+        yield b
+
+
+def make_nodes(n: int, prefix: str = "e2e") -> list[TestNode]:
+    return [TestNode(bytes.fromhex(f"7e{i:014x}"), kind="smoke", root_key=f"{prefix}-{i}".encode().ljust(32, b"."))
+            for i in range(n)]
+
+
+def sim(broker: MosquittoBroker, node: TestNode) -> NbiotNodeSim:
+    return NbiotNodeSim(broker.host, broker.port, node.device_id, node.root_key)
+
+
+def smoke(s: NbiotNodeSim, temp: int) -> bytes:
+    return s.send(schema.K_SMOKE, {1: 0, 5: temp, 15: 3000})
+
+
+def sink_keys(sink: PlatformSink) -> list[Key]:
+    return sink.record_keys()
+
+
+def trust(gw: GatewayProcess) -> dict[str, bytes]:
+    return {GW: bytes.fromhex(gw.public_key_hex)}
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+
+def test_nbiot_frames_reach_the_platform_verified_and_in_order(
+    tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
+) -> None:
+    nodes = make_nodes(3)
+    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker)
+    gw.import_devices(nodes)
+    with PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink:
+        gw.start()
+        try:
+            sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            sims = [sim(nodes_broker, n).connect() for n in nodes]
+            sent: list[Key] = []
+            for i in range(20):
+                for s in sims:
+                    smoke(s, 200 + i)
+                    sent.append((s.device_id, s.fcnt - 1))
+            sink.wait_records(len(sent), 60)
+            got = sink_keys(sink)
+            assert sorted(got) == sorted(sent)
+            for n in nodes:  # in order per device
+                assert [r.fcnt for r in sink.records(n.device_id)] == list(range(1, 21))
+            rec = sink.records(nodes[0].device_id)[3]
+            assert rec.gateway == GW and rec.kind == schema.K_SMOKE
+            assert rec.fields["temperature"]["value"] == 20.3  # 203 in 0.1 degC, decrypted and verified
+            (chain,) = sink.chain_report()
+            assert chain.intact, chain
+            assert sink.counters["rejected"] == 0
+            assert gw.metric("readings_accepted_total", radio="nbiot") == len(sent)
+            for s in sims:
+                s.disconnect()
+        finally:
+            gw.stop()
+        sink.wait_for(lambda s: s.presence.get(GW) == "offline", 30, "offline presence after SIGTERM")
+    assert gw.proc is not None and gw.proc.returncode == 0, gw.log_tail()
+
+
+def test_platform_broker_restart_loses_nothing(tmp_path: Path, nodes_broker: MosquittoBroker) -> None:
+    # The platform broker keeps sessions across its restart (persistence on) and the sink holds a persistent,
+    # non-shared subscription, so the broker queues batches for it even before it has reconnected.
+    nodes = make_nodes(2)
+    with MosquittoBroker(workdir=tmp_path / "platform-broker", persistence=True) as platform:
+        gw = GatewayProcess(tmp_path, platform, nodes_broker)
+        gw.import_devices(nodes)
+        sink = PlatformSink(platform.host, platform.port, db=tmp_path / "platform.db", trust=trust(gw),
+                            client_id="sink-durable", session_expiry_s=3600, share_group=None).start()
+        gw.start()
+        try:
+            sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            sims = [sim(nodes_broker, n).connect() for n in nodes]
+            before = [smoke(s, 210) for s in sims for _ in range(5)]
+            sink.wait_records(len(before), 30)
+
+            platform.stop()
+            wait_until(lambda: gw.metric("uplink_connected") == 0, 30, "gateway notices the broker is gone")
+            during = [smoke(s, 220) for s in sims for _ in range(15)]
+            accepted = len(before) + len(during)
+            wait_until(lambda: gw.metric("readings_accepted_total") == accepted, 30, "frames accepted offline")
+            wait_until(lambda: len(gw.buffered_readings()) == len(during), 30, "offline readings committed")
+            assert sink.record_count() == len(before)
+
+            platform.start()  # same port; nothing is told to reconnect
+            sink.wait_records(accepted, 60)
+            wait_until(lambda: gw.metric("uplink_connected") == 1, 30, "gateway reconnected by itself")
+            keys = sink_keys(sink)
+            assert len(keys) == len(set(keys)) == accepted
+            expected = {(n.device_id, f) for n in nodes for f in range(1, 21)}
+            assert set(keys) == expected
+            assert sink.chain_report()[0].intact
+            for s in sims:
+                s.disconnect()
+        finally:
+            gw.stop()
+            sink.stop()
+
+
+def test_kill_9_mid_stream_loses_no_committed_reading(
+    tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
+) -> None:
+    nodes = make_nodes(3)
+    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker)
+    gw.import_devices(nodes)
+    with PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink:
+        gw.start()
+        sims = [sim(nodes_broker, n).connect() for n in nodes]
+        try:
+            sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            stop = threading.Event()
+            errors: list[BaseException] = []
+            published = [0]
+
+            def stream() -> None:  # nodes keep reporting, before, during and after the crash
+                try:
+                    i = 0
+                    while not stop.is_set():
+                        for s in sims:
+                            smoke(s, 100 + i % 50)
+                            published[0] += 1
+                        i += 1
+                except BaseException as e:  # surfaced below
+                    errors.append(e)
+
+            t = threading.Thread(target=stream, name="nodes")
+            t.start()
+            sink.wait_records(60, 60)  # the platform is receiving: mid-stream
+            gw.kill()
+            at_kill = published[0]
+            committed = gw.buffered_readings() | set(sink_keys(sink))  # durable at the moment of death
+            wait_until(lambda: published[0] >= at_kill + 90 or bool(errors), 60, "frames while the gateway is dead")
+            stop.set()
+            t.join(60)
+            assert not t.is_alive() and not errors, errors
+            assert len(committed) >= 60
+            sent = {(s.device_id, f) for s in sims for f in range(1, s.fcnt)}
+            assert len(sent) > len(committed)  # the kill really came mid-stream
+            sink.wait_for(lambda s: s.presence.get(GW) == "offline", 30, "will published for the dead gateway")
+
+            gw.start()  # same state dir, same key, same chain
+            sink.wait_for(lambda s: committed <= set(sink_keys(s)), 90, "every committed reading")
+            # The adapter PUBACKs a frame to the node broker only after its reading was committed, so every
+            # frame not committed at the kill was still the broker's, and comes now: nothing is lost.
+            sink.wait_for(lambda s: set(sink_keys(s)) == sent, 90, "every frame the nodes published")
+            keys = sink_keys(sink)
+            assert len(keys) == len(set(keys))
+            (chain,) = sink.chain_report()
+            assert not chain.broken_links and not chain.equivocations, chain
+        finally:
+            for s in sims:
+                s.disconnect()
+            gw.stop()
+
+
+def test_tls_with_client_certificates(
+    tmp_path: Path, mosquitto_tls: MosquittoBroker, test_pki: TestPKI, nodes_broker: MosquittoBroker
+) -> None:
+    nodes = make_nodes(1)
+    pair = test_pki.client(GW)  # CN = gateway id = MQTT username
+    gw = GatewayProcess(tmp_path, mosquitto_tls, nodes_broker, tls=(test_pki, pair))
+    gw.import_devices(nodes)
+    with PlatformSink(mosquitto_tls.host, mosquitto_tls.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink:
+        gw.start()
+        try:
+            sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online over TLS")
+            with sim(nodes_broker, nodes[0]) as s:
+                for i in range(5):
+                    smoke(s, 200 + i)
+            sink.wait_records(5, 30)
+            assert gw.metric("uplink_up", endpoint="platform", state="connected") == 1
+        finally:
+            gw.stop()
+    # the broker took the certificate's common name as the username
+    assert f"u'{GW}')" in mosquitto_tls.log_text()
+
+
+def test_bad_frames_through_nbiot_are_rejected_and_nothing_is_forwarded(
+    tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
+) -> None:
+    nodes = make_nodes(3)
+    good, to_revoke, _ = nodes
+    unknown = make_nodes(1, prefix="stranger")[0]
+    unknown = TestNode(bytes.fromhex("7effffffffffffff"), kind="smoke", root_key=unknown.root_key)
+    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker, dedupe_window_ms=0)
+    gw.import_devices(nodes)
+    with PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink:
+        gw.start()
+        try:
+            sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            with sim(nodes_broker, good) as g, sim(nodes_broker, to_revoke) as r, sim(nodes_broker, unknown) as u:
+                first = smoke(g, 201)  # accepted
+                sink.wait_records(1, 30)
+                forged = first[:-1] + bytes([first[-1] ^ 1])  # MIC bit flipped (fcnt 1 again)
+                g.publish_raw(g.encode(schema.K_SMOKE, {1: 0, 5: 202, 15: 3000})[:-8] + b"\x00" * 8)  # bad MIC
+                g.publish_raw(forged)
+                g.publish_raw(first)  # replay of an accepted frame
+                smoke(u, 200)  # unknown device
+                gw.cli("devices", "revoke", to_revoke.hex, "--config", str(gw.config))
+                wait_until(lambda: gw.metric("devices", status="revoked") == 1, 30, "registry reload")
+                smoke(r, 200)  # revoked device
+                g.publish_raw(b"\x11\x07\x00" + b"\x00" * 5)  # garbage: truncated
+                g.publish_raw(os.urandom(300))  # garbage: too long
+                g.publish_raw(bytes([0x51]) + first[1:])  # garbage: wrong version
+                g.publish_raw(smoke_for(to_revoke), topic=g.up_topic)  # another node's frame on g's topic
+                last = smoke(g, 203)  # a good frame last: when it arrives, everything before was judged
+                sink.wait_records(2, 30)
+            rejects = {lab["reason"]: v for lab, v in gw.metrics().get("lifeline_gateway_rejects_total", [])
+                       if v}
+            adapter = {lab["counter"]: v for lab, v in gw.metrics().get("lifeline_gateway_adapter_counter", [])
+                       if lab.get("adapter") == "nb0" and v}
+        finally:
+            gw.stop()
+        assert sink_keys(sink) == [(good.device_id, 1), (good.device_id, frame.parse_header(last).fcnt)]
+        assert sink.counters["rejected"] == 0
+    assert rejects.get("bad_mic") == 2, rejects
+    assert rejects.get("replay", 0) + rejects.get("counter_reuse", 0) == 1, rejects
+    assert rejects.get("unknown_device") == 1, rejects
+    assert rejects.get("revoked_device") == 1, rejects
+    assert adapter.get("rejected.truncated") == 1, adapter
+    assert adapter.get("rejected.too_long") == 1, adapter
+    assert adapter.get("rejected.bad_version") == 1, adapter
+    assert adapter.get("rejected.topic_mismatch") == 1, adapter
+
+
+def smoke_for(node: TestNode) -> bytes:
+    return frame.encode(node.keys, node.device_id, 99, 1000, schema.K_SMOKE, {1: 0, 5: 200, 15: 3000})
