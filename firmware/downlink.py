@@ -43,8 +43,9 @@ def handle(node, datas, sent_fcnt):
             if f.fields[1] == sent_fcnt:
                 node.acked.append(sent_fcnt)
                 acked = True
-                if 2 in f.fields and node.sensor is not None and f.fields.get(3, 0) >= 1:
-                    node.sensor.on_ack(f.fields[2], f.fields.get(3, 0))
+            # the platform's acknowledgement of an alarm (alarm_state >= 1) may come with any later frame
+            if 2 in f.fields and node.sensor is not None and f.fields.get(3, 0) >= 1:
+                node.sensor.on_ack(f.fields[2], f.fields.get(3, 0))
         else:
             apply(node, h.kind, f.fields)
     return acked

@@ -24,12 +24,12 @@ CAUSE_OPEN = const(1)
 CAUSE_DISPLACED = const(2)
 FAULT_SENSOR = const(1)
 
-_WINDOW = 16  # samples per window
-_SAMPLE_MS = 20  # 50 Hz
-_GAP_MS = 500  # between windows while deciding
-_MAX_WINDOWS = 12
-_LONG_MOTION = 8  # consecutive disturbed windows meaning "being moved", not traffic
-_G_TOL = 150  # mg
+_WINDOW = const(16)  # samples per window
+_SAMPLE_MS = const(20)  # 50 Hz
+_GAP_MS = const(500)  # between windows while deciding
+_MAX_WINDOWS = const(12)
+_LONG_MOTION = const(8)  # consecutive disturbed windows meaning "being moved", not traffic
+_G_TOL = const(150)  # mg
 
 # atan(2^-i) in millidegrees
 _ATAN = (45000, 26565, 14036, 7125, 3576, 1790, 895, 448, 224, 112, 56, 28, 14, 7, 3, 2, 1)

@@ -24,18 +24,26 @@ def test_alarm_is_sent_at_once_with_ack_and_the_buzzer_stops_escalating_on_ack()
     sn.cycle()
     fire.pct = 8.0
     for _ in range(4):
-        sn.cycle()
+        sn.wake()
+        loud = sn.hal.pin("buzzer_loud", True).v
+        sn.sleep()
     alarms = [f for f in sn.decoded() if f.header.kind == schema.K_ALARM_RAISED]
     assert len(alarms) == 1
     a = alarms[0]
     assert a.header.flags & frame.FLAG_ACK_REQ and a.header.flags & frame.FLAG_ENC
     assert a.fields[2] == 0 and a.fields[3] >= 300
     assert sn.node.rtc.get("s")["bz"] == 1
-    # the platform acknowledges the alarm (alarm_state 1): escalation stops at the next exchange
-    sn.air.send_later(sn.dev_id, schema.C_ACK, {1: 0, 2: a.fields[1], 3: 1})
-    fire.pct = 8.5
-    sn.cycle()
-    assert sn.node.rtc.get("s").get("bz_ack") in (0, 1)
+    assert loud == 1  # awake and sounding for minutes without a platform acknowledgement: escalated
+    # the platform acknowledges the alarm (alarm_state 1): it arrives with the next exchange
+    sn.air.send_later(sn.dev_id, schema.C_ACK, {1: a.header.fcnt, 2: a.fields[1], 3: 1})
+    for _ in range(6):
+        sn.wake()
+        if sn.node.rtc.get("s").get("bz_ack"):
+            break
+        sn.sleep()
+    st = sn.node.rtc.get("s")
+    assert st["bz_ack"] == 1 and st["bz"] == 1  # escalation stopped, the local alarm goes on
+    assert sn.hal.pin("buzzer_loud", True).v == 0
 
 
 def test_link_down_queues_readings_alarms_first_and_drains_oldest_first_with_queued_flag() -> None:
