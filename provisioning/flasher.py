@@ -95,7 +95,7 @@ class Flasher:
             esptool_log.set_verbosity("silent")
 
     # ---- connect -----------------------------------------------------------------------------------
-    def connect(self) -> BoardInfo:
+    def connect(self, expect_chip: str | None = None) -> BoardInfo:
         mode = "default-reset" if self.reset_lines else "no-reset"
         try:
             esp = detect_chip(self.url, ROM_BAUD, mode, False, self.connect_attempts)
@@ -111,6 +111,9 @@ class Flasher:
         try:
             chip = str(esp.CHIP_NAME)
             description = str(esp.get_chip_description())
+            if expect_chip is not None and chip != expect_chip:
+                raise FlashError("wrong_chip", f"the board is an {chip} ({description}), this firmware is for "
+                                 f"{expect_chip}; nothing was written")
             mac = bytes(esp.read_mac())
             flash_size = self._attach_flash()
         except (FatalError, serial.SerialException, OSError) as exc:
@@ -264,6 +267,10 @@ class Flasher:
             raise _translate(exc, "starting the app") from None
 
     def close(self) -> None:
+        if self.esp is not None and self.baud != ROM_BAUD:
+            # leave the loader as we found it: a chip left at 921600 ignores the next session at 115200
+            with contextlib.suppress(FatalError, serial.SerialException, OSError, struct.error):
+                self._change_baud(ROM_BAUD)
         if self.esp is not None:
             with contextlib.suppress(serial.SerialException, OSError):
                 self.esp._port.close()

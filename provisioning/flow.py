@@ -189,6 +189,8 @@ class DeviceFlow:
         if facts is not None:
             self.dev = eui64_from_mac(facts.mac).hex()
             self.outcome.device_id = self.dev
+            if self.row is not None:
+                self._check_row_binding()
             if o.state.result(self.dev) == "passed" and facts.has_config and not o.force:
                 self._step("detect", "skip", "already provisioned by this run's state file")
                 self.outcome.result = "skipped"
@@ -205,8 +207,6 @@ class DeviceFlow:
                 o.state.reset(self.dev)
             self._facts = facts
         self._step("detect", "pass", "MicroPython answers" if facts else "no REPL (download mode or blank)")
-        if self.row is not None and self.dev is not None:
-            self._check_row_binding()
 
         # 2. flash
         if self.dev is not None and o.state.done(self.dev, "flash", firmware=o.firmware.sha256) and facts is not None:
@@ -254,7 +254,7 @@ class DeviceFlow:
         fl = Flasher(o.port, reset_lines=self.reset_lines, progress=lambda _w, d, t: self.sink.advance(d, t))
         try:
             try:
-                info = fl.connect()
+                info = fl.connect(o.expect_chip)
             except ProvisionError as exc:
                 self._fail("flash", exc)
             self.dev = info.device_id.hex()

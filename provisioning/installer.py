@@ -125,7 +125,8 @@ class Installer:
                     dirs.append(s)
         if not dirs:
             return
-        code = "import os\nfor _d in %r:\n    try:\n        os.mkdir(_d)\n    except OSError:\n        pass\n" % (dirs,)
+        code = ("import os\nfor _d in %r:\n    try:\n        os.mkdir(_d)\n    except OSError as _e:\n"
+                "        if _e.args[0] != 17:\n            raise\n" % (dirs,))
         self._exec(code, "creating directories")
 
     def write_file(self, path: str, data: bytes) -> None:

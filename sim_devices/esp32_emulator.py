@@ -1376,19 +1376,25 @@ class Esp32Emulator:
             addr, value, mask, _delay = struct.unpack_from("<IIII", body, i)
             old = self._reg(addr)
             self._regs[addr] = (old & ~mask) | (value & mask)
-            if addr == SPI_BASE and value & SPI_CMD_USR:
+            if addr == self._spi[0] and value & SPI_CMD_USR:
                 self._spi_user_command()
         self._reply(op, 0, b"")
 
+    @property
+    def _spi(self) -> tuple[int, int, int]:
+        """(base, USR2 offset, W0 offset) of the SPI1 peripheral esptool drives for flash commands."""
+        return (SPI_BASE, SPI_USR2_OFFS, SPI_W0_OFFS) if self.chip.name == "ESP32" else (0x60002000, 0x20, 0x58)
+
     def _spi_user_command(self) -> None:
-        cmd = self._regs.get(SPI_BASE + SPI_USR2_OFFS, 0) & 0xFF
+        base, usr2, w0 = self._spi
+        cmd = self._regs.get(base + usr2, 0) & 0xFF
         if cmd == 0x9F:  # RDID
-            self._regs[SPI_BASE + SPI_W0_OFFS] = JEDEC_ID
+            self._regs[base + w0] = JEDEC_ID
         elif cmd in (0x05, 0x35, 0x15):  # status registers
-            self._regs[SPI_BASE + SPI_W0_OFFS] = 0
+            self._regs[base + w0] = 0
         else:
-            self._regs[SPI_BASE + SPI_W0_OFFS] = 0xFFFFFFFF
-        self._regs[SPI_BASE] = self._regs.get(SPI_BASE, 0) & ~SPI_CMD_USR
+            self._regs[base + w0] = 0xFFFFFFFF
+        self._regs[base] = self._regs.get(base, 0) & ~SPI_CMD_USR
 
     def _cmd_security_info(self, op: int, body: bytes, chk: int) -> None:
         data = struct.pack("<IB7BII", 0, 0, *([0] * 7), self.chip.chip_id, 0)
