@@ -28,7 +28,7 @@ def _roundtrip(host: str, port: int, *, tls: ssl.SSLContext | None = None, timeo
     c.on_subscribe = lambda cl, ud, mid, rcs, pr: subscribed.set()
 
     def on_message(cl: mqtt.Client, ud: object, msg: mqtt.MQTTMessage) -> None:
-        got.append(msg.payload)
+        got.append(bytes(msg.payload))
         done.set()
 
     c.on_message = on_message
@@ -145,3 +145,43 @@ def test_pki_files_are_private(test_pki: TestPKI) -> None:
     pair = test_pki.client("mode-check")
     for path in (test_pki.ca.key, test_pki.server.key, pair.key, pair.cert):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_persistence_keeps_sessions_across_restart(tmp_path: Path) -> None:
+    with MosquittoBroker(workdir=tmp_path / "p", persistence=True) as broker:
+        got: list[bytes] = []
+        done = threading.Event()
+        subscribed = threading.Event()
+
+        def on_message(cl: mqtt.Client, ud: object, msg: mqtt.MQTTMessage) -> None:
+            got.append(bytes(msg.payload))
+            done.set()
+
+        def durable() -> mqtt.Client:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="durable", protocol=mqtt.MQTTv311,
+                            clean_session=False)
+            c.on_subscribe = lambda cl, ud, mid, rcs, pr: subscribed.set()
+            c.on_message = on_message
+            c.connect(broker.host, broker.port)
+            c.loop_start()
+            return c
+
+        sub = durable()
+        sub.subscribe("t/#", qos=1)
+        assert subscribed.wait(10)
+        sub.disconnect()
+        sub.loop_stop()
+        broker.restart()  # the session and its subscription are written on stop and read on start
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        pub.publish("t/x", b"kept", qos=1).wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
+        sub = durable()  # comes back after the message was published
+        try:
+            assert done.wait(10)
+            assert got == [b"kept"]
+        finally:
+            sub.disconnect()
+            sub.loop_stop()
