@@ -58,9 +58,32 @@ _NBIOT = {
 }
 _BLE = {
     "interval_ms": ("int", False, 20, 10240),
+    "extended": ("bool", False, 0, 0),
     "adv_ms": ("int", False, 100, 60000),
 }
+_SENSOR_INTS = ("clean_uv", "uv_per_pct", "open_uv", "motion_mg", "i2c_addr", "mount_mm", "blind_mm",
+                "litres_per_pulse", "base_index", "tz_min", "reverse_min", "debounce_ms", "baud", "modbus_addr")
+_SENSOR_LISTS = {"baseline": 3, "night": 2}
 SECRET_FIELDS = ("root_key", "password")
+
+
+def _check_sensor(sensor, errors):
+    for k in sensor:
+        v = sensor[k]
+        where = "sensor." + k
+        if k in _SENSOR_LISTS:
+            n = _SENSOR_LISTS[k]
+            if not isinstance(v, list) or len(v) != n or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in v):
+                errors.append(where + ": must be a list of %d integers" % n)
+        elif k == "quadrature":
+            if not isinstance(v, bool):
+                errors.append(where + ": must be true or false")
+        elif k in _SENSOR_INTS:
+            if not isinstance(v, int) or isinstance(v, bool) or v < -100000000 or v > 4294967295:
+                errors.append(where + ": must be an integer")
+        else:
+            errors.append(where + ": unknown field")
 
 
 def _check(obj, spec, prefix, errors):
@@ -94,6 +117,8 @@ def _check(obj, spec, prefix, errors):
                     ok = False
             if not ok:
                 errors.append(where + ": must be %d hex characters" % (2 * lo))
+        elif typ == "bool" and not isinstance(v, bool):
+            errors.append(where + ": must be true or false")
         elif typ == "dict" and not isinstance(v, dict):
             errors.append(where + ": must be an object")
 
@@ -114,10 +139,12 @@ def validate(obj):
     if isinstance(region, str) and region not in REGIONS:
         errors.append("region: must be one of " + ", ".join(sorted(REGIONS)))
     for name, spec in (("thresholds", _THRESHOLDS), ("location", _LOCATION), ("lora", _LORA),
-                       ("nbiot", _NBIOT), ("ble", _BLE), ("sensor", {}), ("pins", {})):
+                       ("nbiot", _NBIOT), ("ble", _BLE), ("pins", {})):
         sub = obj.get(name)
         if isinstance(sub, dict):
             _check(sub, spec, name + ".", errors)
+    if isinstance(obj.get("sensor"), dict):
+        _check_sensor(obj["sensor"], errors)
     if radio == "nbiot" and not isinstance(obj.get("nbiot"), dict):
         errors.append("nbiot: required when radio is nbiot")
     lora = obj.get("lora")

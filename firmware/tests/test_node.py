@@ -184,3 +184,21 @@ def test_downlinks_time_sync_config_and_replay() -> None:
     assert sn.node.rejected_downlinks >= 1
     later = [f for f in sn.decoded() if f.header.time >= 200_000_000]
     assert later  # uplinks carry the synchronised time
+
+
+def test_config_validation_names_every_bad_field() -> None:
+    from lifeline.firmware import confcheck
+    from lifeline.firmware.simnode import config_for
+
+    good = config_for("water_meter", "lora", bytes(8), bytes(32), {"sensor": {"litres_per_pulse": 10,
+                                                                             "night": [1, 5],
+                                                                             "quadrature": False}})
+    assert confcheck.validate(good) == []
+    bad = dict(good, device_id="xyz", kind="toaster", radio="smoke-signals", region="MARS",
+               thresholds={"confirm": 99}, sensor={"night": [1], "clean_uv": "a lot", "colour": 3},
+               ble={"extended": "yes"}, extra=1)
+    errs = confcheck.validate(bad)
+    for field in ("device_id:", "kind:", "radio:", "region:", "thresholds.confirm:", "sensor.night:",
+                  "sensor.clean_uv:", "sensor.colour:", "ble.extended:", "extra:"):
+        assert any(e.startswith(field) for e in errs), (field, errs)
+    assert confcheck.validate([1, 2]) == ["config: must be a JSON object"]
