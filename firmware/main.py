@@ -13,6 +13,8 @@ try:
     n = node.Node(hal)
     sleep_ms = n.wake()
     pins = n.wake_pins()
+    if n.reboot:  # a new app bundle was installed: boot.py switches to it (on trial)
+        hal.reset()
 except Exception as e:
     sys.print_exception(e)
     sleep_ms = 10000

@@ -202,9 +202,16 @@ class Esp32Hal:
         return _hal.WAKE_POWER
 
     def deep_sleep(self, ms, wake_pins=()):
-        pins = [machine.Pin(self.pins[n], machine.Pin.IN) for n in wake_pins if n in self.pins]
-        if pins:
-            esp32.wake_on_ext1(pins=pins, level=esp32.WAKEUP_ANY_HIGH)
+        # ext1 wakes on any of several RTC GPIOs going high; an active-low input (the test button) uses
+        # ext0, which takes one pin and either level
+        high = [machine.Pin(self.pins[n], machine.Pin.IN) for n in wake_pins
+                if n in self.pins and n not in ACTIVE_LOW]
+        low = [n for n in wake_pins if n in ACTIVE_LOW and n in self.pins]
+        if high:
+            esp32.wake_on_ext1(pins=high, level=esp32.WAKEUP_ANY_HIGH)
+        if low:
+            esp32.wake_on_ext0(pin=machine.Pin(self.pins[low[0]], machine.Pin.IN, machine.Pin.PULL_UP),
+                               level=esp32.WAKEUP_ALL_LOW)
         machine.deepsleep(ms)
 
     def reset(self):
