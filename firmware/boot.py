@@ -15,3 +15,7 @@ except Exception as e:  # a damaged pointer must not brick the node: run the fac
     _slot = bootsel.FACTORY
 if _slot:
     sys.path.insert(0, _slot + "/lib")
+    # bootsel imported the factory `lifeline` package; forget it so main.py imports the slot's copy
+    for _name in list(sys.modules):
+        if _name == "lifeline" or _name.startswith("lifeline."):
+            del sys.modules[_name]

@@ -136,3 +136,34 @@ def test_ota_over_downlink_chunks_installs_the_bundle() -> None:
         sn.cycle()
     assert bootsel.read_pointer(sn.hal.fs)["version"] == 5
     assert bootsel.select(sn.hal.fs) == "/app/a"
+
+
+@pytest.mark.micropython
+def test_boot_py_runs_the_selected_slot_under_micropython() -> None:
+    from pathlib import Path
+
+    from lifeline.tools import mpy_runtime
+
+    files = mpy_runtime.device_files(("protocols", "firmware"))
+    files["/bootsel.py"] = (Path(__file__).resolve().parents[1] / "bootsel.py").read_bytes()
+    files["/app/a/lib/lifeline/__init__.py"] = b""
+    files["/app/a/lib/lifeline/firmware/__init__.py"] = b""
+    files["/app/a/lib/lifeline/firmware/node.py"] = b"WHO = 'slot a'\n"
+    script = """
+import json, os, sys
+os.chdir('/')
+import bootsel
+from lifeline.firmware import storage
+bootsel.write_pointer(bootsel.OsFs(os), {'slot': '/app/a', 'version': 2, 'trial': 1, 'k': 1, 'prev': ''})
+base_path = list(sys.path)
+for _ in range(3):  # three boots: a fresh sys.path and module table each time, files kept
+    sys.path[:] = base_path
+    for n in list(sys.modules):
+        if n.startswith('lifeline') or n == 'bootsel':
+            del sys.modules[n]
+    exec(open('/lib/lifeline/firmware/boot.py').read())
+    from lifeline.firmware import node
+    print(getattr(node, 'WHO', 'factory'))
+"""
+    out = mpy_runtime.run(script, files).stdout.split()
+    assert out == ["slot", "a", "factory", "factory"]  # one trial boot (K = 1), then rolled back
