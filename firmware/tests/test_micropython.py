@@ -111,3 +111,22 @@ def test_one_wake_fits_the_ram_budget(kind: str) -> None:
     assert fig.frames == 1  # the measured wake is a report wake
     assert 0 < fig.cycle_alloc < 200_000
     assert fig.firmware_in_use <= fw_memory.CEILING_IN_USE, fig
+
+
+@pytest.mark.micropython
+def test_ble_node_cycle_under_micropython() -> None:
+    from lifeline.firmware.radios import ble
+
+    script = """
+import json
+from lifeline.firmware import simnode
+sn = simnode.SimNode("water_level", "ble")
+sn.wake()
+print(json.dumps([[a.hex() for _, a, _, _ in sn.hal.ble().adverts], sn.dev_id.hex(), sn.root_key.hex()]))
+"""
+    files = mpy_compile.compile_tree(mpy_runtime.device_files(("protocols", "firmware")))
+    adverts, dev_hex, key_hex = json.loads(mpy_runtime.run(script, files).stdout.strip().splitlines()[-1])
+    keys = frame.derive_keys(bytes.fromhex(key_hex), bytes.fromhex(dev_hex))
+    ads = [bytes.fromhex(a) for a in adverts]
+    frames = [ble.reassemble(ads[i:i + 2]) for i in range(0, len(ads), 20)]
+    assert [frame.decode(f, keys).header.kind for f in frames] == [3, 7]
