@@ -219,6 +219,9 @@ class NbiotAdapter:
         self._acks: asyncio.Queue[_Pending] = asyncio.Queue()  # in the order the broker sent them
         self._lanes: dict[bytes, asyncio.Queue[tuple[RawFrame, asyncio.Future[str]]]] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._outstanding = 0  # messages handed on and not yet acknowledged (or given up)
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._conn: Connection | None = None
         self._sink: FrameSink | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -240,8 +243,15 @@ class NbiotAdapter:
             asyncio.create_task(self._acknowledge(), name=f"{self.name}-ack"),
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout_s: float = 3.0) -> None:
+        """Stop taking frames, let the ones the pipeline already has reach their outcome and be acknowledged
+        (bounded), then disconnect. Whatever is left unacknowledged stays with the broker."""
         self._stopping = True
+        if self._tasks:
+            self._tasks[0].cancel()  # the supervisor: no reconnect from here on
+            self._tasks[1].cancel()  # the reader: nothing new goes to the pipeline
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
         tasks = [*self._tasks, *self._lane_tasks]
         for task in tasks:
             task.cancel()
@@ -251,6 +261,10 @@ class NbiotAdapter:
         self._tasks = []
         self._lane_tasks.clear()
         self._lanes.clear()
+        self._acks = asyncio.Queue()
+        self._queue = asyncio.Queue()  # received but not taken: the broker sends them again
+        self._outstanding = 0
+        self._idle.set()
         conn, self._conn = self._conn, None
         self.connected.clear()
         if conn is not None:
@@ -348,7 +362,17 @@ class NbiotAdapter:
         self._counts[f"rejected.{reason}"] += 1
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         done.set_result(reason)
-        self._acks.put_nowait(_Pending(conn, message.mid, message.qos, done, False))
+        self._track(_Pending(conn, message.mid, message.qos, done, False))
+
+    def _track(self, pending: _Pending) -> None:
+        self._outstanding += 1
+        self._idle.clear()
+        self._acks.put_nowait(pending)
+
+    def _settled(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._idle.set()
 
     async def _deliver(self) -> None:
         """Check each message, then hand it to its device's lane (frames of one device stay in order)."""
@@ -379,7 +403,7 @@ class NbiotAdapter:
                 reception=Reception(radio=RADIO, adapter=self.name, rx_ms=self._clock.now_ms(), context=dev),
             )
             done: asyncio.Future[str] = loop.create_future()
-            self._acks.put_nowait(_Pending(conn, message.mid, message.qos, done, True))
+            self._track(_Pending(conn, message.mid, message.qos, done, True))
             lane = self._lanes.get(dev)
             if lane is None:
                 lane = self._lanes[dev] = asyncio.Queue()
@@ -425,6 +449,7 @@ class NbiotAdapter:
                 # not acknowledged: the broker delivers it again after the next reconnect
                 self._counts["submit_failed"] += 1
                 log.warning("%s: frame not taken by the pipeline: %s", self.name, e)
+                self._settled()
                 continue
             if p.frame:
                 self._counts["frames"] += 1
@@ -432,6 +457,7 @@ class NbiotAdapter:
             if p.qos > 0 and not p.conn.ack(p.mid, p.qos):
                 # the connection died meanwhile: the broker delivers it again, the pipeline dedupes
                 self._counts["ack_lost"] += 1
+            self._settled()
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,7 +177,7 @@ async def test_a_frame_the_pipeline_had_not_taken_is_delivered_again(mosquitto: 
     with NbiotNodeSim(mosquitto.host, mosquitto.port, DEV_A, ROOT) as a:
         first = heartbeat(a, 1)
     await eventually(lambda: nb.counters()["messages"] == 1)
-    await nb.stop()  # the gateway goes away with the frame unacknowledged
+    await nb.stop(drain_timeout_s=0.1)  # the gateway goes away with the frame unacknowledged
     assert held.frames == []
 
     sink = Sink()
@@ -322,7 +322,7 @@ async def test_acknowledged_only_after_commit_and_in_device_order(mosquitto: Mos
     await eventually(lambda: len(sink.in_progress) == 2)
     assert {f.payload for f in sink.in_progress} == {sent[0], sent[1]}
     assert nb.counters()["frames"] == 0  # nothing committed, nothing acknowledged
-    await nb.stop()  # the gateway dies before the commit
+    await nb.stop(drain_timeout_s=0.1)  # the gateway dies before the commit
 
     again = DurableSink()
     nb2 = adapter(mosquitto)
@@ -349,3 +349,32 @@ async def test_acknowledged_only_after_commit_and_in_device_order(mosquitto: Mos
         assert third.frames[0].payload == marker
     finally:
         await nb3.stop()
+
+
+async def test_stop_lets_frames_in_the_pipeline_finish_and_acknowledges_them(mosquitto: MosquittoBroker) -> None:
+    sink = DurableSink()
+    sink.commit.clear()
+    nb = adapter(mosquitto)
+    await nb.start(sink)
+    assert await nb.wait_connected(10)
+    with NbiotNodeSim(mosquitto.host, mosquitto.port, DEV_A, ROOT) as a:
+        first = heartbeat(a, 1)
+    await eventually(lambda: len(sink.in_progress) == 1)
+    stopping = asyncio.create_task(nb.stop(drain_timeout_s=30))
+    await eventually(lambda: nb._stopping)
+    assert not stopping.done()  # waiting for the pipeline's outcome
+    sink.commit.set()  # the commit lands during shutdown
+    await asyncio.wait_for(stopping, 10)
+    assert [f.payload for f in sink.frames] == [first] and nb.counters()["frames"] == 1
+
+    again = DurableSink()
+    nb2 = adapter(mosquitto)
+    await nb2.start(again)
+    try:
+        assert await nb2.wait_connected(10)
+        with NbiotNodeSim(mosquitto.host, mosquitto.port, DEV_A, ROOT, fcnt=2) as a:
+            marker = heartbeat(a, 2)
+        await eventually(lambda: len(again.frames) == 1)
+        assert again.frames[0].payload == marker  # the committed frame was acknowledged: not sent again
+    finally:
+        await nb2.stop()
