@@ -609,8 +609,8 @@ def platform_sink_cmd(
 ) -> None:
     """Reference city-platform sink: verify, dedupe and store signed gateway batches.
 
-    Exit codes: 0 ok, 1 --count not reached in --timeout or the chain report found a problem,
-    2 usage error, 3 broker/key/database error.
+    Exit codes: 0 ok, 1 --count not reached within --timeout, a broken link or equivocation in a chain
+    (or with --report any gap), 2 usage error, 3 broker/key/database error.
     """
     if report:
         _report(db_path, as_json)
@@ -672,6 +672,8 @@ def platform_sink_cmd(
         reports = sink.chain_report()
         sink.stop()
     _say(as_json, {"event": "summary", **final, "chains": [r.to_json() for r in reports]})
+    if any(r.broken_links or r.equivocations for r in reports):
+        code = 1
     sys.exit(code)
 
 
@@ -691,12 +693,20 @@ def _run(sink: PlatformSink, as_json: bool, stop_after: int | None, timeout_s: f
     def expired() -> bool:
         return deadline is not None and time.monotonic() > deadline
 
-    if as_json or not sys.stderr.isatty():
+    if as_json or not sys.stdout.isatty():
+        last = ""
         while not finished():
             if expired():
                 return 1
             with contextlib.suppress(SinkTimeout):
-                sink.wait_for(lambda s: finished(), 0.5)
+                sink.wait_for(lambda s: finished(), 1.0)
+            if not as_json:  # a plain count line whenever it changed (logs, pipes)
+                c = sink.counters
+                line = (f"records={sink.record_count()} batches={sink.batch_count()} "
+                        f"rejected={c.get('rejected', 0)} broken_links={c.get('broken_links', 0)}")
+                if line != last:
+                    click.echo(line)
+                    last = line
         return 0
     from rich.live import Live
     from rich.table import Table
