@@ -343,3 +343,22 @@ async def test_a_killed_gateway_leaves_offline_presence(mosquitto: MosquittoBrok
         if proc.stdout is not None:
             proc.stdout.close()
         watcher.close()
+
+
+async def test_commands_as_an_async_iterator(mosquitto: MosquittoBroker) -> None:
+    up = fast_uplink([endpoint("a", mosquitto)])
+    await up.start()
+    try:
+        assert await up.wait_connected(10)
+        platform = Watcher(mosquitto.host, mosquitto.port, ["unused/#"])
+        for i in range(3):
+            platform.publish(f"lifeline/v1/{GW}/down", f'{{"id":"{i}"}}'.encode())
+        platform.close()
+        got: list[bytes] = []
+        stream = up.commands()
+        for _ in range(3):
+            got.append(await asyncio.wait_for(anext(stream), 10))
+        assert got == [b'{"id":"0"}', b'{"id":"1"}', b'{"id":"2"}']
+        assert up.counters()["commands_received"] == 3
+    finally:
+        await up.close()
