@@ -266,9 +266,82 @@ def encode_record(record: BatchRecord) -> bytes:
     signs batches from these bytes with :meth:`BatchSigner.sign_encoded` (same bytes as :meth:`sign`)."""
     if not _plainly_valid(record):
         _check_record(record, 0)  # raises with the precise reason
-    # _record_to_cbor builds every map in ascending key order, so insertion order is already the
-    # deterministic order and cbor2's (slower) canonical sorting is not needed; a test checks the bytes.
-    return cbor2.dumps(_record_to_cbor(record))
+    r = record
+    u = _uint_head
+    fields = r.fields
+    out = [b"\xab\x01\x48", r.device_id, b"\x02", u(r.fcnt), b"\x03", u(r.node_time), b"\x04", u(r.rx_ms),
+           b"\x05", u(r.kind), b"\x06", _map_head(len(fields))]
+    for k in sorted(fields):
+        out.append(u(k))
+        out.append(_scalar(fields[k]))
+    out.append(b"\x07")
+    out.append(_SMALL[r.data_class])
+    out.append(b"\x08")
+    out.append(_array_head(len(r.receptions)))
+    for rx in r.receptions:
+        out.append(b"\x85")
+        out.append(_text(rx.radio))
+        out.append(_text(rx.adapter))
+        out.append(u(rx.rx_ms))
+        out.append(_scalar(rx.rssi))
+        out.append(_scalar(rx.snr_x10))
+    out.append(b"\x09")
+    out.append(_SMALL[r.flags])
+    out.append(b"\x0a")
+    out.append(_SMALL[r.record_type])
+    out.append(b"\x0b")
+    out.append(_SMALL[r.priority])
+    return b"".join(out)
+
+
+# Hand-rolled deterministic CBOR for the one record shape on the gateway's hot path (about 4x faster
+# than a generic encoder); tests check it byte for byte against cbor2's canonical encoding.
+_SMALL = tuple(bytes((i,)) if i < 24 else bytes((0x18, i)) for i in range(256))
+_SMALL_NEG = tuple(bytes((0x20 | i,)) if i < 24 else bytes((0x38, i)) for i in range(256))
+
+
+def _uint_head(n: int, major: int = 0) -> bytes:
+    if n < 256:
+        return _SMALL[n] if major == 0 else _SMALL_NEG[n]
+    mt = major << 5
+    if n < 0x10000:
+        return bytes((mt | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((mt | 26,)) + n.to_bytes(4, "big")
+    return bytes((mt | 27,)) + n.to_bytes(8, "big")
+
+
+def _scalar(v: int | bytes | None) -> bytes:
+    if v is None:
+        return b"\xf6"
+    if type(v) is bytes:
+        return _bytes_head(len(v)) + v
+    assert isinstance(v, int)
+    return _uint_head(v) if v >= 0 else _uint_head(-1 - v, 1)
+
+
+def _bytes_head(n: int) -> bytes:
+    h = _uint_head(n)
+    return bytes((h[0] | 0x40,)) + h[1:]
+
+
+_TEXT_CACHE: dict[str, bytes] = {}
+
+
+def _text(s: str) -> bytes:
+    enc = _TEXT_CACHE.get(s)
+    if enc is None:
+        b = s.encode("utf-8")
+        h = _uint_head(len(b))
+        enc = bytes((h[0] | 0x60,)) + h[1:] + b
+        if len(_TEXT_CACHE) < 1024:  # radio and adapter names: a handful per gateway
+            _TEXT_CACHE[s] = enc
+    return enc
+
+
+def _map_head(n: int) -> bytes:
+    h = _uint_head(n)
+    return bytes((h[0] | 0xA0,)) + h[1:]
 
 
 def _plainly_valid(r: BatchRecord) -> bool:

@@ -575,3 +575,27 @@ def test_fast_record_check_agrees_with_the_full_check(record: BatchRecord) -> No
     except BatchError:
         full_ok = False
     assert batch._plainly_valid(record) == full_ok
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.builds(
+    BatchRecord,
+    device_id=st.binary(min_size=8, max_size=8),
+    fcnt=st.integers(0, 2**64 - 1),
+    node_time=st.integers(0, 2**64 - 1),
+    rx_ms=st.integers(0, 2**64 - 1),
+    kind=st.integers(0, 2**64 - 1),
+    fields=st.dictionaries(st.integers(0, 2**64 - 1), st.integers(-(2**64), 2**64 - 1) | st.binary(max_size=300),
+                           max_size=30),
+    data_class=st.integers(0, 3),
+    receptions=st.lists(st.builds(WireReception, radio=st.text(max_size=30), adapter=st.text(max_size=30),
+                                  rx_ms=st.integers(0, 2**64 - 1),
+                                  rssi=st.none() | st.integers(-(2**31), 2**31 - 1),
+                                  snr_x10=st.none() | st.integers(-(2**31), 2**31 - 1)),
+                        max_size=30).map(tuple),
+    flags=st.integers(0, 7),
+    record_type=st.integers(0, 1),
+    priority=st.integers(0, 2),
+))
+def test_hand_rolled_record_encoder_matches_cbor2_canonical(record: BatchRecord) -> None:
+    assert batch.encode_record(record) == cbor2.dumps(batch._record_to_cbor(record), canonical=True)

@@ -61,3 +61,10 @@ def test_constant_time_compare() -> None:
     assert crypto.ct_equal(b"abc", b"abc")
     assert not crypto.ct_equal(b"abc", b"abd")
     assert not crypto.ct_equal(b"abc", b"ab")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=150), st.binary(max_size=300))
+def test_fast_mic_matches_stdlib_hmac(key: bytes, msg: bytes) -> None:
+    assert fastpath.mic(key, msg) == hmac.digest(key, msg, hashlib.sha256)[:8]
+    assert fastpath.mic(key, msg) == fastpath.mic(key, msg)  # cached states are copied, never consumed
