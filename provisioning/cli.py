@@ -25,9 +25,10 @@ _err = Console(stderr=True)
 class RichSink:
     """Step progress on stderr: one line per step, a byte bar for flash and install."""
 
-    def __init__(self, progress: Progress, label: str) -> None:
+    def __init__(self, progress: Progress, label: str, *, quiet: bool = False) -> None:
         self.p = progress
         self.label = label
+        self.quiet = quiet
         self.task: TaskID | None = None
 
     def start(self, step: str, total: int | None = None) -> None:
@@ -43,6 +44,8 @@ class RichSink:
         if self.task is not None:
             self.p.remove_task(self.task)
             self.task = None
+        if self.quiet:
+            return
         mark = {"pass": "[green]ok[/]", "skip": "[cyan]skip[/]", "fail": "[red]FAIL[/]"}.get(status, status)
         self.p.console.print(f"{self.label} {step:<9} {mark} {note}", markup=True, highlight=False)
 
@@ -192,7 +195,7 @@ def device_cmd(port: str, firmware: Path, technician: str, technician_key: Path,
         _fail(exc, as_json)
     opts = Options(port=port, force=force, hal=hal, baud_ladder=_ladder(max_baud), **env)
     with _progress(not as_json) as prog:
-        outcome = DeviceFlow(opts, spec, sink=RichSink(prog, port)).run()
+        outcome = DeviceFlow(opts, spec, sink=RichSink(prog, port, quiet=as_json)).run()
     if as_json:
         click.echo(json.dumps(outcome.to_json()))
     else:
@@ -249,7 +252,8 @@ def batch_cmd(csv_file: Path, port: str | None, check_only: bool, pdf: Path | No
             row_port = row.port or port
             assert row_port is not None
             opts = Options(port=row_port, force=force, hal=hal, baud_ladder=_ladder(max_baud), **env)
-            outcome = DeviceFlow(opts, row.spec, row=row.line, sink=RichSink(prog, f"line {row.line}")).run()
+            sink = RichSink(prog, f"line {row.line}", quiet=as_json)
+            outcome = DeviceFlow(opts, row.spec, row=row.line, sink=sink).run()
             outcomes.append((row.line, outcome))
             if not as_json:
                 _print_outcome(outcome)

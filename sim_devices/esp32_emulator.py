@@ -977,7 +977,10 @@ class Esp32Emulator:
 
     @property
     def mode(self) -> str:
-        return self._mode
+        """download, app or no_app. Taken under the board's lock: a boot that a reply has announced (FLASH_END,
+        machine.bootloader()) has finished by the time this returns, so tests need no waiting."""
+        with self._lock:
+            return self._mode
 
     @property
     def plugged(self) -> bool:
