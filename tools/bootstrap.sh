@@ -20,6 +20,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dpkg-deb >/dev/null 2>&1 || need_apt+=(dpkg)
+# headless browser for the gateway status page test (gateway/tests/test_statuspage_browser.py)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing system packages: ${need_apt[*]}"
