@@ -15,7 +15,8 @@ from lifeline.provisioning import batch, labels, records
 from lifeline.provisioning.cli import provision
 from lifeline.sim_devices.esp32_emulator import APP, ChipIdentity, Esp32Emulator
 
-HEADER = "kind,radio,region,interval,address,lat,lon,spatial_unit,data_class,install_date,design_life_years,tags,port,mac"
+HEADER = ("kind,radio,region,interval,address,lat,lon,spatial_unit,data_class,install_date,design_life_years,tags,"
+          "port,mac")
 
 
 def test_csv_rows_are_checked_with_line_and_column() -> None:
