@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import serial
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lifeline.provisioning import bundle as bundles
@@ -43,6 +44,7 @@ from lifeline.provisioning.rawrepl import RawRepl, ReplError
 from lifeline.provisioning.state import StateFile
 
 PROBE_TIMEOUT_S = 3.0
+ROM_PROBE_S = 0.3
 BOOT_TIMEOUT_S = 15.0
 
 
@@ -140,8 +142,31 @@ class DeviceFlow:
         repl.timeout = selftest.SELFTEST_TIMEOUT_S
         return repl
 
+    def _rom_answers(self) -> bool:
+        """True when the ROM loader answers a SYNC at 115200 within ROM_PROBE_S (the board is in download
+        mode), so the slower REPL probe can be skipped. A REPL that receives the SYNC bytes sees a line of
+        noise (no Ctrl-D in it), which the probe's Ctrl-C then discards."""
+        try:
+            port = serial.serial_for_url(self.o.port, baudrate=115200, timeout=ROM_PROBE_S)
+        except (serial.SerialException, OSError, ValueError):
+            return False
+        try:
+            port.reset_input_buffer()
+            port.write(b"\xc0\x00\x08\x24\x00\x00\x00\x00\x00\x07\x07\x12\x20" + b"\x55" * 32 + b"\xc0")
+            seen = b""
+            deadline = self.clock() + ROM_PROBE_S
+            while self.clock() < deadline and b"\xc0\x01\x08" not in seen:
+                seen += port.read(64)
+            return b"\xc0\x01\x08" in seen
+        except (serial.SerialException, OSError):
+            return False
+        finally:
+            port.close()
+
     def _probe(self) -> BoardFacts | None:
         """Facts of a MicroPython board on the port, or None when nothing answers the REPL."""
+        if self._rom_answers():
+            return None
         try:
             repl = self._repl(PROBE_TIMEOUT_S)
         except ReplError:
@@ -274,7 +299,9 @@ class DeviceFlow:
                 if not o.state.done(self.dev, "erase", firmware=o.firmware.sha256):
                     fl.erase(end, info.flash_size)
                     o.state.mark(self.dev, "erase", firmware=o.firmware.sha256)
-                report = fl.write_image(o.firmware.data, start)
+                # a first attempt writes straight away; after a failed one, segments already in flash are kept
+                tried = "flash" in o.state.data["devices"].get(self.dev, {}).get("steps", {})
+                report = fl.write_image(o.firmware.data, start, resume=tried)
                 fl.verify(o.firmware.data, start)
                 fl.run_app()
             except ProvisionError as exc:

@@ -893,6 +893,7 @@ class Esp32Emulator:
         self.stats = Stats()
         self.rejects: Counter[str] = Counter()
         self.modelled_s = 0.0
+        self.modelled_by: dict[str, float] = {}  # serial_rom, serial_repl, flash_erase, flash_program, rom_md5
         self.console: list[str] = []  # what the board printed outside protocol replies (boot log)
         self.failures: list[str] = []  # internal errors of the emulated board (tests assert it stays empty)
         self._own_workdir = workdir is None
@@ -1126,7 +1127,7 @@ class Esp32Emulator:
         if not data:
             return
         self.stats.bytes_out += len(data)
-        self.modelled_s += len(data) * 10 / self._chip_baud
+        self._model("serial_rom" if self._mode == DOWNLOAD else "serial_repl", len(data) * 10 / self._chip_baud)
         if self._client is not None:
             with contextlib.suppress(OSError):
                 self._client.sendall(data)
@@ -1147,6 +1148,10 @@ class Esp32Emulator:
             except OSError:
                 return
             view = view[n:]
+
+    def _model(self, what: str, seconds: float) -> None:
+        self.modelled_s += seconds
+        self.modelled_by[what] = self.modelled_by.get(what, 0.0) + seconds
 
     def _console(self, text: str) -> None:
         self.console.append(text)
@@ -1257,7 +1262,7 @@ class Esp32Emulator:
     # ---- bytes from the host -------------------------------------------------------------------------
     def _receive(self, data: bytes, host_baud: int | None) -> None:
         self.stats.bytes_in += len(data)
-        self.modelled_s += len(data) * 10 / self._chip_baud
+        self._model("serial_rom" if self._mode == DOWNLOAD else "serial_repl", len(data) * 10 / self._chip_baud)
         if host_baud is not None and host_baud != self._chip_baud:
             # both ends at different rates: the chip's UART sees framing errors, not bytes
             self.rejects["baud_mismatch_bytes"] += len(data)
@@ -1437,11 +1442,11 @@ class Esp32Emulator:
         while pos < end:
             if pos % BLOCK64 == 0 and end - pos >= BLOCK64:
                 self.flash[pos : pos + BLOCK64] = b"\xff" * BLOCK64
-                self.modelled_s += T_BLOCK_ERASE_S
+                self._model("flash_erase", T_BLOCK_ERASE_S)
                 pos += BLOCK64
             else:
                 self.flash[pos : pos + SECTOR] = b"\xff" * SECTOR
-                self.modelled_s += T_SECTOR_ERASE_S
+                self._model("flash_erase", T_SECTOR_ERASE_S)
                 pos += SECTOR
 
     def _program(self, offset: int, data: bytes) -> None:
@@ -1449,7 +1454,7 @@ class Esp32Emulator:
         end = min(offset + len(data), len(self.flash))
         old = self.flash[offset:end]
         self.flash[offset:end] = bytes(a & b for a, b in zip(old, data, strict=False))
-        self.modelled_s += -(-len(data) // PAGE) * T_PAGE_PROGRAM_S
+        self._model("flash_program", -(-len(data) // PAGE) * T_PAGE_PROGRAM_S)
 
     def _begin(self, op: int, body: bytes, compressed: bool) -> None:
         if len(body) not in (16, 20):
@@ -1534,7 +1539,7 @@ class Esp32Emulator:
         if addr + size > len(self.flash):
             self._reply(op, 0, b"", ERR_BAD_PARAM)
             return
-        self.modelled_s += size / ROM_MD5_BYTES_PER_S
+        self._model("rom_md5", size / ROM_MD5_BYTES_PER_S)
         digest = hashlib.md5(self.flash[addr : addr + size]).hexdigest().encode()
         self._reply(op, 0, digest)
 
