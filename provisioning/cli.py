@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -55,7 +55,7 @@ def _progress(enabled: bool) -> Progress:
                     console=_err, disable=not enabled, transient=True)
 
 
-def _fail(exc: ProvisionError, as_json: bool) -> None:
+def _fail(exc: ProvisionError, as_json: bool) -> NoReturn:
     if as_json:
         click.echo(json.dumps({"error": exc.reason, "message": str(exc)}))
     else:
@@ -165,7 +165,8 @@ def _print_outcome(outcome: Any) -> None:
 
 
 @provision.command("device")
-@click.option("--port", required=True, help="Serial port or pyserial URL (socket://host:port).")
+@click.option("--port", default=None, help="Serial port or pyserial URL (socket://host:port); default: the one "
+              "USB-serial bridge of an ESP32 board that is connected.")
 @click.option("--kind", required=True, help="Report kind (smoke, manhole_tilt, water_level, water_meter, ...).")
 @click.option("--radio", default="lora", show_default=True, type=click.Choice(["lora", "nbiot", "ble"]))
 @click.option("--region", default="EU868", show_default=True)
@@ -183,14 +184,16 @@ def _print_outcome(outcome: Any) -> None:
 @click.option("--confirm", type=int, default=None)
 @click.option("--nbiot-host", default=None)
 @_common
-def device_cmd(port: str, firmware: Path, technician: str, technician_key: Path, workdir: Path, force: bool,
+def device_cmd(port: str | None, firmware: Path, technician: str, technician_key: Path, workdir: Path, force: bool,
                hal: str, max_baud: str, as_json: bool, **kw: Any) -> None:
     """Provision one board on PORT."""
     from lifeline.provisioning.flow import DeviceFlow, Options
+    from lifeline.provisioning.ports import find_board_port
 
     try:
         spec = _spec_from_options(kw)
         env = _setup(firmware, technician, technician_key, workdir)
+        port = port or find_board_port()
     except ProvisionError as exc:
         _fail(exc, as_json)
     opts = Options(port=port, force=force, hal=hal, baud_ladder=_ladder(max_baud), **env)
@@ -308,13 +311,18 @@ def decommission_cmd(port: str, technician: str, technician_key: Path, workdir: 
 
 
 @provision.command("detect")
-@click.option("--port", required=True)
+@click.option("--port", default=None, help="Default: the one ESP32 USB-serial bridge connected.")
 @click.option("--json", "as_json", is_flag=True)
-def detect_cmd(port: str, as_json: bool) -> None:
+def detect_cmd(port: str | None, as_json: bool) -> None:
     """Read the chip type and MAC of a board in download mode."""
     from lifeline.provisioning.flasher import Flasher
     from lifeline.provisioning.flow import has_reset_lines
+    from lifeline.provisioning.ports import find_board_port
 
+    try:
+        port = port or find_board_port()
+    except ProvisionError as exc:
+        _fail(exc, as_json)
     fl = Flasher(port, reset_lines=has_reset_lines(port))
     try:
         info = fl.connect()

@@ -176,3 +176,32 @@ def test_detect_reads_chip_and_mac(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     d = json.loads(result.output)
     assert d["chip"] == "ESP32" and d["mac"] == "24:6f:28:a1:b2:c3" and d["device_id"] == "246f28fffea1b2c3"
+
+
+def test_port_autodetect_picks_the_one_esp32_bridge() -> None:
+    from types import SimpleNamespace
+
+    from lifeline.provisioning.errors import EnvironmentProblem
+    from lifeline.provisioning.ports import find_board_port
+
+    mouse = SimpleNamespace(device="/dev/ttyACM9", vid=0x046D, pid=0xC52B)
+    cp2102 = SimpleNamespace(device="/dev/ttyUSB0", vid=0x10C4, pid=0xEA60)
+    ch340 = SimpleNamespace(device="/dev/ttyUSB1", vid=0x1A86, pid=0x7523)
+    assert find_board_port(lambda: [mouse, cp2102]) == "/dev/ttyUSB0"
+    with pytest.raises(EnvironmentProblem, match="several boards") as info:
+        find_board_port(lambda: [cp2102, ch340])
+    assert info.value.exit_code == 3
+    with pytest.raises(EnvironmentProblem, match="no ESP32 USB-serial bridge"):
+        find_board_port(lambda: [mouse])
+
+
+@pytest.mark.micropython
+def test_bench_measures_a_device_and_models_real_time() -> None:
+    from lifeline.provisioning.bench import expected_real_seconds, measure
+
+    res = measure(300_000)
+    assert res.result == "passed" and res.baud == 921600
+    assert set(res.modelled_by) == {"serial_rom", "serial_repl", "flash_erase", "flash_program", "rom_md5"}
+    assert res.modelled_s == pytest.approx(sum(res.modelled_by.values()))
+    assert 25 < expected_real_seconds(1_500_000) < 45
+    assert expected_real_seconds(1_500_000, 115200) > expected_real_seconds(1_500_000, 921600)
