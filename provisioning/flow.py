@@ -362,11 +362,11 @@ class DeviceFlow:
         o = self.o
         rec = records.build(self.spec, bytes.fromhex(self.dev), key, o.audit.technician)
         signed = records.sign(rec, o.technician_key)
-        changed = records.upsert(o.records_path, signed)
+        records.upsert(o.records_path, signed)
         if announce:
             o.state.mark(self.dev, "register")
-            self._step("register", "pass", f"signed record {'written to' if changed else 'already in'} "
-                       f"{o.records_path.name}")
+            self._step("register", "pass", f"signed record in {o.records_path.name} (written before the key "
+                       "went to the board)")
         return signed
 
     def _selftest(self, repl: RawRepl, key: bytes) -> None:

@@ -166,3 +166,18 @@ def test_board_in_app_mode_is_put_into_the_bootloader(
         outcome = DeviceFlow(make_options(str(emu.path)), spec).run()
         assert outcome.result == "passed", outcome.message
         assert outcome.steps[0] == ("detect", "pass", "MicroPython answers")
+
+
+def test_provision_over_a_socket_url(tmp_path: Path, make_options: Callable[..., Options], spec: DeviceSpec) -> None:
+    """pyserial's socket:// (a board behind a serial server): no reset lines, same flow; kind names map to
+    the firmware's (manhole_tilt -> tilt)."""
+    from dataclasses import replace
+
+    tilt = replace(spec, kind="manhole_tilt", data_class="internal")
+    with Esp32Emulator(workdir=tmp_path / "b", tcp=True) as emu:
+        assert emu.url is not None
+        outcome = DeviceFlow(make_options(emu.url), tilt).run()
+        assert outcome.result == "passed", outcome.message
+        assert json.loads(emu.files()["/config.json"])["kind"] == "tilt"
+        assert "/lib/lifeline/firmware/sensors/tilt.mpy" in emu.files()
+        assert emu.failures == []
