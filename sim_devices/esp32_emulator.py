@@ -1087,6 +1087,7 @@ class Esp32Emulator:
             conn.close()
             return
         conn.setblocking(True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a serial server forwards bytes at once
         self._client = conn
         self._sel.register(conn, selectors.EVENT_READ, "tcp")
 

@@ -94,6 +94,7 @@ class SentFrame:
     payload: bytes
     radio: str
     heard: bool  # reached at least one gateway receiver (LoRa/BLE) or the node broker (NB-IoT)
+    corrupted: bool = False  # what went on the air differs from what the node sent (corrupt fault)
 
 
 class FleetHal(sim.SimHal):
@@ -490,7 +491,7 @@ class Fleet:
             self._schedule_wake(v, self.now_ms, reason, 3)
 
     # ---------------------------------------------------------------- uplinks
-    def _record(self, v: VirtualNode, payload: bytes, radio: str, heard: bool) -> None:
+    def _record(self, v: VirtualNode, payload: bytes, radio: str, heard: bool, corrupted: bool = False) -> None:
         kind_name = kind_name_of(payload)
         self.sent_by[(kind_name, radio)] += 1
         self.counters["frames_sent"] += 1
@@ -501,7 +502,7 @@ class Fleet:
             self.counters["alarm_frames"] += 1
         self.digest.update(int(self.now_ms).to_bytes(8, "big") + len(payload).to_bytes(1, "big") + payload)
         if self.record_frames:
-            self.frames.append(SentFrame(self.now_ms, v.name, payload, radio, heard))
+            self.frames.append(SentFrame(self.now_ms, v.name, payload, radio, heard, corrupted))
         for cb in self.on_frame:
             cb(v, payload, radio)
 
@@ -525,7 +526,7 @@ class Fleet:
         self._heard[tx.seq] = False
         self.sync(v, tx.end_ms - self.origin_ms + 0.5)
         heard = self._heard.pop(tx.seq, False)
-        self._record(v, payload, v.spec.radio, heard)
+        self._record(v, payload, v.spec.radio, heard, air_payload != payload)
         if v.duplicate_via and self.nbiot_delivery is not None:
             self.nbiot_delivery(v, payload)
             self.counters["duplicated"] += 1
@@ -546,8 +547,9 @@ class Fleet:
     def nbiot_uplink(self, v: VirtualNode, payload: bytes) -> bool:
         """The node's MQTT PUBLISH reached the network (called from inside its wake)."""
         self.sync(v, v.clock.ms)
-        ok = not v.radio_lost and (self.nbiot_delivery is None or self.nbiot_delivery(v, self._mangle(v, payload)))
-        self._record(v, payload, "nbiot", ok)
+        air_payload = self._mangle(v, payload)
+        ok = not v.radio_lost and (self.nbiot_delivery is None or self.nbiot_delivery(v, air_payload))
+        self._record(v, payload, "nbiot", ok, air_payload != payload)
         return ok
 
     def ble_uplink(self, v: VirtualNode, payload: bytes) -> bytes | None:
@@ -556,7 +558,7 @@ class Fleet:
         in_range = math.hypot(v.spec.x_m - gx, v.spec.y_m - gy) <= self.ble_range_m and not v.radio_lost
         air_payload = self._mangle(v, payload)
         heard = in_range and (self.ble_delivery is None or self.ble_delivery(v, air_payload))
-        self._record(v, payload, "ble", heard)
+        self._record(v, payload, "ble", heard, air_payload != payload)
         if not heard or not payload[2] & frame.FLAG_ACK_REQ:
             return None
         return self.gateway_end.answer(air_payload)
