@@ -110,15 +110,17 @@ def schedule(fleet: Fleet, faults: list[Fault], env: Environment) -> Attacker | 
             for v in nodes:
                 fleet.at(t * 1000.0, lambda _, v=v, off=off: fleet.reset_node(v, 5, power_loss=True, off_ms=off))
         elif f.type == "clock_drift":
+            ppm = float(p.get("ppm", 200.0))
             for v in nodes:
-                fleet.at(t * 1000.0, lambda _, v=v, ppm=float(p.get("ppm", 200.0)): setattr(v.hal, "drift_ppm", ppm))
+                fleet.at(t * 1000.0, lambda _, v=v, ppm=ppm: setattr(v.hal, "drift_ppm", ppm))
         elif f.type == "radio_loss":
             for v in nodes:
                 fleet.at(t * 1000.0, lambda _, v=v: setattr(v, "radio_lost", True))
                 later(end, lambda _, v=v: setattr(v, "radio_lost", False))
         elif f.type == "corrupt":
+            cp = float(p.get("p", 0.5))
             for v in nodes:
-                fleet.at(t * 1000.0, lambda _, v=v, cp=float(p.get("p", 0.5)): setattr(v, "corrupt_p", cp))
+                fleet.at(t * 1000.0, lambda _, v=v, cp=cp: setattr(v, "corrupt_p", cp))
                 later(end, lambda _, v=v: setattr(v, "corrupt_p", 0.0))
         elif f.type == "duplicate":
             for v in nodes:
@@ -166,8 +168,8 @@ def schedule(fleet: Fleet, faults: list[Fault], env: Environment) -> Attacker | 
             fleet.at(t * 1000.0, lambda _: setattr(fleet.nbiot, "online", False))
             later(end, lambda _: setattr(fleet.nbiot, "online", True))
         elif f.type == "modem_unplug" and env.unplug_modem is not None and env.replug_modem is not None:
-            un, re = env.unplug_modem, env.replug_modem
-            fleet.at(t * 1000.0, lambda _: un())
-            later(end if end is not None else t + 600.0, lambda _: re())
+            unplug, replug = env.unplug_modem, env.replug_modem
+            fleet.at(t * 1000.0, lambda _, fn=unplug: fn())
+            later(end if end is not None else t + 600.0, lambda _, fn=replug: fn())
         fleet.at(t * 1000.0, note(f.type + (" " + ",".join(f.nodes) if f.nodes else "")))
     return attacker

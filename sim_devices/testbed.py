@@ -160,14 +160,45 @@ class Testbed:
         return self.sink.records()
 
     async def stop(self) -> None:
-        if self.links is not None:
-            with contextlib.suppress(Exception):
-                await self.links.stop()
         if self.gw is not None:
             with contextlib.suppress(Exception):
                 await self.gw.stop()
+        if self.links is not None:
+            with contextlib.suppress(Exception):
+                await self.links.stop()
         if self.sink is not None:
             self.sink.stop()
         self.platform.close()
         if self._own_node_broker:
             self.node_broker.close()
+
+
+async def run_scenario(sc: Any, workdir: Path, *, duration_s: float | None = None, speed: float | None = 600.0,
+                       node_broker: MosquittoBroker | None = None, ble: bool = False,
+                       progress: Any = None, drain_timeout_s: float = 60.0) -> tuple[Any, Any, dict[str, Any]]:
+    """Build ``sc``'s fleet, start a testbed, run, wait until the platform has everything, judge.
+    Returns (fleet, outcome, summary)."""
+    from lifeline.sim_devices import runner
+
+    fleet, records = runner.build(sc)
+    bed = Testbed(workdir, fleet, records, node_broker=node_broker, ble=ble)
+    wall0 = time.monotonic()
+    try:
+        await bed.start()
+        attacker = runner.schedule_faults(sc, fleet, bed.env)
+        fleet.start()
+        cpu = await runner.run(fleet, duration_s if duration_s is not None else sc.duration_s, speed=speed,
+                               progress=progress, cooperative=True)
+        if not bed.platform.is_running():
+            bed.platform.start()
+        expected = len({(f.payload[3:11], f.payload[11:15]) for f in fleet.frames if f.heard and not f.corrupted})
+        await bed.drain(expected, timeout_s=drain_timeout_s)
+        outcome = runner.judge(sc, fleet, sink_records=bed.sink_records(), gateway_rejects=bed.rejects(),
+                               attacker=attacker)
+        extra: dict[str, Any] = {"links": bed.links.counters() if bed.links else {},
+                                 "chain_intact": all(r.intact for r in bed.sink.chain_report())
+                                 if bed.sink else None}
+        summary = runner.summarize(fleet, outcome, cpu, time.monotonic() - wall0, extra)
+        return fleet, outcome, summary
+    finally:
+        await bed.stop()
