@@ -112,8 +112,7 @@ class RawRepl:
         """Interrupt whatever runs and enter raw mode."""
         self.port.reset_input_buffer()
         self._pending.clear()
-        self._write(b"\r\x03\x03")
-        self._write(b"\x01")
+        self._write(b"\r\x03\x03\x01")
         self._read_until(RAW_BANNER + b">")
         self.in_raw = True
 
@@ -139,12 +138,13 @@ class RawRepl:
         """Run ``code`` on the board; returns its stdout. DeviceException if it raised."""
         if not self.in_raw:
             self.enter()
-        data = code.encode()
-        for i in range(0, len(data), CHUNK):
-            self._write(data[i : i + CHUNK])
-            if self.chunk_delay:
+        data = code.encode() + b"\x04"
+        if not self.chunk_delay:
+            self._write(data)  # one write: no small trailing segment for Nagle to hold back on a TCP link
+        else:
+            for i in range(0, len(data), CHUNK):
+                self._write(data[i : i + CHUNK])
                 time.sleep(self.chunk_delay)
-        self._write(b"\x04")
         self._read_until(b"OK", timeout)
         out = self._read_until(b"\x04", timeout)[:-1]
         err = self._read_until(b"\x04", timeout)[:-1]
