@@ -60,12 +60,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 # Parts add their benchmarks here: name -> ("module:function", description)
 OPTIONAL: dict[str, tuple[str, str]] = {
-    "mqtt": ("lifeline.tools.bench_mqtt:bench", "raw paho QoS1 publish rate vs the gateway uplink"),
-    "gateway": ("lifeline.gateway.bench:bench", "end-to-end throughput, alarm latency, drain, RSS"),
-    "firmware": ("lifeline.sim_devices.fw_memory:bench", "node report cycle memory under real MicroPython"),
+    "gateway": ("lifeline.gateway.bench:bench", "end-to-end throughput, alarm latency, drain, RSS (+ paho baseline)"),
+    "firmware": ("lifeline.tools.bench:bench_firmware", "node report wake memory under real MicroPython"),
     "rules": ("lifeline.gateway.rules.bench:bench", "rule evaluation cost with 100 rules"),
     "fleet": ("lifeline.sim_devices.bench:bench", "fleet simulator CPU per simulated node-hour"),
-    "provisioning": ("lifeline.provisioning.bench:bench", "time per device against the emulated ESP32"),
+    "provisioning": ("lifeline.tools.bench:bench_provisioning", "time per device against the emulated ESP32"),
 }
 
 
@@ -174,6 +173,41 @@ def bench_protocol(ctx: BenchContext) -> list[Figure]:
     figures.append(Figure("protocol", "batch_sign_rate", rate(batches * len(records), t()), "records/s",
                           note="1000 records per COSE_Sign1, one Ed25519 signature each"))
     return figures
+
+
+# ---------------------------------------------------------------- parts measured by their own modules
+
+
+def bench_firmware(ctx: BenchContext) -> list[Figure]:
+    """One report wake per node kind under the real MicroPython WebAssembly build (.mpy code)."""
+    from lifeline.sim_devices import fw_memory
+
+    figures = []
+    kinds = ["smoke", "water_level"] if ctx.quick else ["smoke", "tilt", "water_level", "water_meter",
+                                                        "gas_meter", "electricity_meter"]
+    for kind in kinds:
+        m = fw_memory.measure(kind)
+        figures.append(Figure("firmware", f"heap_in_use_{kind}", m.firmware_in_use / 1024, "KiB", better="lower",
+                              budget=fw_memory.BUDGET_IN_USE / 1024,
+                              note="after gc.collect(), firmware + protocol modules, one LoRa report wake"))
+        figures.append(Figure("firmware", f"alloc_per_wake_{kind}", m.cycle_alloc / 1024, "KiB", better="lower",
+                              note="bytes allocated during the wake with gc disabled"))
+    return figures
+
+
+def bench_provisioning(ctx: BenchContext) -> list[Figure]:
+    from lifeline.provisioning import bench as prov
+
+    size = 300_000 if ctx.quick else 1_500_000
+    workdir = ctx.workdir / "provisioning"
+    workdir.mkdir(parents=True, exist_ok=True)
+    r = prov.measure(size, workdir=workdir)
+    return [
+        Figure("provisioning", "emulated_device_s", r.wall_s, "s", better="lower",
+               note=f"{size:,} B image at {r.baud:,} baud against the emulated ESP32 (pty), all steps"),
+        Figure("provisioning", "expected_real_device_s", r.formula_s, "s", better="lower",
+               note="serial transfer + ESP32 flash erase/write rates from the datasheet (docs/technician.md)"),
+    ]
 
 
 # ---------------------------------------------------------------- command
