@@ -109,26 +109,81 @@ def keygen(out: Path, force: bool) -> None:
     click.echo(keys.public_key_hex(key))
 
 
+@gateway.command("init")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("/etc/lifeline"),
+              show_default=True, help="Where gateway.toml, gateway.key and status.token go.")
+@click.option("--id", "gateway_id", default=None, help="Gateway id for a new config (default gw-<hostname>).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="state_dir for a new config (default /var/lib/lifeline).")
+@click.option("--owner", default=None, help="Daemon user owning the key, token and state dir (root only).")
+@click.option("--force", is_flag=True, help="Rewrite an existing config (the key and token are never replaced).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def init_cmd(directory: Path, gateway_id: str | None, state_dir: Path | None, owner: str | None, force: bool,
+             as_json: bool) -> None:
+    """Create a commented starter config, the signing key and the status page token (only what is missing)."""
+    from lifeline.gateway.init import InitError, init, next_steps
+
+    try:
+        r = init(directory, gateway_id=gateway_id, state_dir=state_dir, owner=owner, force=force)
+    except InitError as e:
+        _err(str(e), e.code)
+    if as_json:
+        click.echo(json.dumps(r.as_json(), sort_keys=True))
+        return
+    for path, new, what in ((r.config, r.config_written, "config"), (r.key, r.key_created, "signing key (0600)"),
+                            (r.token, r.token_created, "status page token (0600)")):
+        click.echo(f"{'created' if new else 'kept   '} {path}  {what}")
+    click.echo(f"gateway {r.gateway_id}, public key {r.public_key_hex}\n\nNext steps:")
+    for i, step in enumerate(next_steps(r, owner or "lifeline"), 1):
+        click.echo(f"  {i}. {step}")
+
+
 # ---------------------------------------------------------------------------------------------- status
 
 
-def _metrics_url(cfg: GatewayConfig) -> str:
-    host, port = cfg.metrics.listen, cfg.metrics.port
+def _addr_url(cfg: GatewayConfig, listen: str, port: int, addr_file: str, path: str) -> str:
+    host = listen
     if port == 0:
         try:
-            host, _, p = (cfg.gateway.state_dir / "metrics.addr").read_text().strip().rpartition(":")
+            host, _, p = (cfg.gateway.state_dir / addr_file).read_text().strip().rpartition(":")
             port = int(p)
         except (OSError, ValueError):
             return ""
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}/metrics"
+    return f"http://{host}:{port}{path}"
+
+
+def _metrics_url(cfg: GatewayConfig) -> str:
+    return _addr_url(cfg, cfg.metrics.listen, cfg.metrics.port, "metrics.addr", "/metrics")
+
+
+def _disk(cfg: GatewayConfig) -> dict[str, Any]:
+    import contextlib
+    import shutil
+
+    def size(path: Path) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += Path(str(path) + suffix).stat().st_size
+        return total
+
+    out: dict[str, Any] = {"buffer_bytes": size(cfg.gateway.buffer_db), "registry_bytes": size(cfg.gateway.registry_db),
+                           "quota_bytes": cfg.buffer.quota_mb * 1024 * 1024, "over_quota": False,
+                           "free_bytes": None, "total_bytes": None}
+    with contextlib.suppress(OSError):
+        u = shutil.disk_usage(cfg.gateway.state_dir)
+        out["free_bytes"], out["total_bytes"] = u.free, u.total
+    return out
 
 
 def _from_db(cfg: GatewayConfig) -> dict[str, Any]:
     path = cfg.gateway.buffer_db
     if not path.exists():
-        return {}
+        return {"disk": _disk(cfg)}
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         backlog = dict.fromkeys(("alarm", "event", "periodic"), 0)
@@ -138,49 +193,53 @@ def _from_db(cfg: GatewayConfig) -> dict[str, Any]:
         outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
         chain = conn.execute("SELECT next_seq FROM chain WHERE id=0").fetchone()
     except sqlite3.Error:
-        return {}
+        return {"disk": _disk(cfg)}
     finally:
         conn.close()
     return {"backlog": backlog, "outbox_batches": outbox, "next_seq": chain[0] if chain else 0,
-            "oldest_buffered_age_s": None if oldest is None else round(time.time() - oldest / 1000, 1)}
+            "oldest_buffered_age_s": None if oldest is None else round(time.time() - oldest / 1000, 1),
+            "disk": _disk(cfg)}
 
 
 def _summarise(parsed: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, Any]:
-    p = "lifeline_gateway_"
+    from lifeline.gateway.statusinfo import summarise
 
-    def one(name: str) -> float:
-        return sum(v for _, v in parsed.get(p + name, []))
+    return summarise(parsed)
 
-    def by(name: str, label: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for labels, v in parsed.get(p + name, []):
-            out[labels.get(label, "")] = out.get(labels.get(label, ""), 0) + v
-        return out
 
-    return {
-        "running": True,
-        "backlog": by("backlog", "priority"),
-        "outbox_batches": one("outbox_batches"),
-        "oldest_buffered_age_s": one("oldest_buffered_age_seconds"),
-        "drain_rate": one("drain_rate"),
-        "drain_eta_s": one("drain_eta_seconds"),
-        "uplink": {lab.get("endpoint", ""): lab.get("state", "") for lab, _ in parsed.get(p + "uplink_up", [])},
-        "frames_in": by("frames_in_total", "radio"),
-        "accepted": by("readings_accepted_total", "radio"),
-        "out": by("readings_out_total", "lane"),
-        "rejects": by("rejects_total", "reason"),
-        "drops": by("buffer_drops_total", "reason"),
-        "disk_bytes": by("disk_bytes", "db"),
-        "next_seq": one("next_seq"),
-        "devices": by("devices", "status"),
-    }
+def _status_page_facts(cfg: GatewayConfig) -> tuple[str, dict[str, Any]]:
+    """(state, facts) from the running daemon's status page: last alarms and devices heard. The token
+    file is readable by root and the daemon user only; others get ("no_token_access", {})."""
+    from lifeline.gateway.statuspage import StatusPageError, load_token
+
+    sp = cfg.status_page
+    if sp.token_file is None:
+        return "off", {}
+    try:
+        token = load_token(sp.token_file)
+    except StatusPageError:
+        return "no_token_access", {}
+    url = _addr_url(cfg, sp.listen, sp.port, "status.addr", "/status.json?limit=0")
+    if not url:
+        return "unreachable", {}
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=3) as resp:
+            facts = json.loads(resp.read().decode())
+    except (OSError, urllib.error.URLError, ValueError):
+        return "unreachable", {}
+    return "ok", {"last_alarms": facts.get("last_alarms", []), "devices_heard": facts.get("devices_heard")}
 
 
 @gateway.command()
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: Path, as_json: bool) -> None:
-    """Summarise a running daemon (its metrics endpoint), or the buffer on disk if it is not running."""
+    """Summarise a running daemon (its metrics endpoint), or the buffer on disk if it is not running.
+
+    Health, radios, backlog, uplink, last alarms (from the status page; needs read access to its token
+    file: run as root or the daemon user) and disk.
+    """
     from lifeline.gateway.metrics import parse_text
 
     cfg = _load(config_path)
@@ -194,6 +253,11 @@ def status(config_path: Path, as_json: bool) -> None:
     except (OSError, urllib.error.URLError, ValueError):
         summary = {"running": False, **_from_db(cfg)}
     summary["gateway_id"] = cfg.gateway.id
+    if summary["running"]:
+        state, facts = _status_page_facts(cfg)
+        summary["status_page"] = state
+        summary["last_alarms"] = facts.get("last_alarms")
+        summary["devices_heard"] = facts.get("devices_heard")
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
     else:
@@ -202,22 +266,83 @@ def status(config_path: Path, as_json: bool) -> None:
 
 
 def _print_status(s: dict[str, Any]) -> None:
-    con = Console()
-    state = "[green]running[/green]" if s["running"] else "[red]not running[/red] (figures from the buffer file)"
-    con.print(f"[bold]gateway {s['gateway_id']}[/bold]: {state}")
-    t = Table(show_header=False, box=None)
-    for key, label in (("backlog", "backlog"), ("outbox_batches", "outbox batches"),
-                       ("oldest_buffered_age_s", "oldest buffered (s)"), ("drain_rate", "drain rate (/s)"),
-                       ("drain_eta_s", "drain ETA (s)"), ("next_seq", "next batch seq"), ("uplink", "uplink"),
-                       ("frames_in", "frames in"), ("accepted", "accepted"), ("out", "out (PUBACKed)"),
-                       ("rejects", "rejects"), ("drops", "drops"), ("disk_bytes", "disk bytes"),
-                       ("devices", "devices")):
-        if key in s:
-            v = s[key]
-            if isinstance(v, dict):
-                v = ", ".join(f"{k}={int(x) if isinstance(x, float) and x.is_integer() else x}"
-                              for k, x in v.items()) or "-"
-            t.add_row(label, str(v))
+    from lifeline.gateway.statusinfo import age_text, size_text
+
+    def n(v: Any) -> str:
+        return f"{int(v):,}" if isinstance(v, int | float) and float(v).is_integer() else str(v)
+
+    def joined(d: dict[str, Any]) -> str:
+        return " · ".join(f"{k} {n(v)}" for k, v in d.items() if v) or "-"
+
+    con = Console(highlight=False)
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column()
+    if not s["running"]:
+        con.print(f"[bold]gateway {s['gateway_id']}[/bold]  [red]● not running[/red] (figures from the buffer file)")
+    else:
+        health = s.get("health", {})
+        stale = health.get("stale_stages", [])
+        hl = "[green]ok[/green]" if not stale else f"[red]STALLED: {', '.join(stale)}[/red]"
+        up = s.get("uplink", {})
+        ul = ("[green]connected[/green]" if s.get("uplink_connected") else "[yellow]down, buffering[/yellow]") \
+            if up else "[yellow]none configured, buffering[/yellow]"
+        con.print(f"[bold]gateway {s['gateway_id']}[/bold]  [green]● running[/green]  health {hl}  uplink {ul}")
+        stages = health.get("stages", {})
+        t.add_row("health", f"{len(stages) - len(stale)}/{len(stages)} stages beating" + (
+            "" if not stale else " · " + ", ".join(f"{k} {age_text(stages[k])} ago" for k in stale)))
+        radios = s.get("radios", {})
+        for i, (name, r) in enumerate(sorted(radios.items())):
+            t.add_row("radios" if i == 0 else "", f"{name}: {n(r['frames_in'])} frames · {n(r['accepted'])} accepted"
+                      f" · {n(r['duplicates'])} dupes · {n(r['rejected'])} rejected  [dim]"
+                      f"{', '.join(sorted(r['adapters']))}[/dim]")
+        if not radios:
+            t.add_row("radios", "no frames yet")
+    b = s.get("backlog") or {}
+    if b or "outbox_batches" in s:
+        bl = f"{n(b.get('alarm', 0))} alarm · {n(b.get('event', 0))} event · {n(b.get('periodic', 0))} periodic"
+        bl += f" · outbox {n(s.get('outbox_batches', 0))}"
+        if any(b.values()):
+            bl += f" · oldest {age_text(s.get('oldest_buffered_age_s'))}"
+        if s["running"]:
+            eta = s.get("drain_eta_s")
+            bl += f" · drain {n(s.get('drain_rate', 0))}/s" + (", not draining" if eta == -1 else
+                                                                 f", ETA {age_text(eta)}" if eta else "")
+        t.add_row("backlog", bl)
+    if s["running"]:
+        up = s.get("uplink", {})
+        t.add_row("uplink", " · ".join(f"{k} [{'green' if v == 'connected' else 'yellow'}]{v}[/]"
+                                       for k, v in sorted(up.items())) or "no endpoints (buffering only)")
+        t.add_row("out", joined(s.get("out", {})) + " (PUBACKed)")
+        alarms = s.get("last_alarms")
+        last_age = s.get("last_alarm_age_s")
+        if alarms:
+            a = alarms[0]
+            more = f"; {len(alarms) - 1} more" if len(alarms) > 1 else ""
+            rssi = f", {a['rssi']} dBm" if a.get("rssi") is not None else ""
+            t.add_row("alarms", f"[red]last {age_text(a['age_s'])} ago[/red]: {a['device_id']} {a['kind']}"
+                      f"{' (test)' if a.get('test') else ''} ({a['adapter']}{rssi}){more}")
+        elif last_age is not None:
+            t.add_row("alarms", f"last {age_text(last_age)} ago [dim](details: status page token needed)[/dim]")
+        else:
+            t.add_row("alarms", "none since start")
+    d = s.get("disk") or {}
+    if d:
+        dl = f"buffer {size_text(d.get('buffer_bytes'))} / {size_text(d.get('quota_bytes'))} quota"
+        if d.get("over_quota"):
+            dl += " [red]OVER QUOTA[/red]"
+        dl += f" · registry {size_text(d.get('registry_bytes'))}"
+        if d.get("free_bytes") is not None:
+            dl += f" · free {size_text(d['free_bytes'])} of {size_text(d.get('total_bytes'))}"
+        t.add_row("disk", dl)
+    if s["running"]:
+        heard = s.get("devices_heard")
+        t.add_row("devices", joined(s.get("devices", {})) + (f" · {n(heard)} heard since start"
+                                                             if heard is not None else ""))
+        t.add_row("rejects", joined(s.get("rejects", {})))
+        t.add_row("drops", joined(s.get("drops", {})))
+    if "next_seq" in s:
+        t.add_row("next seq", n(s["next_seq"]))
     con.print(t)
 
 

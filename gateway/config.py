@@ -106,6 +106,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusPageConfig:
+    listen: str
+    port: int  # 0 = pick a free port (written to <state_dir>/status.addr)
+    token_file: Path | None  # bearer token (file 0600); None = no status page
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineConfig:
     queue_batches: int  # bounded queues between stages, in batches
     batch_max: int  # frames per internal batch
@@ -131,6 +138,7 @@ class GatewayConfig:
     metrics: MetricsConfig
     pipeline: PipelineConfig
     ingress: tuple[IngressSpec, ...]
+    status_page: StatusPageConfig = StatusPageConfig("127.0.0.1", 9110, None)
 
 
 class _Table:
@@ -335,6 +343,11 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
     )
     p.done()
 
+    sp = top.table("status_page")
+    status_page = StatusPageConfig(listen=sp.text("listen", "127.0.0.1"), port=sp.integer("port", 9110, lo=0, hi=65535),
+                                   token_file=sp.pathname("token_file", None))
+    sp.done()
+
     known = _known_adapter_types()
     specs: list[IngressSpec] = []
     for t in top.tables("ingress"):
@@ -347,7 +360,8 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
 
     top.done()
     return GatewayConfig(source=file, gateway=gw, buffer=buf, dedupe=dd, forwarder=fw, uplink=up,
-                         downlinks=down, metrics=met, pipeline=pipe, ingress=tuple(specs))
+                         downlinks=down, metrics=met, pipeline=pipe, ingress=tuple(specs),
+                         status_page=status_page)
 
 
 def load(path: str | Path = DEFAULT_PATH) -> GatewayConfig:

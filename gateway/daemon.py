@@ -22,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lifeline.gateway import log as logmod
+from lifeline.gateway import statusinfo, statuspage
 from lifeline.gateway.buffer import Buffer, BufferError
 from lifeline.gateway.clock import Clock, SystemClock
 from lifeline.gateway.commit import CommitStage
@@ -119,6 +120,8 @@ class Gateway:
         self.failed = asyncio.Event()
         self.oldest_pending_rx: int | None = None
         self.metrics_address: tuple[str, int] | None = None
+        self.seen = statusinfo.Seen(self.clock.now_ms())  # per-device last reception, last alarms (status page)
+        self._status_server: statuspage.StatusServer | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._registry: Registry | None = None
         self._db: StateDB | None = None
@@ -181,7 +184,7 @@ class Gateway:
             allocate_id=self.buffer.allocate_id, rules=self.rules, stats=self.stats,
             queue_max=cfg.pipeline.queue_batches * cfg.pipeline.batch_max, batch_max=cfg.pipeline.batch_max,
             now_ms=self.clock.now_ms)
-        self.commit_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
+        self.commit_q: asyncio.Queue[Any] = statusinfo.ObservedQueue(self.seen.observe, cfg.pipeline.queue_batches)
         self.plan_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
         self.commit_stage = CommitStage(db=self.db, buffer=self.buffer, replay=self.replay, commands=self.commands,
                                         clock=self.clock, stats=self.stats,
@@ -213,6 +216,10 @@ class Gateway:
                 self._metrics_server.write_address(cfg.gateway.state_dir / "metrics.addr")
             except OSError as e:
                 raise StartupError(f"metrics port {cfg.metrics.listen}:{cfg.metrics.port}: {e.strerror}") from None
+            try:
+                self._status_server = await statuspage.start(self)
+            except statuspage.StatusPageError as e:
+                raise StartupError(str(e)) from None
         await self._start_adapters()
         _log.info("started", gateway=cfg.gateway.id, devices=len(self.devices), adapters=len(self.adapters),
                   pending=sum(self.buffer.pending), outbox=self.buffer.outbox_count, next_seq=self.forwarder.next_seq)
@@ -369,6 +376,8 @@ class Gateway:
                 await asyncio.wait_for(self._publisher.close(), timeout_s)
         if self._metrics_server is not None:
             await self._metrics_server.close()
+        if self._status_server is not None:
+            await self._status_server.close()
         if self._db is not None:
             self._db.close()
         if self._registry is not None:
@@ -415,6 +424,7 @@ class Gateway:
                 lambda: [((n,), round(a, 3)) for n, a in sorted(self.heartbeats.ages().items())], ("stage",))
         m.gauge("adapter_counter", "Counters reported by ingress adapters.", lambda: self._adapter_counters(),
                 ("adapter", "counter"))
+        statusinfo.register_gauges(self)
         m.gauge("commands_open", "Platform commands waiting for a receive window.",
                 lambda: [((), sum(self.commands.open_by_device.values()))])
 
