@@ -241,6 +241,7 @@ class VirtualNode:
         self.duplicate_via: str | None = None
         self.wakes = 0
         self.crashes = 0
+        self.resets: list[tuple[float, int]] = []  # (virtual ms, reset cause) injected by faults
         self.last_node: fw_node.Node | None = None
 
 
@@ -482,6 +483,7 @@ class Fleet:
             return
         if power_loss:
             v.hal.power_loss(0)
+        v.resets.append((self.now_ms, cause))
         v.clock.ms = max(v.clock.ms, int(self.now_ms))
         self._schedule_wake(v, self.now_ms + off_ms, "power", cause)
 

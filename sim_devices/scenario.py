@@ -158,6 +158,7 @@ def load(source: str | Path, *, nodes: int | None = None, seed: int | None = Non
             if r not in RADIOS:
                 raise ScenarioError(f"{where}.radio: {r!r} is not one of {', '.join(RADIOS)}")
         count = int(g.get("count", 1))
+        width = max(2, len(str(count)))  # names as the file counts them, whatever the scaling
         keep = int(g.get("min_count", 1))
         if nodes is not None and total:
             count = max(keep, round(count * nodes / total))
@@ -165,7 +166,6 @@ def load(source: str | Path, *, nodes: int | None = None, seed: int | None = Non
         heartbeat = int(seconds(g.get("heartbeat", "1d"), f"{where}.heartbeat"))
         layout = g.get("layout", {})
         model = {k: float(v) for k, v in g.get("model", {}).items()}
-        width = max(2, len(str(count)))
         names = []
         for i in range(count):
             x, y, unit = _layout(layout, i, where)

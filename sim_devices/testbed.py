@@ -102,6 +102,8 @@ class Testbed:
         # the modem exists before the gateway opens it; the forwarder needs the gateway's UDP port
         await self.links.start_serial()
         ble_port = await self.links.start_ble() if self.ble else None
+        if not self.ble:
+            self.fleet.ble_delivery = lambda v, payload: False  # no BLE radio at this gateway
         cfg_path = wd / "gateway.toml"
         cfg_path.write_text(gateway_toml(state, modem=modem_path, udp_port=udp_port, node_broker=self.node_broker,
                                          platform=self.platform, ble_port=ble_port), encoding="utf-8")
