@@ -89,33 +89,30 @@ class Frame:
 
 def validate_fields(kind: int, fields: object) -> dict:  # type: ignore[type-arg]
     """Check a body against the registry; return it as a dict or raise FrameError."""
-    k = schema.KINDS.get(kind)
+    k = schema.info(kind)
     if k is None:
         raise FrameError("unknown_kind", str(kind))
     if not isinstance(fields, dict):
         raise FrameError("bad_type", "body is not a map")
-    specs = k[3]
+    packed = k[2]
     for key, value in fields.items():
-        spec = None
-        for f in specs:
-            if f[0] == key:
-                spec = f
-                break
-        if spec is None:
-            raise FrameError("unknown_field", "%s has no field %r" % (k[0], key))
-        if spec[6] == schema.T_BYTES:
+        off = schema.spec(packed, key) if isinstance(key, int) else -1
+        if off < 0:
+            raise FrameError("unknown_field", "kind %d has no field %r" % (kind, key))
+        if packed[off + 1] & 1:
             if not isinstance(value, bytes):
-                raise FrameError("bad_type", spec[1])
+                raise FrameError("bad_type", "field %d" % key)
             n = len(value)
         else:
             if not isinstance(value, int) or isinstance(value, bool):
-                raise FrameError("bad_type", spec[1])
+                raise FrameError("bad_type", "field %d" % key)
             n = value
-        if n < spec[4] or n > spec[5]:
-            raise FrameError("out_of_range", spec[1])
-    for f in specs:
-        if f[7] and f[0] not in fields:
-            raise FrameError("missing_field", f[1])
+        lo, hi = schema.lo_hi(packed, off)
+        if n < lo or n > hi:
+            raise FrameError("out_of_range", "field %d" % key)
+    for off in range(0, len(packed), 12):
+        if packed[off + 1] & 2 and packed[off] not in fields:
+            raise FrameError("missing_field", "field %d" % packed[off])
     return fields
 
 
@@ -127,7 +124,7 @@ def _check_u32(name: str, v: int) -> None:
 def encode(keys: Keys, dev_id: bytes, fcnt: int, time: int, kind: int, fields: dict,  # type: ignore[type-arg]
            flags: int = 0) -> bytes:
     """Build a protected frame. Sets FLAG_ENC for sensitive/core kinds. Raises FrameError."""
-    k = schema.KINDS.get(kind)
+    k = schema.info(kind)
     if k is None:
         raise FrameError("unknown_kind", str(kind))
     if flags & _FLAGS_RESERVED or flags > 0xFF or flags < 0:
@@ -140,7 +137,7 @@ def encode(keys: Keys, dev_id: bytes, fcnt: int, time: int, kind: int, fields: d
     _check_u32("fcnt", fcnt)
     _check_u32("time", time)
     validate_fields(kind, fields)
-    if k[1] >= schema.SENSITIVE:
+    if k[0] >= schema.SENSITIVE:
         flags |= FLAG_ENC
     body = cbor.dumps(fields)
     if flags & FLAG_ENC:
@@ -186,11 +183,11 @@ def check_direction(header: Header, downlink: bool) -> None:
 
 def check_policy(header: Header, downlink: bool) -> None:
     """Kind and confidentiality checks after the MIC verified (so forgers learn nothing from them)."""
-    k = schema.KINDS.get(header.kind)
+    k = schema.info(header.kind)
     if k is None or schema.is_downlink_kind(header.kind) != downlink:
         raise FrameError("unknown_kind", str(header.kind))
-    if k[1] >= schema.SENSITIVE and not header.encrypted:
-        raise FrameError("not_encrypted", k[0])
+    if k[0] >= schema.SENSITIVE and not header.encrypted:
+        raise FrameError("not_encrypted", "kind %d" % header.kind)
 
 
 def decode_body(header: Header, body: bytes) -> Frame:
@@ -220,15 +217,15 @@ def decode(data: bytes, keys: Keys, downlink: bool = False) -> Frame:
         raise FrameError("bad_cbor", "unexpected " + type(e).__name__) from None
 
 
-def _longest(spec: tuple) -> object:  # type: ignore[type-arg]
-    if spec[6] == schema.T_BYTES:
-        return bytes(spec[5])
-    lo = spec[4]
-    hi = spec[5]
-    # the wire length of a CBOR int grows with its magnitude: the longer of the two ends
-    return lo if len(cbor.dumps(lo)) > len(cbor.dumps(hi)) else hi
-
-
 def max_fields(kind: int) -> dict:  # type: ignore[type-arg]
     """Every field of ``kind`` at the value whose encoding is longest (for the size budget)."""
-    return {f[0]: _longest(f) for f in schema.KINDS[kind][3]}
+    packed = schema.info(kind)[2]  # type: ignore[index]
+    out = {}
+    for off in range(0, len(packed), 12):
+        lo, hi = schema.lo_hi(packed, off)
+        if packed[off + 1] & 1:
+            out[packed[off]] = bytes(hi)
+        else:
+            # the wire length of a CBOR int grows with its magnitude: the longer of the two ends
+            out[packed[off]] = lo if len(cbor.dumps(lo)) > len(cbor.dumps(hi)) else hi
+    return out

@@ -1,15 +1,10 @@
-# Lifeline schema registry: the one table of report kinds, command kinds and their fields.
-# MicroPython subset: no typing imports, no dataclasses, plain tuples.
+# Lifeline schema registry, device side. MicroPython subset.
 #
-# A field is (key, name, unit, scale, lo, hi, vtype, required):
-#   key      CBOR map key on the wire (1..23, so every key costs one byte)
-#   name     human name, used only in docs and JSON rendering
-#   unit     physical unit of the *scaled* value ("" for enums, counts and flags)
-#   scale    wire integer = physical value * scale (e.g. 0.1 degC -> scale 10)
-#   lo, hi   inclusive range of the wire integer
-#   vtype    T_INT (CBOR integer) or T_BYTES (CBOR byte string; lo/hi bound its length)
-#   required the decoder rejects a body without it (missing_field)
-# A kind is (name, data_class, priority, fields).
+# The human table (names, units, scales, ranges) is protocols/schema_table.py, which nodes never load.
+# A node carries the same registry packed into bytes (_PACKED, generated from that table by
+# `python -m lifeline.tools.gen_docs`; a test keeps them equal), which costs about a tenth of the RAM.
+# On CPython this module also re-exports the table (KINDS, ENUMS, kind(), field(), ...), so gateway and
+# tools code reads the full registry from here.
 
 try:
     from micropython import const  # type: ignore[import-not-found, unused-ignore]
@@ -23,13 +18,11 @@ PUBLIC = const(0)
 INTERNAL = const(1)
 SENSITIVE = const(2)
 CORE = const(3)
-CLASS_NAMES = ("public", "internal", "sensitive", "core")
 
 # Gateway buffer priority of a kind (a smoke report in alarm state is raised to ALARM by the gateway).
 P_ALARM = const(0)
 P_EVENT = const(1)
 P_PERIODIC = const(2)
-PRIORITY_NAMES = ("alarm", "event", "periodic")
 
 T_INT = const(0)
 T_BYTES = const(1)
@@ -37,7 +30,6 @@ T_BYTES = const(1)
 U32 = 4294967295
 I32_LO = -2147483648
 I32_HI = 2147483647
-BATTERY = (15, "battery", "mV", 1, 0, 4500, T_INT, False)
 
 # Uplink report kinds (1..63)
 K_SMOKE = const(1)
@@ -59,143 +51,127 @@ C_MAINTENANCE = const(67)
 C_OTA_BEGIN = const(68)
 C_OTA_CHUNK = const(69)
 
-METER_FLAGS = ("leak", "reverse_flow", "tamper", "low_battery", "valve_closed")
-
-KINDS = {
-    K_SMOKE: ("smoke", SENSITIVE, P_PERIODIC, (
-        (1, "alarm_state", "", 1, 0, 3, T_INT, True),       # 0 normal, 1 pre-alarm, 2 alarm, 3 hushed
-        (2, "obscuration", "%/m", 100, 0, 2000, T_INT, False),
-        (3, "chamber", "", 1, 0, 3, T_INT, False),          # 0 ok, 1 fault, 2 drift, 3 dirty
-        (4, "self_test", "", 1, 0, 2, T_INT, False),        # 0 none, 1 pass, 2 fail
-        (5, "temperature", "degC", 10, -400, 1250, T_INT, False),
-        BATTERY,
-    )),
-    K_TILT: ("manhole_tilt", INTERNAL, P_PERIODIC, (
-        (1, "angle", "deg", 10, 0, 1800, T_INT, True),      # from the installed baseline
-        (2, "cover_state", "", 1, 0, 3, T_INT, True),       # 0 closed, 1 open, 2 displaced, 3 flooded
-        (3, "motion_count", "", 1, 0, 65535, T_INT, False),
-        (5, "temperature", "degC", 10, -400, 1250, T_INT, False),
-        BATTERY,
-    )),
-    K_WATER_LEVEL: ("water_level", PUBLIC, P_PERIODIC, (
-        (1, "level", "mm", 1, 0, 20000, T_INT, True),
-        (2, "rate", "mm/h", 1, -20000, 20000, T_INT, False),
-        (3, "sensor_fault", "", 1, 0, 3, T_INT, False),     # 0 ok, 1 blocked, 2 no echo, 3 out of range
-        BATTERY,
-    )),
-    K_WATER_METER: ("water_meter", SENSITIVE, P_PERIODIC, (
-        (1, "index", "L", 1, 0, U32, T_INT, True),          # cumulative, 1 L = 0.001 m3
-        (2, "flow", "L/h", 1, 0, 100000, T_INT, False),
-        (3, "flags", "", 1, 0, 31, T_INT, False),           # bits: METER_FLAGS
-        BATTERY,
-    )),
-    K_GAS_METER: ("gas_meter", SENSITIVE, P_PERIODIC, (
-        (1, "index", "L", 1, 0, U32, T_INT, True),          # cumulative, 1 L = 0.001 m3
-        (2, "flow", "L/h", 1, 0, 100000, T_INT, False),
-        (3, "flags", "", 1, 0, 31, T_INT, False),
-        BATTERY,
-    )),
-    K_ELECTRICITY_METER: ("electricity_meter", SENSITIVE, P_PERIODIC, (
-        (1, "index", "Wh", 1, 0, U32, T_INT, True),         # cumulative import, 1 Wh = 0.001 kWh
-        (2, "power", "W", 1, -100000, 100000, T_INT, False),  # negative = export / reverse
-        (3, "flags", "", 1, 0, 31, T_INT, False),
-        (4, "voltage", "V", 10, 0, 3000, T_INT, False),
-    )),
-    K_HEARTBEAT: ("heartbeat", INTERNAL, P_PERIODIC, (
-        (1, "uptime", "h", 1, 0, 65535, T_INT, True),
-        (2, "reset_cause", "", 1, 0, 7, T_INT, False),      # RESET_CAUSES
-        (3, "firmware", "", 1, 0, 65535, T_INT, False),     # build number
-        (4, "rssi", "dBm", 1, -150, 0, T_INT, False),       # of the last downlink heard
-        (5, "snr", "dB", 1, -30, 30, T_INT, False),
-        (6, "queue_depth", "", 1, 0, 255, T_INT, False),
-        BATTERY,
-    )),
-    K_FAULT: ("fault", INTERNAL, P_EVENT, (
-        (1, "code", "", 1, 0, 255, T_INT, True),            # FAULT_CODES
-        (2, "detail", "", 1, 0, 65535, T_INT, False),
-        BATTERY,
-    )),
-    K_ALARM_RAISED: ("alarm_raised", CORE, P_ALARM, (
-        (1, "alarm_id", "", 1, 0, 65535, T_INT, True),
-        (2, "cause", "", 1, 0, 15, T_INT, True),            # ALARM_CAUSES
-        (3, "value", "", 1, I32_LO, I32_HI, T_INT, False),  # triggering reading, in its field's scale
-    )),
-    K_ALARM_CLEARED: ("alarm_cleared", CORE, P_ALARM, (
-        (1, "alarm_id", "", 1, 0, 65535, T_INT, True),
-        (2, "cause", "", 1, 0, 15, T_INT, True),
-        (3, "value", "", 1, I32_LO, I32_HI, T_INT, False),
-    )),
-    # ---- downlink commands ----
-    C_ACK: ("ack", INTERNAL, P_EVENT, (
-        (1, "acked_fcnt", "", 1, 0, U32, T_INT, True),
-        (2, "alarm_id", "", 1, 0, 65535, T_INT, False),
-        (3, "alarm_state", "", 1, 0, 3, T_INT, False),      # 0 received by gateway, 1 platform ack, 2 handled, 3 closed
-    )),
-    C_CONFIG: ("config", INTERNAL, P_EVENT, (
-        (1, "config_version", "", 1, 0, 65535, T_INT, True),
-        (2, "interval", "s", 1, 10, 65535, T_INT, False),
-        (3, "threshold_high", "", 1, 0, 65535, T_INT, False),  # main field's scale
-        (4, "threshold_low", "", 1, 0, 65535, T_INT, False),   # clear level (hysteresis)
-        (5, "heartbeat", "min", 1, 1, 10080, T_INT, False),
-        (6, "confirm_count", "", 1, 1, 10, T_INT, False),
-    )),
-    C_TIME_SYNC: ("time_sync", INTERNAL, P_EVENT, (
-        (1, "time", "s", 1, 0, U32, T_INT, True),           # Lifeline epoch seconds
-    )),
-    C_MAINTENANCE: ("maintenance", INTERNAL, P_EVENT, (
-        (1, "duration", "s", 1, 0, 7200, T_INT, True),      # stay awake this long
-        (2, "reason", "", 1, 0, 3, T_INT, False),           # 0 service, 1 ota, 2 diagnostics
-    )),
-    C_OTA_BEGIN: ("ota_begin", INTERNAL, P_EVENT, (
-        (1, "version", "", 1, 0, 65535, T_INT, True),
-        (2, "size", "B", 1, 1, 1048576, T_INT, True),
-        (3, "chunks", "", 1, 1, 65536, T_INT, True),
-    )),
-    C_OTA_CHUNK: ("ota_chunk", INTERNAL, P_EVENT, (
-        (1, "index", "", 1, 0, 65535, T_INT, True),
-        (2, "data", "B", 1, 1, 16, T_BYTES, True),          # lo/hi bound the length
-    )),
-}
-
 RESET_CAUSES = ("power_on", "hard", "watchdog", "deep_sleep", "soft", "brownout", "panic", "unknown")
-FAULT_CODES = {1: "sensor", 2: "radio", 3: "storage", 4: "low_battery", 5: "config", 6: "boot_loop",
-               7: "ota_rollback", 8: "clock"}
-ALARM_CAUSES = ("smoke", "cover_open", "cover_displaced", "flood", "leak", "reverse_flow", "tamper",
-                "heat", "test")
 
-ENUMS = {
-    "alarm_state": ("normal", "pre_alarm", "alarm", "hushed"),
-    "chamber": ("ok", "fault", "drift", "dirty"),
-    "self_test": ("none", "pass", "fail"),
-    "cover_state": ("closed", "open", "displaced", "flooded"),
-    "sensor_fault": ("ok", "blocked", "no_echo", "out_of_range"),
-    "reset_cause": RESET_CAUSES,
-    "cause": ALARM_CAUSES,
-    "reason": ("service", "ota", "diagnostics", "other"),
+# packed:begin (generated from schema_table.KINDS by `python -m lifeline.tools.gen_docs`; do not edit)
+_PACKED = {
+    1: (2, 2,  # smoke
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\x00\x03'  # alarm_state
+        b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x00\x07\xd0'  # obscuration
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x03'  # chamber
+        b'\x04\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x02'  # self_test
+        b'\x05\x00\x7f\xff\xff\xfep\x80\x00\x00\x04\xe2'  # temperature
+        b'\x0f\x00\x80\x00\x00\x00\x00\x80\x00\x00\x11\x94'),  # battery
+    2: (1, 2,  # manhole_tilt
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\x07\x08'  # angle
+        b'\x02\x02\x80\x00\x00\x00\x00\x80\x00\x00\x00\x03'  # cover_state
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # motion_count
+        b'\x05\x00\x7f\xff\xff\xfep\x80\x00\x00\x04\xe2'  # temperature
+        b'\x0f\x00\x80\x00\x00\x00\x00\x80\x00\x00\x11\x94'),  # battery
+    3: (0, 2,  # water_level
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00N '  # level
+        b'\x02\x00\x7f\xff\xff\xb1\xe0\x80\x00\x00N '  # rate
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x03'  # sensor_fault
+        b'\x0f\x00\x80\x00\x00\x00\x00\x80\x00\x00\x11\x94'),  # battery
+    4: (2, 2,  # water_meter
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\xff\xff\xff\xff'  # index
+        b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x01\x86\xa0'  # flow
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x1f'  # flags
+        b'\x0f\x00\x80\x00\x00\x00\x00\x80\x00\x00\x11\x94'),  # battery
+    5: (2, 2,  # gas_meter
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\xff\xff\xff\xff'  # index
+        b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x01\x86\xa0'  # flow
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x1f'  # flags
+        b'\x0f\x00\x80\x00\x00\x00\x00\x80\x00\x00\x11\x94'),  # battery
+    6: (2, 2,  # electricity_meter
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\xff\xff\xff\xff'  # index
+        b'\x02\x00\x7f\xff\xfey`\x80\x00\x01\x86\xa0'  # power
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x1f'  # flags
+        b'\x04\x00\x80\x00\x00\x00\x00\x80\x00\x00\x0b\xb8'),  # voltage
+    7: (1, 2,  # heartbeat
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # uptime
+        b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x07'  # reset_cause
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # firmware
+        b'\x04\x00\x7f\xff\xff\xffj\x80\x00\x00\x00\x00'  # rssi
+        b'\x05\x00\x7f\xff\xff\xff\xe2\x80\x00\x00\x00\x1e'  # snr
+        b'\x06\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\xff'  # queue_depth
+        b'\x0f\x00\x80\x00\x00\x00\x00\x80\x00\x00\x11\x94'),  # battery
+    8: (1, 1,  # fault
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\x00\xff'  # code
+        b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # detail
+        b'\x0f\x00\x80\x00\x00\x00\x00\x80\x00\x00\x11\x94'),  # battery
+    9: (3, 0,  # alarm_raised
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # alarm_id
+        b'\x02\x02\x80\x00\x00\x00\x00\x80\x00\x00\x00\x0f'  # cause
+        b'\x03\x00\x7f\x80\x00\x00\x00\x80\x7f\xff\xff\xff'),  # value
+    10: (3, 0,  # alarm_cleared
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # alarm_id
+        b'\x02\x02\x80\x00\x00\x00\x00\x80\x00\x00\x00\x0f'  # cause
+        b'\x03\x00\x7f\x80\x00\x00\x00\x80\x7f\xff\xff\xff'),  # value
+    64: (1, 1,  # ack
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\xff\xff\xff\xff'  # acked_fcnt
+        b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # alarm_id
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x03'),  # alarm_state
+    65: (1, 1,  # config
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # config_version
+        b'\x02\x00\x80\x00\x00\x00\n\x80\x00\x00\xff\xff'  # interval
+        b'\x03\x00\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # threshold_high
+        b'\x04\x00\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # threshold_low
+        b"\x05\x00\x80\x00\x00\x00\x01\x80\x00\x00'`"  # heartbeat
+        b'\x06\x00\x80\x00\x00\x00\x01\x80\x00\x00\x00\n'),  # confirm_count
+    66: (1, 1,  # time_sync
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\xff\xff\xff\xff'),  # time
+    67: (1, 1,  # maintenance
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\x1c '  # duration
+        b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x00\x00\x03'),  # reason
+    68: (1, 1,  # ota_begin
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # version
+        b'\x02\x02\x80\x00\x00\x00\x01\x80\x00\x10\x00\x00'  # size
+        b'\x03\x02\x80\x00\x00\x00\x01\x80\x00\x01\x00\x00'),  # chunks
+    69: (1, 1,  # ota_chunk
+        b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # index
+        b'\x02\x03\x80\x00\x00\x00\x01\x80\x00\x00\x00\x10'),  # data
 }
+# packed:end
 
-
-def kind(kind_id: int) -> tuple | None:  # type: ignore[type-arg]
-    """Return the kind tuple or None."""
-    return KINDS.get(kind_id)
+_BIAS = 1 << 39
 
 
 def is_downlink_kind(kind_id: int) -> bool:
     return 64 <= kind_id <= 127
 
 
-def field(kind_id: int, key: int) -> tuple | None:  # type: ignore[type-arg]
-    k = KINDS.get(kind_id)
-    if k is None:
-        return None
-    for f in k[3]:
-        if f[0] == key:
-            return f
-    return None
+def info(kind_id: int) -> tuple | None:  # type: ignore[type-arg]
+    """(data class, priority, packed fields) of a kind, or None if the registry has no such kind."""
+    return _PACKED.get(kind_id)
 
 
-def kind_id_by_name(name: str) -> int | None:
-    for kid, k in KINDS.items():
-        if k[0] == name:
-            return int(kid)
-    return None
+def spec(packed: bytes, key: int) -> int:
+    """Offset of field ``key`` in a kind's packed fields, or -1."""
+    for off in range(0, len(packed), 12):
+        if packed[off] == key:
+            return off
+    return -1
+
+
+def lo_hi(packed: bytes, off: int) -> tuple:  # type: ignore[type-arg]
+    return (int.from_bytes(packed[off + 2 : off + 7], "big") - _BIAS,
+            int.from_bytes(packed[off + 7 : off + 12], "big") - _BIAS)
+
+
+try:  # CPython: the human table as well (nodes do not carry it)
+    from . import schema_table as _table
+except ImportError:
+    _table = None  # type: ignore[assignment]
+if _table is not None:
+    ALARM_CAUSES = _table.ALARM_CAUSES
+    BATTERY = _table.BATTERY
+    CLASS_NAMES = _table.CLASS_NAMES
+    ENUMS = _table.ENUMS
+    FAULT_CODES = _table.FAULT_CODES
+    KINDS = _table.KINDS
+    METER_FLAGS = _table.METER_FLAGS
+    PRIORITY_NAMES = _table.PRIORITY_NAMES
+    field = _table.field
+    kind = _table.kind
+    kind_id_by_name = _table.kind_id_by_name

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from lifeline.protocols import render
+from lifeline.protocols import render, schema_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "protocol.md"
@@ -26,8 +26,20 @@ def example() -> str:
     return "\n".join(lines) + "\n"
 
 
+SCHEMA = ROOT / "protocols" / "schema.py"
+PACKED_BEGIN = ("# packed:begin (generated from schema_table.KINDS by `python -m lifeline.tools.gen_docs`;"
+                " do not edit)\n")
+PACKED_END = "# packed:end"
+
+
 def blocks() -> dict[str, str]:
     return {"registry": render.registry_markdown() + "\n", "example": example()}
+
+
+def packed_block(text: str) -> str | None:
+    if PACKED_BEGIN not in text:
+        return None
+    return text.split(PACKED_BEGIN, 1)[1].split(PACKED_END, 1)[0]
 
 
 def block(text: str, name: str) -> str | None:
@@ -43,6 +55,10 @@ def main() -> None:
         _, _, tail = rest.partition(end)
         text = head + start + content + end + tail
     DOC.write_text(text)
+    src = SCHEMA.read_text()
+    head, _, rest = src.partition(PACKED_BEGIN)
+    _, _, tail = rest.partition(PACKED_END)
+    SCHEMA.write_text(head + PACKED_BEGIN + schema_table.packed_source() + PACKED_END + tail)
 
 
 if __name__ == "__main__":

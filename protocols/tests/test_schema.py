@@ -40,3 +40,32 @@ def test_personal_data_is_classified_sensitive_or_core() -> None:
     for kind in (schema.K_SMOKE, schema.K_WATER_METER, schema.K_GAS_METER, schema.K_ELECTRICITY_METER,
                  schema.K_ALARM_RAISED):
         assert schema.KINDS[kind][1] >= schema.SENSITIVE
+
+
+def test_packed_device_registry_is_generated_from_the_table() -> None:
+    from lifeline.protocols import schema_table
+    from lifeline.tools import gen_docs
+
+    assert schema_table.packed() == schema._PACKED, "run: python -m lifeline.tools.gen_docs"
+    assert gen_docs.packed_block(gen_docs.SCHEMA.read_text()) == schema_table.packed_source()
+
+
+def test_table_constants_match_the_device_constants() -> None:
+    from lifeline.protocols import schema_table
+
+    for name in ("PUBLIC", "INTERNAL", "SENSITIVE", "CORE", "P_ALARM", "P_EVENT", "P_PERIODIC", "T_INT", "T_BYTES",
+                 "K_SMOKE", "K_TILT", "K_WATER_LEVEL", "K_WATER_METER", "K_GAS_METER", "K_ELECTRICITY_METER",
+                 "K_HEARTBEAT", "K_FAULT", "K_ALARM_RAISED", "K_ALARM_CLEARED", "C_ACK", "C_CONFIG", "C_TIME_SYNC",
+                 "C_MAINTENANCE", "C_OTA_BEGIN", "C_OTA_CHUNK", "U32", "I32_LO", "I32_HI", "RESET_CAUSES"):
+        assert getattr(schema_table, name) == getattr(schema, name), name
+
+
+def test_packed_accessors_agree_with_the_table() -> None:
+    for kind_id, (_name, data_class, priority, fields) in schema.KINDS.items():
+        info = schema.info(kind_id)
+        assert info is not None and info[:2] == (data_class, priority)
+        for f in fields:
+            off = schema.spec(info[2], f[0])
+            assert off >= 0 and schema.lo_hi(info[2], off) == (f[4], f[5])
+        assert schema.spec(info[2], 99) == -1
+    assert schema.info(42) is None
