@@ -120,7 +120,7 @@ SECTIONS: tuple[Section, ...] = (
     ), array=True),
 )
 # adapter options for the [[ingress]] example: docs/radios.md (LoRa), docs/ble.md, protocol.md 7.3 (NB-IoT)
-INGRESS_OPTIONS_EXAMPLE: Mapping[str, Any] = {"port": 1700}
+INGRESS_OPTIONS_EXAMPLE: Mapping[str, tuple[Any, str]] = {"port": (1700, "lora-udp: UDP port for the packet forwarder")}
 
 
 def _toml_value(v: Any) -> str:
@@ -166,6 +166,9 @@ def defaults() -> dict[str, dict[str, Any]]:
             continue
         obj = objects[sec.name]
         out[sec.name] = {k.name: getattr(obj, k.name) for k in sec.keys}
+        for k in sec.keys:  # as the default is written: relative to state_dir
+            if k.relative:
+                out[sec.name][k.name] = out[sec.name][k.name].relative_to(cfg.gateway.state_dir)
     return out
 
 
@@ -212,8 +215,8 @@ def render(values: Mapping[str, Mapping[str, Any]] | None = None, *, header: Seq
         if sec.name == "ingress":
             lines.append(_line("[ingress.options]", "adapter options: docs/radios.md, docs/ble.md, protocol.md 7.3",
                                commented=not live))
-            for k, v in INGRESS_OPTIONS_EXAMPLE.items():
-                lines.append(_line(f"{k} = {_toml_value(v)}", "", commented=not live))
+            for k, (v, comment) in INGRESS_OPTIONS_EXAMPLE.items():
+                lines.append(_line(f"{k} = {_toml_value(v)}", comment, commented=not live))
     return "\n".join(lines) + "\n"
 
 
@@ -252,6 +255,8 @@ def doc_block(text: str) -> str | None:
 
 
 def update_doc(text: str) -> str:
+    if doc_block(text) is None:
+        raise ValueError(f"no {DOC_BEGIN.strip()} ... {DOC_END} block")
     head, _, rest = text.partition(DOC_BEGIN)
     _, _, tail = rest.partition(DOC_END)
     return head + DOC_BEGIN + "```toml\n" + reference() + "```\n" + DOC_END + tail

@@ -121,7 +121,9 @@ th{font-weight:600;color:#555;font-size:.85em}.num{text-align:right;font-variant
 .ok{background:#d7f5dd;color:#11602a}.warn{background:#fff0c2;color:#7a5200}.bad{background:#ffd9d6;color:#8e1b12}
 .muted{color:#666;font-size:.85em}.dev{font-family:ui-monospace,monospace;font-size:.9em}
 form{display:flex;gap:6px;margin-bottom:8px}input[type=search]{flex:1;font-size:16px;padding:6px}
-button{font-size:16px;padding:6px 12px}.scroll{overflow-x:auto}
+button{font-size:16px;padding:6px 12px}.scroll{overflow-x:auto}td.num{white-space:nowrap}
+ul.list{list-style:none;margin:0;padding:0}ul.list li{padding:6px 0;border-top:1px solid #eee}
+.top{display:flex;flex-wrap:wrap;gap:4px 10px;align-items:baseline}.age{margin-left:auto;white-space:nowrap}
 """
 
 
@@ -145,7 +147,8 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[tuple[str, str]]], row_i
     body = []
     for i, cells in enumerate(rows):
         rid = f' id="{_e(ids[i])}"' if i < len(ids) else ""
-        body.append(f"<tr{rid}>" + "".join(f'<td class="{_e(c)}">{v}</td>' for c, v in cells) + "</tr>")
+        body.append(f"<tr{rid}>" + "".join(f'<td class="{_e(c)}">{v}</td>' if c else f"<td>{v}</td>"
+                                           for c, v in cells) + "</tr>")
     return ('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
             + "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>")
 
@@ -174,6 +177,17 @@ def overall(s: Mapping[str, Any]) -> tuple[str, str]:
     return "ok", "ok"
 
 
+def _plural(n: Any, word: str) -> str:
+    return f"{_n(n)} {word}" + ("" if n == 1 else "s")
+
+
+def _item(item_id: str, top: Iterable[str], bottom: Iterable[str]) -> str:
+    """One card line pair of a list (device, alarm); parts are escaped HTML."""
+    rid = f' id="{_e(item_id)}"' if item_id else ""
+    return (f'<li{rid}><div class="top">{" ".join(top)}</div>'
+            f'<div class="muted">{" · ".join(bottom)}</div></li>')
+
+
 def render_html(s: Mapping[str, Any], *, query: str = "", token: str = "") -> str:
     """The page. Every value from ``s`` passes :func:`html.escape`."""
     verdict, level = overall(s)
@@ -187,31 +201,34 @@ def render_html(s: Mapping[str, Any], *, query: str = "", token: str = "") -> st
     health = s.get("health", {})
     stages = health.get("stages", {})
     stale = set(health.get("stale_stages", []))
-    parts.append('<section id="health"><h2>Health</h2><table>' + _rows(
-        (name, _badge(f"{age:.0f} s ago", "bad" if name in stale else "ok")) for name, age in stages.items())
-        + "</table></section>")
+    parts.append('<section id="health"><h2>Health</h2>'
+                 f'<p>{_n(len(stages) - len(stale))} of {_plural(len(stages), "stage")} beating</p><table>'
+                 + _rows((name, _badge(f"{age:.0f} s ago", "bad" if name in stale else "ok"))
+                         for name, age in stages.items()) + "</table></section>")
 
     radio_rows = []
     radio_ids = []
+    adapters = []
     for name, r in sorted(s.get("radios", {}).items()):
-        adapters = ", ".join(f"{a} ({_n(x['frames_in'])} frames)" for a, x in sorted(r["adapters"].items()))
         radio_ids.append(f"radio-{name}")
         radio_rows.append([("", _e(name)), ("num", _n(r["frames_in"])), ("num", _n(r["accepted"])),
-                           ("num", _n(r["duplicates"])), ("num", _n(r["rejected"])), ("muted", _e(adapters))])
-    parts.append('<section id="radios"><h2>Radios</h2>' + (_table(
-        ("radio", "frames", "accepted", "dupes", "rejected", "adapters"), radio_rows, radio_ids)
+                           ("num", _n(r["duplicates"])), ("num", _n(r["rejected"]))])
+        adapters += [f"{_e(a)}: {_plural(x['frames_in'], 'frame')}" for a, x in sorted(r["adapters"].items())]
+    parts.append('<section id="radios"><h2>Radios</h2>' + (
+        _table(("radio", "frames", "accepted", "dupes", "rejected"), radio_rows, radio_ids)
+        + f'<p class="muted">adapters: {" · ".join(adapters)}</p>'
         if radio_rows else '<p class="muted">no frames yet</p>') + "</section>")
 
     backlog = s.get("backlog", {})
+    pending = any(backlog.values()) if backlog else False
     eta = s.get("drain_eta_s")
     parts.append('<section id="backlog"><h2>Backlog</h2><table>' + _rows([
         ("alarm", _n(backlog.get("alarm", 0))), ("event", _n(backlog.get("event", 0))),
         ("periodic", _n(backlog.get("periodic", 0))),
         ("outbox batches", _n(s.get("outbox_batches", 0))),
-        ("oldest buffered", _e(age_text(s.get("oldest_buffered_age_s")) if backlog and any(backlog.values())
-                                else "-")),
+        ("oldest buffered", _e(age_text(s.get("oldest_buffered_age_s"))) if pending else "-"),
         ("drain rate", f"{_n(s.get('drain_rate', 0))} /s"),
-        ("drain ETA", _e("not draining" if eta == -1 else age_text(eta))),
+        ("drain ETA", _e("not draining" if eta == -1 else age_text(eta)) if pending else "-"),
     ]) + "</table></section>")
 
     uplink = s.get("uplink", {})
@@ -220,11 +237,12 @@ def render_html(s: Mapping[str, Any], *, query: str = "", token: str = "") -> st
         + "</table>" if uplink else '<p class="muted">no endpoints configured (buffering only)</p>') + "</section>")
 
     alarms = s.get("last_alarms", [])
-    parts.append('<section id="alarms"><h2>Last alarms</h2>' + (_table(
-        ("device", "kind", "when", "radio", "RSSI"),
-        ([("dev", _e(a["device_id"])), ("", _e(a["kind"] + (" (test)" if a["test"] else ""))),
-          ("", _e(age_text(a["age_s"]) + " ago")), ("", _e(a["adapter"])), ("num", _dbm(a["rssi"]))]
-         for a in alarms)) if alarms else '<p class="muted">none since start</p>') + "</section>")
+    parts.append('<section id="alarms"><h2>Last alarms</h2>' + ('<ul class="list">' + "".join(_item(
+        "", [f'<span class="dev">{_e(a["device_id"])}</span>', f"<b>{_e(a['kind'])}</b>"
+             + (" " + _badge("test", "warn") if a["test"] else ""), f'<span class="age">{_e(age_text(a["age_s"]))} ago'
+             "</span>"],
+        [_e(a["adapter"]), _dbm(a["rssi"])]) for a in alarms) + "</ul>"
+        if alarms else '<p class="muted">none since start</p>') + "</section>")
 
     d = s.get("disk", {})
     free = d.get("free_bytes")
@@ -245,13 +263,15 @@ def render_html(s: Mapping[str, Any], *, query: str = "", token: str = "") -> st
         f'({", ".join(f"{_e(k)} {_n(v)}" for k, v in sorted(registered.items()))}); '
         f'{_n(s.get("devices_heard", 0))} heard since start</p>'
         f'<form method="get" action="/">{hidden}<input type="search" name="q" value="{_e(query)}" '
-        'placeholder="device id (hex prefix)" inputmode="latin" autocomplete="off"><button>Find</button></form>'
-        + (_table(("device", "last seen", "RSSI", "SNR", "radio", "kind", "fcnt"), (
-            [("dev", _e(r["device_id"]) + ("" if r["status"] == "active" else " " + _badge(r["status"], "bad"))),
-             ("seen", _e(age_text(r["last_seen_s"]) + " ago")), ("num rssi", _dbm(r["rssi"])),
-             ("num", "-" if r["snr"] is None else f"{_e(r['snr'])} dB"),
-             ("", _e(r["adapter"])), ("", _e(r["kind"] + (" (test)" if r["test"] else ""))),
-             ("num", _n(r["fcnt"]))] for r in devs), (f"dev-{r['device_id']}" for r in devs))
+        'placeholder="device id (hex prefix)" autocomplete="off" spellcheck="false"><button>Find</button></form>'
+        + ('<ul class="list">' + "".join(_item(
+            f"dev-{r['device_id']}",
+            [f'<span class="dev">{_e(r["device_id"])}</span>'
+             + ("" if r["status"] == "active" else " " + _badge(r["status"], "bad")),
+             f'<span class="age">{_e(age_text(r["last_seen_s"]))} ago</span>'],
+            [f'<span class="rssi">{_dbm(r["rssi"])}</span>',
+             "SNR " + ("-" if r["snr"] is None else f"{_e(r['snr'])} dB"), _e(r["adapter"]),
+             _e(r["kind"]) + (" (test)" if r["test"] else ""), f"fcnt {_n(r['fcnt'])}"]) for r in devs) + "</ul>"
            if devs else '<p class="muted">no device heard' + (" with that id" if query else " since start")
            + "</p>") + "</section>")
 
