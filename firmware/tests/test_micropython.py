@@ -110,7 +110,7 @@ def test_one_wake_fits_the_ram_budget(kind: str) -> None:
     fig = fw_memory.measure(kind)
     assert fig.frames == 1  # the measured wake is a report wake
     assert 0 < fig.cycle_alloc < 200_000
-    assert fig.firmware_in_use <= fw_memory.CEILING_IN_USE, fig
+    assert fig.firmware_in_use <= fw_memory.BUDGET_IN_USE, fig
 
 
 @pytest.mark.micropython
