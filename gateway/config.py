@@ -113,6 +113,12 @@ class StatusPageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RulesConfig:
+    files: tuple[Path, ...]  # rule files (docs/rules.md); relative paths are next to the config file
+    state_db: Path  # alarm life cycle, mode, active firings (0600)
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineConfig:
     queue_batches: int  # bounded queues between stages, in batches
     batch_max: int  # frames per internal batch
@@ -139,6 +145,7 @@ class GatewayConfig:
     pipeline: PipelineConfig
     ingress: tuple[IngressSpec, ...]
     status_page: StatusPageConfig = StatusPageConfig("127.0.0.1", 9110, None)
+    rules: RulesConfig = RulesConfig((), Path("/var/lib/lifeline/rules.db"))
 
 
 class _Table:
@@ -348,6 +355,14 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
                                    token_file=sp.pathname("token_file", None))
     sp.done()
 
+    r = top.table("rules")
+    files = r._get("files", [])
+    if not isinstance(files, list) or not all(isinstance(x, str) and x for x in files):
+        r.fail("files", "expected a list of rule file paths")
+    rules = RulesConfig(files=tuple(Path(file).parent / x if not Path(x).is_absolute() else Path(x) for x in files),
+                        state_db=r.pathname("state_db", "rules.db", base=state_dir))
+    r.done()
+
     known = _known_adapter_types()
     specs: list[IngressSpec] = []
     for t in top.tables("ingress"):
@@ -361,7 +376,7 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
     top.done()
     return GatewayConfig(source=file, gateway=gw, buffer=buf, dedupe=dd, forwarder=fw, uplink=up,
                          downlinks=down, metrics=met, pipeline=pipe, ingress=tuple(specs),
-                         status_page=status_page)
+                         status_page=status_page, rules=rules)
 
 
 def load(path: str | Path = DEFAULT_PATH) -> GatewayConfig:
