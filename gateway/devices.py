@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lifeline.gateway.registry import ACTIVE, DeviceRecord
-from lifeline.protocols import frame
+from lifeline.protocols import fastpath, frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ class KeyCache:
         if hit is not None and hit[0] == device.key_epoch:
             self._keys.move_to_end(device.device_id)
             return hit[1]
-        keys = frame.derive_keys(device.root_key, device.device_id)
+        keys = fastpath.derive_keys(device.root_key, device.device_id)
         self.derivations += 1
         self._keys[device.device_id] = (device.key_epoch, keys)
         if len(self._keys) > self.max_entries:

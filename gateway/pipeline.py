@@ -209,7 +209,7 @@ class Pipeline:
             return OUT_DUPLICATE
         keys = self.keys.get(dev)
         try:
-            decoded = fastpath.decode(payload, keys)
+            decoded = fastpath.decode_parsed(hdr, payload, keys)
         except frame.FrameError as e:
             return self._reject(e.reason, f, dev_id)
         if recent is not None:

@@ -68,3 +68,10 @@ def test_constant_time_compare() -> None:
 def test_fast_mic_matches_stdlib_hmac(key: bytes, msg: bytes) -> None:
     assert fastpath.mic(key, msg) == hmac.digest(key, msg, hashlib.sha256)[:8]
     assert fastpath.mic(key, msg) == fastpath.mic(key, msg)  # cached states are copied, never consumed
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=8, max_size=8))
+def test_fast_key_derivation_matches_the_device_code(root: bytes, dev: bytes) -> None:
+    a, b = frame.derive_keys(root, dev), fastpath.derive_keys(root, dev)
+    assert (a.dev_id, a.mic_up, a.mic_down, a.enc) == (b.dev_id, b.mic_up, b.mic_down, b.enc)

@@ -244,3 +244,16 @@ def test_memory_is_bounded_for_the_worst_input() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from([*sorted(schema.KINDS), 0, 200]),
+       st.dictionaries(st.integers(-2, 25) | st.text(max_size=2),
+                       st.integers(-(2**33), 2**33) | st.binary(max_size=20) | st.booleans() | st.none(), max_size=8))
+def test_fast_field_check_agrees_with_the_reference(kind: int, fields: dict[Any, Any]) -> None:
+    try:
+        frame.validate_fields(kind, fields)
+        ok = True
+    except frame.FrameError:
+        ok = False
+    assert fastpath._plainly_valid(kind, fields) == ok
