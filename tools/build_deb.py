@@ -367,6 +367,8 @@ def build(out_dir: Path, *, arch: str | None = None, version: str | None = None,
         raise BuildError(f"--arch {arch!r} is not a Debian architecture name")
     if not re.fullmatch(r"3\.[0-9]{1,2}", python):
         raise BuildError(f"--python-version {python!r}: expected 3.N")
+    if not (ROOT / "pyproject.toml").is_file():
+        raise BuildError(f"no source checkout at {ROOT} (the package is built from the repository)")
     if shutil.which("dpkg-deb") is None:
         raise BuildError("dpkg-deb not found (apt-get install dpkg; tools/bootstrap.sh setup does)")
     seconds: dict[str, float] = {}
