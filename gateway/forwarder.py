@@ -143,7 +143,10 @@ class Forwarder:
         now = self.clock.now_ms()
         if self._down:
             self._down = False
-            self.backlog_mark_ms = now
+            # the outage ended when the uplink connected, not when this loop noticed (up to POLL_S later):
+            # readings committed since then are live, not backlog
+            since = getattr(self.publisher, "connected_since_ms", None)
+            self.backlog_mark_ms = since if isinstance(since, int) and since <= now else now
             _log.info("uplink back; older records go to the backlog lane", mark_ms=now)
         if len(self._inflight) >= self.config.max_inflight:
             return None

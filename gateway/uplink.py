@@ -155,6 +155,7 @@ class MqttUplink:
         self.max_inflight = max_inflight
         self.session_expiry_s = session_expiry_s
         self._clock = clock or SystemClock()
+        self.connected_since_ms: int | None = None  # clock time of the last (re)connect
         self._backoff = Backoff(backoff_initial_s, backoff_max_s, rng=rng or random.Random())
         self._sleep = sleep or asyncio.sleep
         self.state_topic = topic_state(gateway_id)
@@ -348,6 +349,7 @@ class MqttUplink:
                 self._states[ep.name] = STANDBY
         self._active = conn
         self._active_index = index
+        self.connected_since_ms = self._clock.now_ms()
         self._connected_event.set()
         log.info("uplink: connected to %s (%s)", self.endpoints[index].name, conn.address)
 

@@ -96,6 +96,29 @@ async def test_records_buffered_during_an_outage_go_to_backlog(tmp_path: Path) -
         await h.stop()
 
 
+async def test_the_outage_ends_when_the_uplink_connected_not_when_the_loop_noticed(tmp_path: Path) -> None:
+    """A reading committed after the reconnect but before the forwarder's next poll is live, not backlog."""
+    n = _nodes(1)[0]
+    pub = MemoryPublisher()
+    h = await start_harness(tmp_path, [n], publisher=pub)
+    fw = h.gw.forwarder
+    try:
+        pub.online = False
+        await h.hear(n.smoke(0))  # during the outage
+        h.clock.advance(1000)
+        assert await fw.step() == pytest.approx(0.2)
+        pub.online = True
+        pub.connected_since_ms = h.clock.now_ms()  # type: ignore[attr-defined]
+        h.clock.advance(150)
+        await h.hear(n.smoke(0))  # after the reconnect, before the forwarder polls again
+        h.clock.advance(5000)
+        await h.gw.forward_all()
+        got = sorted((r.fcnt, b.lane, r.flags) for b in h.batches() for r in b.records)
+        assert got == [(1, 1, rec.RF_BACKFILLED), (2, 0, 0)]
+    finally:
+        await h.stop()
+
+
 async def test_backlog_never_takes_the_last_inflight_slot(tmp_path: Path) -> None:
     nodes = _nodes(1)
     pub = MemoryPublisher()
