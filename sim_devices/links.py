@@ -98,7 +98,9 @@ class BleBridge:
         self._server: Any = None
         self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self.advertised = 0
+        self.hold_s = 0.25  # real seconds each frame is advertised before the node's next one (a burst)
 
     async def start(self, gateway_address: str = "F0:0A:0B:0C:0D:0E") -> int:
         from bumble import hci
@@ -127,15 +129,27 @@ class BleBridge:
         node = self.nodes.get(v.name)
         if node is None:
             return False  # beyond max_nodes: counted as not heard
-        task = asyncio.get_running_loop().create_task(node.advertise(payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        q = self._queues.get(v.name)
+        if q is None:
+            q = self._queues[v.name] = asyncio.Queue()
+            task = asyncio.get_running_loop().create_task(self._advertiser(node, q))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        q.put_nowait(payload)
         self.advertised += 1
         return True
 
+    async def _advertiser(self, node: Any, q: asyncio.Queue[bytes]) -> None:
+        """One node's frames in order, each advertised for a burst before the next replaces it."""
+        while True:
+            payload = await q.get()
+            await node.advertise(payload)
+            await asyncio.sleep(self.hold_s)
+
     async def stop(self) -> None:
         for task in list(self._tasks):
-            with contextlib.suppress(Exception):
+            task.cancel()
+            with contextlib.suppress(BaseException):
                 await task
         for node in self.nodes.values():
             with contextlib.suppress(Exception):

@@ -193,7 +193,7 @@ async def run_scenario(sc: Any, workdir: Path, *, duration_s: float | None = Non
                                progress=progress, cooperative=True)
         if not bed.platform.is_running():
             bed.platform.start()
-        expected = len({(f.payload[3:11], f.payload[11:15]) for f in fleet.frames if f.heard and not f.corrupted})
+        expected = len({(r.device, r.fcnt) for r in runner.readings(fleet) if r.heard and r.valid})
         await bed.drain(expected, timeout_s=drain_timeout_s)
         outcome = runner.judge(sc, fleet, sink_records=bed.sink_records(), gateway_rejects=bed.rejects(),
                                attacker=attacker)
