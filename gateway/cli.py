@@ -72,6 +72,13 @@ def check_config(file: Path, as_json: bool) -> None:
                 raise ConfigError(str(file), key, e.reason) from None
             except adapters.AdapterUnavailable as e:
                 raise ConfigError(str(file), f"ingress[{i}].type", str(e)) from None
+        if cfg.rules.files:
+            from lifeline.gateway.rules_engine.loader import RulesError, load_files
+
+            try:
+                load_files(cfg.rules.files)
+            except RulesError as e:
+                problems.append(str(e))
     except ConfigError as e:
         problems.append(str(e))
     if as_json:
@@ -448,3 +455,10 @@ def revoke_cmd(device_id: str, config_path: Path, db: Path | None) -> None:
     if not found:
         _err(f"device {dev} is not registered", EXIT_FAILED)
     click.echo(f"{dev}: revoked")
+
+
+# ---------------------------------------------------------------------------------------------- mode
+
+from lifeline.gateway.rules_engine.cli import mode_cmd  # noqa: E402 - small: click only until it runs
+
+gateway.add_command(mode_cmd, "mode")

@@ -38,11 +38,17 @@ from lifeline.gateway.metrics import Metrics, MetricsServer
 from lifeline.gateway.pipeline import Barrier, Pipeline
 from lifeline.gateway.registry import Registry, RegistryError
 from lifeline.gateway.replay import ReplayGuard
-from lifeline.gateway.rules import NoRules, RulesHook
+from lifeline.gateway.rules import NoRules, RulesHook, RulesRuntime
 from lifeline.gateway.sdnotify import Notifier
 from lifeline.gateway.statedb import StateDB, Transaction
 from lifeline.gateway.stats import Stats
-from lifeline.gateway.uplink_api import AckedPublisher, CommandSource, UplinkService, UplinkUnavailable
+from lifeline.gateway.uplink_api import (
+    AckedPublisher,
+    CommandHandler,
+    CommandSource,
+    UplinkService,
+    UplinkUnavailable,
+)
 from lifeline.protocols import keys as keyfile
 from lifeline.protocols import schema
 
@@ -104,6 +110,7 @@ class Gateway:
         self._given_adapters = adapters
         self._signing_key = signing_key
         self.rules: RulesHook = rules or NoRules()
+        self._rules_from_config = rules is None
         self.serve_metrics = serve_metrics
         self.run_forwarder = run_forwarder
         self.fast_alarms = run_forwarder if fast_alarms is None else fast_alarms
@@ -153,6 +160,14 @@ class Gateway:
             key = self._signing_key or keyfile.load_private_key(cfg.gateway.key_file)
         except keyfile.KeyFileError as e:
             raise StartupError(str(e)) from None
+        if self._rules_from_config and cfg.rules.files:
+            from lifeline.gateway.rules_engine.loader import RulesError
+            from lifeline.gateway.rules_engine.service import RulesService
+
+            try:
+                self.rules = RulesService.from_config(cfg, self.clock)
+            except RulesError as e:
+                raise StartupError(f"rules: {e}") from None
         try:
             self._registry = await asyncio.to_thread(Registry, cfg.gateway.registry_db)
             self._db = StateDB(cfg.gateway.buffer_db)
@@ -195,12 +210,19 @@ class Gateway:
                                      adapters=self.adapters, config=cfg.downlinks, clock=self.clock,
                                      stats=self.stats)
         self._register_gauges()
+        self.command_handler: CommandHandler = self.commands.handle
+        if isinstance(self.rules, RulesRuntime):
+            try:
+                await self.rules.start(self)
+            except OSError as e:
+                raise StartupError(f"rules state: {e}") from None
+            self.command_handler = self.rules.wrap_commands(self.commands.handle)
 
         # consumers first: uplink, forwarder, commit, then the producers (adapters)
         if isinstance(self._publisher, UplinkService):
             await self._publisher.start()
         if isinstance(self._publisher, CommandSource):
-            self._publisher.set_command_handler(self.commands.handle)
+            self._publisher.set_command_handler(self.command_handler)
         hb = self.heartbeats
         self._spawn("downlinks", self.sender.run(self.plan_q, hb.register("downlinks")))
         self._spawn("commit", self.commit_stage.run(self.commit_q, self.plan_q, hb.register("commit")))
@@ -209,6 +231,8 @@ class Gateway:
         self._spawn("maintenance", self._maintenance(hb.register("maintenance")))
         if self.run_forwarder:
             self._spawn("forwarder", self.forwarder.run(hb.register("forwarder")))
+        if isinstance(self.rules, RulesRuntime):
+            self._spawn("rules", self.rules.run(hb.register("rules")))
         if self.serve_metrics:
             self._metrics_server = MetricsServer(self.metrics, cfg.metrics.listen, cfg.metrics.port)
             try:
@@ -344,6 +368,12 @@ class Gateway:
                 next_run = self.clock.monotonic() + interval
             await asyncio.sleep(min(HEARTBEAT_S, interval))
 
+    def reload_rules(self) -> str | None:
+        """SIGHUP: re-read the rule files; a bad file keeps the old rules (returns the reason)."""
+        if isinstance(self.rules, RulesRuntime):
+            return self.rules.reload()
+        return None
+
     # ------------------------------------------------------------------ stop
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -355,6 +385,11 @@ class Gateway:
                 await asyncio.wait_for(a.stop(), timeout_s)
             except Exception as e:
                 _log.warning("adapter stop failed", adapter=a.name, error=type(e).__name__)
+        if "rules" in self._tasks and isinstance(self.rules, RulesRuntime):
+            try:
+                await asyncio.wait_for(self.rules.stop(), timeout_s)
+            except Exception as e:
+                _log.warning("rules stop incomplete", error=type(e).__name__)
         if "commit" in self._tasks and not self.failed.is_set():
             try:
                 await asyncio.wait_for(self.flush(), timeout_s)
@@ -475,6 +510,7 @@ async def serve(config: GatewayConfig, notifier: Notifier | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gw.reload_rules)
     watchdog_task: asyncio.Task[None] | None = None
     if notifier.watchdog_s:
         wd = Watchdog(notifier, gw.heartbeats, watchdog_max_age(notifier.watchdog_s))
@@ -498,7 +534,7 @@ async def serve(config: GatewayConfig, notifier: Notifier | None = None) -> int:
     if watchdog_task is not None:
         watchdog_task.cancel()
     await gw.stop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     _log.info("shutdown complete", seconds=round(time.monotonic() - t0, 3))
     return EXIT_FAILED if failed else EXIT_OK

@@ -62,7 +62,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 OPTIONAL: dict[str, tuple[str, str]] = {
     "gateway": ("lifeline.gateway.bench:bench", "end-to-end throughput, alarm latency, drain, RSS (+ paho baseline)"),
     "firmware": ("lifeline.tools.bench:bench_firmware", "node report wake memory under real MicroPython"),
-    "rules": ("lifeline.gateway.rules.bench:bench", "rule evaluation cost with 100 rules"),
+    "rules": ("lifeline.gateway.rules_engine.bench:bench", "rule evaluation cost with 100 rules"),
     "fleet": ("lifeline.sim_devices.bench:bench", "fleet simulator CPU per simulated node-hour"),
     "provisioning": ("lifeline.tools.bench:bench_provisioning", "time per device against the emulated ESP32"),
 }
