@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from lifeline.firmware.hal import sim
@@ -87,7 +88,7 @@ def test_meter_pulses_count_litres_forward_and_reverse() -> None:
     a_rises = [e for e in edges if e[1] == 0 and e[2] == 1]
     assert len(a_rises) == 30 and m.litres_fwd == 30
     times = sorted(e[0] for e in edges)
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 25  # debounce-safe
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 25  # debounce-safe
     r = meter.PulseMeter(5, "r", ORIGIN, daily_l=0.0)
     r.add("reverse", 0.0, lph=60.0)
     r.pulses(None, 0, 3_600_000)

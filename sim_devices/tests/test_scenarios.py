@@ -44,7 +44,7 @@ async def run(name: str, tmp_path: Path, mosquitto: MosquittoBroker, **kw: objec
 
 
 async def test_apartment_fire_alarm_from_flat_3b_within_4_minutes(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
-    fleet, outcome, summary = await run("apartment-fire", tmp_path, mosquitto)
+    fleet, outcome, _summary = await run("apartment-fire", tmp_path, mosquitto)
     alarms = [r for r in outcome.sink_records  # type: ignore[attr-defined]
               if r.record_type == 0 and r.kind == schema.K_ALARM_RAISED]
     by_dev = {v.dev_id: v for v in fleet.nodes}  # type: ignore[attr-defined]
