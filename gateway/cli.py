@@ -300,7 +300,8 @@ def _print_status(s: dict[str, Any]) -> None:
             "" if not stale else " · " + ", ".join(f"{k} {age_text(stages[k])} ago" for k in stale)))
         radios = s.get("radios", {})
         for i, (name, r) in enumerate(sorted(radios.items())):
-            t.add_row("radios" if i == 0 else "", f"{name}: {n(r['frames_in'])} frames · {n(r['accepted'])} accepted"
+            frames = f"{n(r['frames_in'])} frame" + ("" if r["frames_in"] == 1 else "s")
+            t.add_row("radios" if i == 0 else "", f"{name}: {frames} · {n(r['accepted'])} accepted"
                       f" · {n(r['duplicates'])} dupes · {n(r['rejected'])} rejected  [dim]"
                       f"{', '.join(sorted(r['adapters']))}[/dim]")
         if not radios:
@@ -320,7 +321,8 @@ def _print_status(s: dict[str, Any]) -> None:
         up = s.get("uplink", {})
         t.add_row("uplink", " · ".join(f"{k} [{'green' if v == 'connected' else 'yellow'}]{v}[/]"
                                        for k, v in sorted(up.items())) or "no endpoints (buffering only)")
-        t.add_row("out", joined(s.get("out", {})) + " (PUBACKed)")
+        out = joined(s.get("out", {}))
+        t.add_row("out", "none yet" if out == "-" else out + " (PUBACKed)")
         alarms = s.get("last_alarms")
         last_age = s.get("last_alarm_age_s")
         if alarms:
@@ -344,8 +346,10 @@ def _print_status(s: dict[str, Any]) -> None:
         t.add_row("disk", dl)
     if s["running"]:
         heard = s.get("devices_heard")
-        t.add_row("devices", joined(s.get("devices", {})) + (f" · {n(heard)} heard since start"
-                                                             if heard is not None else ""))
+        registered = s.get("devices", {})
+        t.add_row("devices", f"{n(sum(registered.values()))} registered"
+                  + (f" ({joined(registered)})" if any(registered.values()) else "")
+                  + (f" · {n(heard)} heard since start" if heard is not None else ""))
         t.add_row("rejects", joined(s.get("rejects", {})))
         t.add_row("drops", joined(s.get("drops", {})))
     if "next_seq" in s:

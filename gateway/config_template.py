@@ -109,6 +109,10 @@ SECTIONS: tuple[Section, ...] = (
         Key("token_file", "the token (one line, 0600, owned by the daemon user); unset = no status page",
             example="/etc/lifeline/status.token"),
     )),
+    Section("rules", "local rules engine: alarms and actions while the platform is unreachable (docs/rules.md)", (
+        Key("files", "rule files; relative paths are next to this config file"),
+        Key("state_db", "alarm life cycle, mode, active firings (0600)", relative=True),
+    )),
     Section("pipeline", "internal queues (rarely changed)", (
         Key("queue_batches", "bounded queues between stages, in batches"),
         Key("batch_max", "frames per ingest batch"),
@@ -128,6 +132,8 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, Path):
         v = str(v)
     if isinstance(v, str):
@@ -157,7 +163,7 @@ def defaults() -> dict[str, dict[str, Any]]:
     objects: dict[str, Any] = {
         "gateway": cfg.gateway, "buffer": cfg.buffer, "dedupe": cfg.dedupe, "forwarder": cfg.forwarder,
         "uplink": cfg.uplink, "uplink.endpoints": ep, "downlinks": cfg.downlinks, "metrics": cfg.metrics,
-        "status_page": cfg.status_page, "pipeline": cfg.pipeline, "ingress": ing,
+        "status_page": cfg.status_page, "rules": cfg.rules, "pipeline": cfg.pipeline, "ingress": ing,
     }
     out: dict[str, dict[str, Any]] = {}
     for sec in SECTIONS:

@@ -24,6 +24,7 @@ from lifeline.protocols import keys
 
 DEFAULT_DIR = Path("/etc/lifeline")
 CONFIG_NAME, KEY_NAME, TOKEN_NAME = "gateway.toml", "gateway.key", "status.token"
+NOT_SET = "(not set)"  # the id of a config that has none yet (the package's)
 
 
 class InitError(Exception):
@@ -116,7 +117,7 @@ def init(directory: Path = DEFAULT_DIR, *, gateway_id: str | None = None, state_
             effective_id, effective_state, key_path = cfg.gateway.id, cfg.gateway.state_dir, cfg.gateway.key_file
             token_path = cfg.status_page.token_file or token_path
         else:
-            effective_id, effective_state = gateway_id or "(not set)", state_dir or Path("/var/lib/lifeline")
+            effective_id, effective_state = gateway_id or NOT_SET, state_dir or Path("/var/lib/lifeline")
 
         key_created = False
         if key_path.exists():
@@ -150,8 +151,9 @@ def init(directory: Path = DEFAULT_DIR, *, gateway_id: str | None = None, state_
 def next_steps(r: InitResult, user: str = "lifeline") -> list[str]:
     """What the operator does next, as numbered lines."""
     cfg = r.config
+    who = "this gateway" if r.gateway_id == NOT_SET else f"gateway {r.gateway_id}"
     return [
-        f"Give the platform operator gateway {r.gateway_id}'s public key: {r.public_key_hex}",
+        f"Give the platform operator {who}'s public key: {r.public_key_hex}",
         f"Edit {cfg}: [gateway] id, one [[uplink.endpoints]] per broker (TLS files), one [[ingress]] per radio",
         f"Check it:        lifeline gateway check-config {cfg}",
         f"Import devices:  sudo -u {user} lifeline gateway devices import provisioning.jsonl --config {cfg}",

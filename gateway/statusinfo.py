@@ -132,13 +132,14 @@ def age_text(seconds: float | None) -> str:
 
 
 def size_text(n: float | None) -> str:
+    """Binary units, as quota_mb is (MiB)."""
     if n is None:
         return "?"
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # not reached
+        n /= 1024
+    return f"{n:.1f} GiB"  # not reached
 
 
 # ---------------------------------------------------------------------------------------------- seen

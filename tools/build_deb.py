@@ -106,10 +106,11 @@ FLAG=/run/lifeline-gateway.restart-after-upgrade
 
 case "$1" in
 configure)
+    install -d -m 0700 /var/lib/lifeline
     if ! getent passwd lifeline >/dev/null; then
         adduser --system --group --home /var/lib/lifeline --no-create-home lifeline
     fi
-    install -d -o lifeline -g lifeline -m 0700 /var/lib/lifeline
+    chown lifeline:lifeline /var/lib/lifeline
     if [ -e "$CONF" ] && ! dpkg-statoverride --list "$CONF" >/dev/null 2>&1; then
         chown root:lifeline "$CONF"
         chmod 0640 "$CONF"
@@ -185,12 +186,14 @@ set -e
 case "$1" in
 remove)
     rm -rf @VENV@ @VENV@.old
+    rmdir /opt/lifeline 2>/dev/null || true
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi
     ;;
 purge)
     rm -rf @VENV@ @VENV@.old
+    rmdir /opt/lifeline 2>/dev/null || true
     rm -f /etc/lifeline/status.token /run/lifeline-gateway.restart-after-upgrade
     echo "lifeline-gateway: kept /etc/lifeline/gateway.key and /var/lib/lifeline (remove by hand)" >&2
     ;;

@@ -19,7 +19,7 @@ SECTION_OF = {
     cfgmod.GatewaySection: "gateway", cfgmod.BufferConfig: "buffer", cfgmod.DedupeConfig: "dedupe",
     cfgmod.ForwarderConfig: "forwarder", cfgmod.UplinkConfig: "uplink", cfgmod.UplinkEndpoint: "uplink.endpoints",
     cfgmod.DownlinkConfig: "downlinks", cfgmod.MetricsConfig: "metrics", cfgmod.StatusPageConfig: "status_page",
-    cfgmod.PipelineConfig: "pipeline", cfgmod.IngressSpec: "ingress",
+    cfgmod.PipelineConfig: "pipeline", cfgmod.IngressSpec: "ingress", cfgmod.RulesConfig: "rules",
 }
 SUBTABLES = {("buffer", "ttl_s"), ("uplink", "endpoints"), ("ingress", "options")}
 

@@ -244,7 +244,7 @@ def test_seen_keeps_the_last_frame_and_best_reception() -> None:
     assert seen.devices == {} and seen.errors == 0
     assert age_text(None) == "never" and age_text(5) == "5 s" and age_text(600) == "10 min"
     assert age_text(7200) == "2 h" and age_text(3 * 86400) == "3 d"
-    assert size_text(999) == "999 B" and size_text(1_500_000) == "1.5 MB"
+    assert size_text(999) == "999 B" and size_text(1_500_000) == "1.4 MiB" and size_text(256 << 20) == "256.0 MiB"
 
 
 # ---------------------------------------------------------------------------------------------- browser

@@ -155,7 +155,8 @@ def test_maintainer_scripts(built: tuple[Path, Path]) -> None:
 
     postinst = (tree / "DEBIAN/postinst").read_text()
     assert "adduser --system --group" in postinst and "getent passwd lifeline" in postinst
-    assert "install -d -o lifeline -g lifeline -m 0700 /var/lib/lifeline" in postinst
+    assert "install -d -m 0700 /var/lib/lifeline" in postinst
+    assert "chown lifeline:lifeline /var/lib/lifeline" in postinst
     assert "gateway init --dir /etc/lifeline --owner lifeline" in postinst
     assert "/usr/lib/lifeline/make-venv" in postinst and "dpkg-statoverride --list" in postinst
     # the conffile's content is dpkg's: postinst changes its owner and mode, never writes it
