@@ -235,7 +235,8 @@ def _status_page_facts(cfg: GatewayConfig) -> tuple[str, dict[str, Any]]:
             facts = json.loads(resp.read().decode())
     except (OSError, urllib.error.URLError, ValueError):
         return "unreachable", {}
-    return "ok", {"last_alarms": facts.get("last_alarms", []), "devices_heard": facts.get("devices_heard")}
+    return "ok", {"last_alarms": facts.get("last_alarms", []), "devices_heard": facts.get("devices_heard"),
+                  "open_alarms": facts.get("open_alarms", []), "active_firings": facts.get("active_firings", [])}
 
 
 @gateway.command()
@@ -265,6 +266,8 @@ def status(config_path: Path, as_json: bool) -> None:
         summary["status_page"] = state
         summary["last_alarms"] = facts.get("last_alarms")
         summary["devices_heard"] = facts.get("devices_heard")
+        summary["open_alarms"] = facts.get("open_alarms")
+        summary["active_firings"] = facts.get("active_firings")
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
     else:
@@ -335,6 +338,21 @@ def _print_status(s: dict[str, Any]) -> None:
             t.add_row("alarms", f"last {age_text(last_age)} ago [dim](details: status page token needed)[/dim]")
         else:
             t.add_row("alarms", "none since start")
+        rules = s.get("rules")
+        if rules:
+            mode = rules.get("mode") or "?"
+            line = (f"mode [{'yellow' if mode == 'emergency' else 'green'}]{mode}[/] · {n(rules['loaded'])} loaded"
+                    f" · {n(rules['active'])} firing")
+            if rules.get("failover"):
+                line += " · [yellow]failover (uplink down)[/yellow]"
+            stages = joined(rules.get("alarm_stages", {}))
+            t.add_row("rules", line + ("" if stages == "-" else f" · node alarms: {stages}"))
+            for a in (s.get("open_alarms") or [])[:5]:
+                t.add_row("", f"[red]open[/red] {a['device_id']} {a['cause']} #{a['alarm_id']} {a['stage']}"
+                          f"{' escalated' if a['escalated'] else ''} · raised {age_text(a['raised_age_s'])} ago")
+            for f in (s.get("active_firings") or [])[:5]:
+                t.add_row("", f"[yellow]firing[/yellow] {f['rule']} {f['device_id']} since "
+                          f"{age_text(f['since_age_s'])}")
     d = s.get("disk") or {}
     if d:
         dl = f"buffer {size_text(d.get('buffer_bytes'))} / {size_text(d.get('quota_bytes'))} quota"

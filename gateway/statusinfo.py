@@ -84,6 +84,17 @@ def summarise(parsed: Parsed, now_s: float | None = None) -> dict[str, Any]:
                 lab.get("counter", "")] = _num(v)
     disk_bytes = by("disk_bytes", "db")
     last_alarm = one("last_alarm_timestamp_seconds")
+    rules = None
+    if has("rules_loaded"):  # the rules engine runs ([rules] files configured)
+        modes = [lab.get("mode", "") for lab, v in parsed.get(P + "rules_mode", []) if v]
+        fired: dict[str, float] = {}
+        for lab, v in parsed.get(P + "rules_fired_total", []):
+            if lab.get("state") == "fired":
+                fired[lab.get("rule", "")] = fired.get(lab.get("rule", ""), 0) + _num(v)
+        rules = {"loaded": _num(one("rules_loaded")), "active": _num(one("rules_active")),
+                 "mode": modes[0] if modes else None, "failover": bool(one("rules_failover")),
+                 "fired": fired, "actions": by("rules_actions_total", "result"),
+                 "alarm_stages": by("alarms", "stage")}
     return {
         "running": True,
         "health": {"state": "stale" if stale else "ok", "stale_stages": stale,
@@ -114,6 +125,7 @@ def summarise(parsed: Parsed, now_s: float | None = None) -> dict[str, Any]:
         "next_seq": one("next_seq"),
         "devices": by("devices", "status"),
         "last_alarm_age_s": round(max(0.0, now - last_alarm), 1) if last_alarm > 0 else None,
+        "rules": rules,
     }
 
 
@@ -280,6 +292,35 @@ def alarm_rows(gw: Gateway, now_ms: int) -> list[dict[str, Any]]:
              "adapter": a.adapter, "rssi": a.rssi} for a in reversed(gw.seen.alarms)]
 
 
+def _cause(c: int) -> str:
+    causes = schema.ALARM_CAUSES
+    return str(causes[c]) if 0 <= c < len(causes) else f"cause_{c}"
+
+
+def rules_rows(gw: Gateway, now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(open node alarms with their life-cycle stage, active rule firings) from the rules engine, when it
+    runs; newest first."""
+    import sys
+
+    if "lifeline.gateway.rules_engine.service" not in sys.modules:  # never imported: no rules engine
+        return [], []
+    from lifeline.gateway.rules_engine.service import RulesService
+
+    svc = gw.rules
+    if not isinstance(svc, RulesService):
+        return [], []
+
+    def age(ms: int | None) -> float | None:
+        return None if ms is None else round(max(0, now_ms - ms) / 1000, 1)
+
+    alarms = [{"device_id": a.device.hex(), "alarm_id": a.alarm_id, "cause": _cause(a.cause), "stage": a.stage,
+               "raised_age_s": age(a.raised_ms), "acked": a.acked, "escalated": a.escalated_ms is not None}
+              for a in sorted(svc.tracker.open_alarms(), key=lambda a: a.raised_ms, reverse=True)]
+    firings = [{"rule": s.rule, "device_id": s.device.hex(), "since_age_s": age(s.since_ms), "value": s.value}
+               for s in sorted(svc.engine.active(), key=lambda s: s.since_ms, reverse=True)]
+    return alarms, firings
+
+
 def snapshot(gw: Gateway, *, query: str = "", limit: int = 200) -> dict[str, Any]:
     """Everything the status page shows: the status summary plus devices and alarms."""
     from lifeline.gateway.metrics import parse_text
@@ -290,6 +331,7 @@ def snapshot(gw: Gateway, *, query: str = "", limit: int = 200) -> dict[str, Any
     out["generated_at"] = _iso(now_ms)
     out["uptime_s"] = round(max(0, now_ms - gw.seen.started_ms) / 1000, 1)
     out["last_alarms"] = alarm_rows(gw, now_ms)
+    out["open_alarms"], out["active_firings"] = rules_rows(gw, now_ms)
     out["devices_heard"] = len(gw.seen.devices)
     out["devices_seen"] = device_rows(gw, now_ms, query, limit)
     return out

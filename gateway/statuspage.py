@@ -244,6 +244,32 @@ def render_html(s: Mapping[str, Any], *, query: str = "", token: str = "") -> st
         [_e(a["adapter"]), _dbm(a["rssi"])]) for a in alarms) + "</ul>"
         if alarms else '<p class="muted">none since start</p>') + "</section>")
 
+    rules = s.get("rules")
+    if rules:
+        stages = rules.get("alarm_stages", {})
+        open_alarms = s.get("open_alarms", [])
+        firings = s.get("active_firings", [])
+        mode = rules.get("mode") or "?"
+        parts.append(
+            '<section id="rules"><h2>Rules and node alarms</h2><table>' + _rows([
+                ("mode", _badge(mode, "warn" if mode == "emergency" else "ok")
+                 + (" " + _badge("failover: uplink down", "warn") if rules.get("failover") else "")),
+                ("rules", f"{_n(rules.get('loaded', 0))} loaded · {_n(rules.get('active', 0))} firing"),
+                ("alarm stages", _e(" · ".join(f"{k} {_n(v)}" for k, v in stages.items() if v) or "none")),
+            ]) + "</table>"
+            + ('<h2>Open alarms</h2><ul class="list">' + "".join(_item(
+                "", [f'<span class="dev">{_e(a["device_id"])}</span>', f"<b>{_e(a['cause'])}</b>",
+                     _badge(a["stage"], "ok" if a["acked"] else "bad")
+                     + (" " + _badge("escalated", "bad") if a["escalated"] else ""),
+                     f'<span class="age">{_e(age_text(a["raised_age_s"]))} ago</span>'],
+                [f"alarm {_n(a['alarm_id'])}"]) for a in open_alarms) + "</ul>" if open_alarms else "")
+            + ('<h2>Active rule firings</h2><ul class="list">' + "".join(_item(
+                "", [f"<b>{_e(f['rule'])}</b>", f'<span class="dev">{_e(f["device_id"])}</span>',
+                     f'<span class="age">since {_e(age_text(f["since_age_s"]))}</span>'],
+                ["value " + ("-" if f["value"] is None else _n(f["value"]))]) for f in firings) + "</ul>"
+               if firings else "")
+            + "</section>")
+
     d = s.get("disk", {})
     free = d.get("free_bytes")
     total = d.get("total_bytes")

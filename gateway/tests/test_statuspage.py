@@ -330,3 +330,56 @@ async def test_chromium_renders_the_status_page(tmp_path: Path) -> None:
         assert "401: token required" in " ".join(wrong.all)
     finally:
         await h.stop()
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+RULES = """\
+[[rule]]
+name = "warm-kitchen"
+when = { type = "threshold", kind = "smoke", field = "temperature", above = "20 degC", clear = "15 degC" }
+[[rule.action]]
+type = "priority"
+level = "event"
+"""
+
+
+async def test_page_and_status_show_rules_and_node_alarms(tmp_path: Path) -> None:
+    """With the rules engine running: its mode, firings and the node alarms' life-cycle stages."""
+    from lifeline.protocols import schema
+
+    token_file = tmp_path / "status.token"
+    statuspage.create_token_file(token_file)
+    (tmp_path / "rules.toml").write_text(RULES)
+    node = TestNode(bytes.fromhex(ALARM_HEX))
+    h = await start_harness(tmp_path, [node], serve_metrics=True, run_forwarder=True, sections={
+        "status_page": {"port": 0, "token_file": str(token_file)}, "rules": {"files": ["rules.toml"]}})
+    try:
+        await h.hear(node.smoke(0))  # 21.5 degC: the rule fires
+        h.clock.advance(2000)
+        await h.hear(node.uplink(schema.K_ALARM_RAISED, {1: 7, 2: 0, 3: 215}))
+        h.clock.advance(3000)
+        await h.gw.maintain()
+        port = int((tmp_path / "status.addr").read_text().rsplit(":", 1)[1])
+        token = token_file.read_text().strip()
+        code, _, body = await _http(port, _get("/status.json", token))
+        assert code == 200
+        s = json.loads(body)
+        assert s["rules"]["loaded"] == 1 and s["rules"]["active"] == 1 and s["rules"]["mode"] == "daily"
+        assert {k: v for k, v in s["rules"]["alarm_stages"].items() if v} == {"raised": 1}
+        assert s["rules"]["fired"] == {"warm-kitchen": 1}
+        assert [(f["rule"], f["device_id"]) for f in s["active_firings"]] == [("warm-kitchen", ALARM_HEX)]
+        assert [(a["device_id"], a["alarm_id"], a["cause"]) for a in s["open_alarms"]] == [(ALARM_HEX, 7, "smoke")]
+        assert (s["open_alarms"][0]["raised_age_s"], s["open_alarms"][0]["stage"]) == (3.0, "raised")
+        code, _, body = await _http(port, _get("/", token))
+        assert code == 200
+        rules = body.split('<section id="rules">')[1].split("</section>")[0]
+        assert "daily" in rules and "1 loaded · 1 firing" in rules and "warm-kitchen" in rules and "raised 1" in rules
+        assert f'{ALARM_HEX}</span> <b>smoke</b>' in rules and "3 s ago" in rules
+
+        r = await asyncio.to_thread(CliRunner().invoke, gateway, ["status", "--config", str(tmp_path / "gateway.toml")])
+        assert r.exit_code == 0, r.output
+        assert "mode daily · 1 loaded · 1 firing" in r.output and f"open {ALARM_HEX} smoke #7" in r.output
+        assert "firing warm-kitchen" in r.output
+    finally:
+        await h.stop()

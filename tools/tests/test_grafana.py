@@ -20,6 +20,14 @@ RATE_OF = re.compile(r"\b(rate|increase|irate)\(\s*(lifeline_gateway_[a-z0-9_]+)
 BY = re.compile(r"\bby\s*\(([^)]*)\)")
 MATCHERS = re.compile(r"\{([^}]*)\}")
 PROMETHEUS_LABELS = {"instance", "job"}  # added by the scrape
+RULES = """\
+[[rule]]
+name = "warm"
+when = { type = "threshold", kind = "smoke", field = "temperature", above = "20 degC", clear = "15 degC" }
+[[rule.action]]
+type = "priority"
+level = "event"
+"""
 
 
 def _panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -32,7 +40,9 @@ async def _scrape(tmp_path: Path) -> tuple[dict[str, str], dict[str, set[str]]]:
     """(metric name -> type, metric name -> label names seen) from a running gateway with some traffic."""
     node, other = TestNode(bytes.fromhex("5100000000000001")), TestNode(bytes.fromhex("5100000000000002"))
     lora, ble = MemoryAdapter("lora0", "lora-udp"), MemoryAdapter("ble0", "ble")
-    h = await start_harness(tmp_path, [node, other], adapters=[lora, ble], serve_metrics=True, run_forwarder=True)
+    (tmp_path / "rules.toml").write_text(RULES)  # the rules engine's metrics exist only when it runs
+    h = await start_harness(tmp_path, [node, other], adapters=[lora, ble], serve_metrics=True, run_forwarder=True,
+                            sections={"rules": {"files": ["rules.toml"]}})
     try:
         now = h.clock.now_ms()
         await lora.hear(node.smoke(alarm_state=2, flags=1), now)  # ACK_REQ: a downlink too
@@ -80,7 +90,8 @@ def test_dashboard_layout_and_panels() -> None:
             assert p.get("description"), p["title"]
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("readings in per radio", "readings out per radio", "rejects by reason", "backlog per priority",
-                  "oldest buffered", "drain eta", "uplink state", "disk", "drops"):
+                  "oldest buffered", "drain eta", "uplink state", "disk", "drops", "node alarms by stage",
+                  "rule firings"):
         assert topic in titles, topic
 
 
