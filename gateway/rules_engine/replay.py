@@ -258,7 +258,11 @@ class DryRun:
         self._next_id = 1
         seq = audit.AuditSeq()
         self.reactor = Reactor(self.gateway_id, self.ruleset, attrs=self.attrs.get, state=self._state,
-                               submit=self._submit, seq=seq, on_decision=self._decision)
+                               submit=self._submit, seq=seq, on_decision=self._decision, cause_of=self._cause_of)
+
+    def _cause_of(self, device: bytes, alarm_id: int) -> int | None:
+        a = self.tracker.get(device, alarm_id)
+        return a.cause if a is not None else None
 
     def _state(self) -> tuple[str, bool]:
         assert self.engine is not None
