@@ -163,6 +163,9 @@ class DeviceSeen:
     __slots__ = ("adapter", "fcnt", "kind", "radio", "receptions", "rssi", "rx_ms", "snr_x10", "test")
 
     def __init__(self, r: Reading) -> None:
+        self.update(r)
+
+    def update(self, r: Reading) -> None:
         rc = r.receptions[0]
         self.rx_ms = rc.rx_ms
         self.fcnt = r.fcnt
@@ -207,7 +210,11 @@ class Seen:
         try:
             for x in item:
                 if type(x) is Reading:
-                    self.devices[x.device_id] = DeviceSeen(x)
+                    d = self.devices.get(x.device_id)
+                    if d is None:
+                        self.devices[x.device_id] = DeviceSeen(x)
+                    else:
+                        d.update(x)
                     if x.priority == schema.P_ALARM:
                         self.alarms.append(AlarmSeen(x))
                         self.last_alarm_ms = max(self.last_alarm_ms, x.rx_ms)
