@@ -51,3 +51,25 @@ def test_tests_folders_are_not_packages() -> None:
     # pytest runs with --import-mode=importlib; a tests/__init__.py would make the tests installable
     offenders = sorted(str(p.relative_to(ROOT)) for part in PARTS for p in (ROOT / part).rglob("tests/__init__.py"))
     assert not offenders, offenders
+
+
+def test_runtime_data_files_are_package_data() -> None:
+    """Non-Python files inside the parts (scenarios, vectors, unit file, dashboards, the MicroPython runner)
+    must be declared as package data, or a wheel/.deb install runs without them."""
+    import fnmatch
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = cfg["package-dir"]
+    declared = cfg.get("package-data", {})
+    missing = []
+    for pkg, folder in dirs.items():
+        base = root / folder
+        for path in base.rglob("*"):
+            rel = path.relative_to(base).as_posix()
+            if (not path.is_file() or path.suffix in (".py", ".pyc", ".md") or "tests/" in rel + "/"
+                    or "node_modules" in rel or "__pycache__" in rel):
+                continue
+            if not any(fnmatch.fnmatch(rel, pat) for pat in declared.get(pkg, [])):
+                missing.append(f"{pkg}: {rel}")
+    assert not missing, f"declare in [tool.setuptools.package-data]: {missing}"
