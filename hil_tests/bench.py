@@ -1,0 +1,281 @@
+"""One bench per drill: brokers, the platform, the gateway process, the node(s) under test and, when asked,
+simulated neighbours for load.
+
+    node broker (Mosquitto) <-- NB-IoT neighbours (fleet simulator)        also the site LAN broker for rules
+          |                                                                 |
+          v                                                                 |
+    lifeline gateway run  <-- lora-serial <-- RAK3172 (emulated pty | the bench's modem) <~~ air ~~ DUT
+          |
+          v
+    platform broker (Mosquitto, persistence) --> reference platform sink (SQLite)
+
+``--dut sim``: the DUTs are fleet nodes in a :class:`~lifeline.hil_tests.world.SimWorld`.
+``--dut serial:PORT``: the DUT is the board on PORT; the gateway uses the bench's modem (``--bench-modem``);
+neighbours, if a drill wants them, still come from the simulator over the node broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lifeline.hil_tests.app import App
+from lifeline.hil_tests.dut import Dut, Operator, read_board_config, serial_dut, sim_dut
+from lifeline.hil_tests.gateway_proc import GATEWAY_ID, GatewayProcess, GatewaySettings, wait_until
+from lifeline.hil_tests.platform import Platform
+from lifeline.protocols import keys
+
+TECHNICIANS = ("sim-technician", "hil-technician")
+
+
+@dataclass(frozen=True, slots=True)
+class HilConfig:
+    """The session's options (plugin command line)."""
+
+    dut: str  # "sim" or "serial:<url>"
+    logdir: Path
+    kpi_path: Path | None
+    technician_key: Ed25519PrivateKey
+    bench_modem: str | None = None
+    bench_records: Path | None = None
+    bench_firmware: Path | None = None
+    bench_power: str | None = None
+    operator_timeout_s: float = 600.0
+    alarm_budget_ms: float = 3000.0
+
+    @property
+    def is_sim(self) -> bool:
+        return self.dut == "sim"
+
+    @property
+    def serial_url(self) -> str:
+        return self.dut.split(":", 1)[1]
+
+
+@dataclass(slots=True)
+class DutSpec:
+    """A node under test as a drill asks for it."""
+
+    kind: str = "water_level"  # firmware kind
+    name: str = ""
+    interval_s: int = 300
+    heartbeat_s: int = 86400
+    config: dict[str, Any] = field(default_factory=dict)  # extra /config.json keys
+    model: dict[str, float] = field(default_factory=dict)  # physics model parameters (sim)
+    wrong_key: bool = False  # flashed with another root key than its record holds (sim)
+    x_m: float = 20.0
+
+
+@dataclass(slots=True)
+class NeighbourSpec:
+    count: int = 20
+    interval_s: int = 60
+    kinds: Sequence[str] = ("water_meter", "smoke", "water_level")
+    speed: float = 60.0  # virtual seconds per real second
+    seed: int = 2000
+
+
+class Bench:
+    def __init__(self, cfg: HilConfig, workdir: Path, *, duts: Sequence[DutSpec], neighbours: NeighbourSpec | None,
+                 quota_mb: int, rules: str | None, seed: int, provisioned: tuple[DutSpec, dict[str, Any],
+                                                                                   dict[str, Any]] | None) -> None:
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+        self.dut_specs = list(duts)
+        self.neighbour_spec = neighbours
+        self.quota_mb = quota_mb
+        self.rules_text = rules
+        self.seed = seed
+        self.provisioned = provisioned
+        self.node_broker: Any = None
+        self.platform: Platform | None = None
+        self.gateway: GatewayProcess | None = None
+        self.world: Any = None
+        self.neighbours: Any = None
+        self.duts: list[Dut] = []
+        self.apps: list[App] = []
+        self.records: list[dict[str, Any]] = []
+        self._exit = contextlib.ExitStack()
+
+    # ------------------------------------------------------------------------------ build
+    def start(self) -> Bench:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        from lifeline.tools.broker import MosquittoBroker
+
+        wd = self.workdir
+        self.node_broker = MosquittoBroker(workdir=wd / "node-broker")
+        self.node_broker.start()
+        self.platform = Platform(wd, GATEWAY_ID)
+        self.platform.start_broker()
+        trusted = wd / "technicians.json"
+        pub = keys.public_key_hex(self.cfg.technician_key)
+        trusted.write_text(json.dumps({t: pub for t in TECHNICIANS}), encoding="utf-8")
+        specs_with_names = [self._named(i, s) for i, s in enumerate(self.dut_specs)]
+        need_world = self.cfg.is_sim or self.neighbour_spec is not None
+        if need_world:
+            from lifeline.hil_tests.world import SimWorld
+
+            self.world = SimWorld(wd / "world", seed=self.seed, modem=self.cfg.is_sim).start()
+        records: list[dict[str, Any]] = []
+        if self.cfg.is_sim:
+            records += self._sim_nodes(specs_with_names)
+        else:
+            self.apps = [self._bench_app()]
+        if self.neighbour_spec is not None:
+            records += self._neighbours(self.neighbour_spec)
+        rule_files: list[Path] = []
+        if self.rules_text is not None:
+            rf = wd / "rules.toml"
+            rf.write_text(self.rules_text.replace("{lan_port}", str(self.node_broker.port)), encoding="utf-8")
+            rule_files.append(rf)
+        modem = str(self.world.modem_path) if self.cfg.is_sim else self.cfg.bench_modem
+        if modem is None:
+            raise RuntimeError("--dut serial:... needs --bench-modem PORT (the gateway's LoRa modem)")
+        settings = GatewaySettings(lora_serial=modem, platform=self.platform.address,
+                                   node_broker=(self.node_broker.host, self.node_broker.port), quota_mb=self.quota_mb,
+                                   rule_files=rule_files, trusted_technicians=trusted)
+        self.gateway = GatewayProcess(wd / "gateway", settings)
+        if records:
+            self.gateway.import_devices(records)
+        self.records = records
+        self.platform.start_sink(self.gateway.public_key)
+        if self.world is not None:
+            self.world.metrics_url = self.gateway.metrics_url
+        self.gateway.start()
+        self.wait_gateway_ready()
+        logdir = self.cfg.logdir
+        if self.cfg.is_sim:
+            self.duts = [sim_dut(self.world, app, self.platform, logdir) for app in self.apps]
+            self.world.power_on([a.name for a in self.apps])
+        else:
+            self.duts = [serial_dut(self.cfg.serial_url, self.apps[0], self.platform, logdir,
+                                    operator=Operator(self.cfg.operator_timeout_s), power_cmd=self.cfg.bench_power)]
+        if self.neighbours is not None:
+            self.neighbours.start()
+
+    def _named(self, i: int, s: DutSpec) -> DutSpec:
+        if not s.name:
+            s.name = f"dut-{s.kind.replace('_', '-')}" + (f"-{i + 1}" if len(self.dut_specs) > 1 else "")
+        return s
+
+    def _sim_nodes(self, specs: Sequence[DutSpec]) -> list[dict[str, Any]]:
+        from lifeline.sim_devices.fleet import NodeSpec
+
+        def node_spec(s: DutSpec) -> NodeSpec:
+            return NodeSpec(name=s.name, kind=s.kind, radio="lora-serial", x_m=s.x_m, y_m=0.0,
+                            interval_s=s.interval_s, heartbeat_s=s.heartbeat_s, address=f"HIL bench, {s.name}",
+                            unit="hil-bench", tags=("hil",), model=dict(s.model), config=dict(s.config))
+
+        records: list[dict[str, Any]] = []
+        if self.provisioned is not None:
+            pspec, config, record = self.provisioned
+            self._named(0, pspec)
+            v = self.world.add_provisioned(node_spec(pspec), config)
+            self.apps.append(App.from_record(pspec.name, record, config))
+            records.append(record)
+            assert v.dev_id.hex() == record["device_id"]
+        if specs and self.provisioned is None:
+            nspecs = [node_spec(s) for s in specs]
+            recs = self.world.add_nodes(nspecs, technician_key=self.cfg.technician_key,
+                                        wrong_key=[s.name for s in specs if s.wrong_key])
+            for s, rec in zip(specs, recs, strict=True):
+                v = self.world.node(s.name)
+                self.apps.append(App.from_record(s.name, rec, v.config))
+            records += recs
+        return records
+
+    def _bench_app(self) -> App:
+        if self.cfg.bench_records is None:
+            raise RuntimeError("--dut serial:... needs --bench-records FILE (the board's provisioning record)")
+        config = read_board_config(self.cfg.serial_url)
+        app = App.from_records_file(self.cfg.bench_records, str(config["device_id"]), config)
+        want = [s.kind for s in self.dut_specs]
+        if want and app.kind not in want:
+            raise RuntimeError(f"this drill needs a {' or '.join(want)} node; the board is a {app.kind} node")
+        return app
+
+    def _neighbours(self, ns: NeighbourSpec) -> list[dict[str, Any]]:
+        from lifeline.hil_tests.world import Neighbours
+        from lifeline.sim_devices.fleet import NodeSpec
+
+        specs = [NodeSpec(name=f"nb-{i + 1:03d}", kind=ns.kinds[i % len(ns.kinds)], radio="nbiot", x_m=30.0 + i,
+                          interval_s=ns.interval_s, heartbeat_s=86400, unit="hil-neighbours", tags=("hil",))
+                 for i in range(ns.count)]
+        self.neighbours = Neighbours(self.world, specs, broker=(self.node_broker.host, self.node_broker.port),
+                                     seed=ns.seed, technician_key=self.cfg.technician_key, speed=ns.speed)
+        return list(self.neighbours.records)
+
+    def wait_gateway_ready(self, timeout_s: float = 30.0) -> None:
+        """Online at the platform and (simulator) the modem configured for continuous receive."""
+        assert self.platform is not None and self.gateway is not None
+        self.platform.wait(lambda p: p.presence() == "online", timeout_s, "the gateway online at the platform")
+        if self.cfg.is_sim:
+            world = self.world
+            wait_until(lambda: world.call(lambda: world.modem.rx_mode) == 65534, timeout_s,
+                       "the gateway configures the LoRa modem")
+        wait_until(lambda: self.gateway.metric("uplink_connected") == 1, timeout_s, "the gateway's uplink")
+
+    # ------------------------------------------------------------------------------ helpers for drills
+    @property
+    def dut(self) -> Dut:
+        return self.duts[0]
+
+    def restart_gateway(self) -> None:
+        assert self.gateway is not None
+        self.gateway.start()
+        self.wait_gateway_ready()
+
+    def sync_time(self, dut: Dut, within_s: float = 3600.0) -> int:
+        """Platform ``time_sync`` command for ``dut``: queued at the gateway, sent in the node's next window.
+        Returns the node seconds it took to reach the node."""
+        assert self.platform is not None
+        cid = self.platform.command(dut.device_id, "time_sync", {})
+        self.platform.wait_result(cid, "queued", 15)
+        took = dut.run_until(lambda: (self.platform.result(cid) or {}).get("status") == "sent", within_s,
+                             step_s=30.0, what="the time sync reaching the node")
+        return int(took)
+
+    def log_paths(self) -> list[Path]:
+        out = [d.console.log_path for d in self.duts]
+        if self.gateway is not None:
+            out.append(self.gateway.log)
+        if self.node_broker is not None:
+            out.append(self.node_broker.workdir / "mosquitto.log")
+        if self.platform is not None:
+            out.append(self.platform.broker.workdir / "mosquitto.log")
+        return out
+
+    def close(self) -> None:
+        for d in self.duts:
+            with contextlib.suppress(Exception):
+                d.close()
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                self.gateway.stop()
+        if self.world is not None:
+            with contextlib.suppress(Exception):
+                self.world.stop()
+        if self.platform is not None:
+            with contextlib.suppress(Exception):
+                self.platform.close()
+        if self.node_broker is not None:
+            with contextlib.suppress(Exception):
+                self.node_broker.close()
+
+
+def env_workdir(default: Path) -> Path:
+    return Path(os.environ.get("LIFELINE_HIL_WORKDIR", str(default)))
