@@ -301,7 +301,7 @@ class Demo:
             "latency_ms": {"live": snap.live.as_dict(), "alarms": snap.alarm_latency.as_dict(),
                            "backlog": snap.backlog_latency.as_dict()},
             "backlog": {"max_depth": snap.max_backlog, "max_oldest_s": snap.max_oldest_s,
-                        "delivered": snap.backlog_delivered,
+                        "delivered": snap.backlog_delivered, "alarms_first": self.watch.alarms_first,
                         "drain_s": None if self.drained_at is None or self.restored_at is None
                         else round(self.drained_at - self.restored_at, 1)},
             "alarms": [{"node": a.node, "where": a.where, "alarm_id": a.alarm_id, "cause": a.cause,

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lifeline.tools.demo_story import Story
-from lifeline.tools.demo_watch import RADIOS, AlarmView, Latency, Snapshot
+from lifeline.tools.demo_watch import RADIOS, Latency, Snapshot
 
 PHASE_STYLE = {"normal": "green", "fire": "bold red", "outage": "bold yellow", "restored": "cyan", "drain": "cyan",
                "summary": "bold"}
@@ -26,7 +26,7 @@ PHASE_STYLE = {"normal": "green", "fire": "bold red", "outage": "bold yellow", "
 def _ms(v: float | None) -> str:
     if v is None:
         return "-"
-    return f"{v / 1000:.1f} s" if v >= 10_000 else f"{v:.0f} ms"
+    return f"{v / 1000:.1f} s" if v >= 1000 else f"{v:.0f} ms"
 
 
 def _t(v: float | None) -> str:
@@ -41,7 +41,7 @@ def _lat(name: str, lat: Latency) -> list[str]:
 
 
 def readings_table(s: Snapshot) -> Table:
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False, title_justify="left")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     t.add_column("kind")
     for r in RADIOS:
         t.add_column(r, justify="right")
@@ -73,17 +73,17 @@ def gateway_table(s: Snapshot) -> Table:
     depth = int(sum(b.values()))
     t.add_row("backlog", f"{depth} ({int(b.get('alarm', 0))} alarm · {int(b.get('event', 0))} event · "
                          f"{int(b.get('periodic', 0))} periodic) · outbox {int(g['outbox_batches'])}")
-    t.add_row("oldest", f"{g['oldest_buffered_age_s']:.1f} s · drain {g['drain_rate']:.0f}/s · max depth "
-                        f"{s.max_backlog}, oldest {s.max_oldest_s:.0f} s")
+    t.add_row("oldest", f"{g['oldest_buffered_age_s']:.1f} s · drain {g['drain_rate']:.0f}/s · worst "
+                        f"{s.max_backlog} deep, {s.max_oldest_s:.0f} s old")
     acc = int(sum(g["accepted"].values()))
     dup = sum(int(r["duplicates"]) for r in g["radios"].values())
-    t.add_row("accepted", f"{acc} readings · {dup} duplicate receptions removed")
+    t.add_row("accepted", f"{acc} readings · {dup} duplicate receptions dropped")
     per = " · ".join(f"{k} {int(v)}" for k, v in sorted(g["accepted"].items()))
     t.add_row("by radio", per or "-")
     rej = " · ".join(f"{k} {int(v)}" for k, v in sorted(g["rejects"].items()) if v)
     t.add_row("rejected", rej or "0")
-    t.add_row("delivered", f"{s.delivered_total} readings at the platform · {s.backlog_delivered} via backlog "
-                           f"· {s.audit_records} audit records")
+    t.add_row("platform", f"{s.delivered_total} readings ({s.backlog_delivered} via backlog) · "
+                          f"{s.audit_records} audit records")
     if s.gateway_age_s is not None and s.gateway_age_s > 3:
         t.add_row("", f"[yellow]metrics {s.gateway_age_s:.0f} s old[/]")
     return t
@@ -99,8 +99,8 @@ def latency_table(s: Snapshot) -> Table:
     return t
 
 
-def _stage(a: AlarmView, name: str, t: float | None, ok_style: str = "green") -> str:
-    return f"[{ok_style}]✓ {t:.1f}s[/]" if t is not None else "[dim]·[/]"
+def _stage(t: float | None) -> str:
+    return f"[green]✓ {t:.1f}s[/]" if t is not None else "[dim]·[/]"
 
 
 def alarms_table(s: Snapshot) -> Table:
@@ -112,11 +112,13 @@ def alarms_table(s: Snapshot) -> Table:
         if "escalated" in a.steps or a.escalated_live:
             local += " [yellow]escalated[/]"
         t.add_row(f"{a.node} #{a.alarm_id} {a.cause}", a.where.split(",")[-1].strip(),
-                  _stage(a, "raised", a.raised_s),
-                  _stage(a, "stored", a.stored_s) + (f" {a.lane}" if a.lane else ""),
-                  _stage(a, "ack", a.platform_ack_s),
-                  _stage(a, "ack_delivered", a.steps.get("ack_delivered")),
-                  _stage(a, "cleared", a.cleared_s), local)
+                  _stage(a.raised_s),
+                  _stage(a.stored_s) + (f" {a.lane}" if a.lane else ""),
+                  _stage(a.platform_ack_s),
+                  _stage(a.steps.get("ack_delivered")) if "ack_delivered" in a.steps
+                  else ("[yellow]next uplink[/]" if a.platform_ack_s is not None and a.cleared_s is None
+                        else "[dim]·[/]"),
+                  _stage(a.cleared_s), local)
     if not s.alarms:
         t.add_row("[dim]no alarm yet[/]", "", "", "", "", "", "", "")
     return t
@@ -137,18 +139,20 @@ def rules_table(s: Snapshot) -> Table:
     siren = "-" if not sirens else ("[red]ON[/]" if '"on": true' in sirens[-1] else "off")
     t.add_row("siren", f"{siren} ({len(sirens)} commands on the site LAN)")
     for ts, number, text in s.sms[-3:]:
-        t.add_row("SMS", f"{ts:.1f}s {number}: {text[:60]}")
+        t.add_row("SMS", Text(f"{ts:.1f}s {number}: {text}", no_wrap=True, overflow="ellipsis"))
     if not s.sms:
         t.add_row("SMS", "-")
     return t
 
 
-def events_text(s: Snapshot, n: int = 8) -> Text:
-    out = Text()
+def events_text(s: Snapshot, n: int = 7) -> Group:
+    lines = []
     for ts, text in s.events[-n:]:
-        out.append(f"{ts:6.1f}s ", style="dim")
-        out.append(text + "\n")
-    return out
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(f"{ts:6.1f}s ", style="dim")
+        line.append(text)
+        lines.append(line)
+    return Group(*lines)
 
 
 def header(s: Snapshot, story: Story, phase: str, meta: Mapping[str, Any]) -> Text:
@@ -163,14 +167,15 @@ def header(s: Snapshot, story: Story, phase: str, meta: Mapping[str, Any]) -> Te
 
 
 def dashboard(s: Snapshot, story: Story, phase: str, meta: Mapping[str, Any]) -> RenderableType:
-    from rich.columns import Columns
-
-    top = Columns([Panel(readings_table(s), title="readings delivered/sent, by kind and node radio"),
-                   Panel(Group(gateway_table(s)), title="gateway (metrics endpoint)")], expand=False)
-    mid = Columns([Panel(latency_table(s), title="latency"), Panel(rules_table(s), title="local rules")],
-                  expand=False)
-    return Group(header(s, story, phase, meta), top, mid,
-                 Panel(alarms_table(s), title="alarm life cycle (raised → platform → ack → node ack → cleared)"),
+    """The live dashboard: two rows of two panels, the alarm life cycle, the story so far."""
+    grid = Table.grid(expand=True, padding=(0, 1))
+    grid.add_column(ratio=1)
+    grid.add_column(ratio=1)
+    grid.add_row(Panel(readings_table(s), title="readings delivered/sent by kind × node radio"),
+                 Panel(gateway_table(s), title="gateway (its /metrics)"))
+    grid.add_row(Panel(latency_table(s), title="latency"), Panel(rules_table(s), title="local rules"))
+    return Group(header(s, story, phase, meta), grid,
+                 Panel(alarms_table(s), title="alarm life cycle: raised → platform → ack → node ack → cleared"),
                  Panel(events_text(s), title="story"))
 
 
@@ -211,7 +216,8 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
          "alarm-priority readings on the live lane"),
         ("backlog", f"{summary['backlog']['delivered']} / max {summary['backlog']['max_depth']}",
          f"delivered on the backlog lane / deepest; oldest {summary['backlog']['max_oldest_s']:.0f} s, drained in "
-         f"{_ms(None if summary['backlog']['drain_s'] is None else summary['backlog']['drain_s'] * 1000)}"),
+         f"{_ms(None if summary['backlog']['drain_s'] is None else summary['backlog']['drain_s'] * 1000)}"
+         + {True: ", alarms first", False: ", [red]alarms NOT first[/]", None: ""}[summary["backlog"]["alarms_first"]]),
         ("alarms", len(summary["alarms"]), "node alarms (life cycle above)"),
         ("rule firings", sum(summary["rules"]["fired"].values()),
          ", ".join(f"{k} {v}" for k, v in sorted(summary["rules"]["fired"].items())) or "-"),

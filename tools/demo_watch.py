@@ -113,6 +113,8 @@ class Watch:
         self.delivered: Counter[tuple[str, str]] = Counter()
         self.delivered_keys: set[tuple[bytes, int]] = set()
         self.backlog_delivered = 0
+        self.backlog_first_periodic: int | None = None  # sink record ids on the backlog lane
+        self.backlog_last_alarm: int | None = None
         self.audit_records = 0
         self.lat_live: list[float] = []
         self.lat_alarm: list[float] = []
@@ -215,6 +217,10 @@ class Watch:
             self.delivered[(schema.KINDS[kind][0] if kind in schema.KINDS else f"kind {kind}", radio)] += 1
             if lane == 1:
                 self.backlog_delivered += 1
+                if prio == schema.P_PERIODIC and self.backlog_first_periodic is None:
+                    self.backlog_first_periodic = rid
+                elif prio == schema.P_ALARM:
+                    self.backlog_last_alarm = rid
             sent = self.sent_at.get(key)
             if sent is not None:
                 ms = max(0.0, (stored_wall - sent) * 1000.0)
@@ -247,6 +253,14 @@ class Watch:
         name = STEPS[step]
         if name not in a.steps:
             a.steps[name] = self.now_s(int(rec.get("rx_ms", stored_wall * 1000)) / 1000.0)
+
+    @property
+    def alarms_first(self) -> bool | None:
+        """Did every alarm-priority reading of the backlog reach the platform before the first periodic one?
+        (None: no alarm or no periodic reading on the backlog lane.)"""
+        if self.backlog_last_alarm is None or self.backlog_first_periodic is None:
+            return None
+        return self.backlog_last_alarm < self.backlog_first_periodic
 
     def platform_acked(self, device: bytes, alarm_id: int) -> None:
         a = self.alarms.get((device, alarm_id))
