@@ -82,10 +82,19 @@ class NeighbourSpec:
     seed: int = 2000
 
 
+@dataclass(slots=True)
+class Provisioned:
+    """A node that went through the real provisioning flow: its config (with key), record and flash files."""
+
+    spec: DutSpec
+    config: dict[str, Any]
+    record: dict[str, Any]
+    flash: dict[str, bytes] = field(default_factory=dict)
+
+
 class Bench:
     def __init__(self, cfg: HilConfig, workdir: Path, *, duts: Sequence[DutSpec], neighbours: NeighbourSpec | None,
-                 quota_mb: int, rules: str | None, seed: int, provisioned: tuple[DutSpec, dict[str, Any],
-                                                                                   dict[str, Any]] | None) -> None:
+                 quota_mb: int, rules: str | None, seed: int, provisioned: Provisioned | None) -> None:
         self.cfg = cfg
         self.workdir = Path(workdir)
         self.dut_specs = list(duts)
@@ -135,6 +144,8 @@ class Bench:
             records += self._sim_nodes(specs_with_names)
         else:
             self.apps = [self._bench_app()]
+            if self.provisioned is not None:
+                records.append(self.provisioned.record)
         if self.neighbour_spec is not None:
             records += self._neighbours(self.neighbour_spec)
         rule_files: list[Path] = []
@@ -182,9 +193,9 @@ class Bench:
 
         records: list[dict[str, Any]] = []
         if self.provisioned is not None:
-            pspec, config, record = self.provisioned
+            pspec, config, record = self.provisioned.spec, self.provisioned.config, self.provisioned.record
             self._named(0, pspec)
-            v = self.world.add_provisioned(node_spec(pspec), config)
+            v = self.world.add_provisioned(node_spec(pspec), config, self.provisioned.flash)
             self.apps.append(App.from_record(pspec.name, record, config))
             records.append(record)
             assert v.dev_id.hex() == record["device_id"]
@@ -199,6 +210,9 @@ class Bench:
         return records
 
     def _bench_app(self) -> App:
+        if self.provisioned is not None:
+            p = self.provisioned
+            return App.from_record(self._named(0, p.spec).name, p.record, p.config, target="device")
         if self.cfg.bench_records is None:
             raise RuntimeError("--dut serial:... needs --bench-records FILE (the board's provisioning record)")
         config = read_board_config(self.cfg.serial_url)

@@ -54,7 +54,7 @@ class Console:
         self.name = name
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         try:
             self.port: Any = serial.serial_for_url(url, baudrate=baud, timeout=0.05)
         except (serial.SerialException, OSError, ValueError) as exc:

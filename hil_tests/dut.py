@@ -121,10 +121,17 @@ class SimLink:
             now_s = fleet.now_ms / 1000.0
             v.model.add(episode, now_s, duration_s, **params)
             # a wake pin (LIS3DH INT1, the meter's tamper input, ...) fires while the node sleeps
-            t = v.model.interrupts(fleet.now_ms, fleet.now_ms + 3_600_000.0)
+            t = v.model.interrupts(fleet.now_ms - 1.0, fleet.now_ms + 3_600_000.0)
+            reason = "motion" if v.spec.kind == "tilt" else "alarm"
+
+            def kick(_: Any) -> None:  # a latched interrupt line wakes the node as soon as it sleeps
+                if v.awake:
+                    fleet.at(fleet.now_ms + 100.0, kick)
+                else:
+                    fleet.interrupt(v, reason)
+
             if t is not None:
-                fleet.at(max(t, fleet.now_ms), lambda _: fleet.interrupt(v, "motion" if v.spec.kind == "tilt"
-                                                                           else "alarm"))
+                fleet.at(max(t, fleet.now_ms), kick)
 
         self.world.call(go)
 

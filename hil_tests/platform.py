@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifeline.protocols import schema
+from lifeline.protocols import batch, schema
 from lifeline.tools.broker import MosquittoBroker
 from lifeline.tools.platform_sink import PlatformSink
 
@@ -108,6 +108,23 @@ class Platform:
             rec = json.loads(r[11])
             out.append(Row(int(r[0]), bytes(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]),
                            int(r[8]), int(r[9]), int(r[10]), tuple(rec.get("flags", ())), rec.get("fields", {})))
+        return out
+
+    def batch_records(self) -> list[Any]:
+        """Every record of every batch the platform received (``protocols.batch.BatchRecord``), verified again
+        with the gateway's key: what the gateway delivered, independent of the sink's record dedupe."""
+        assert self.sink is not None
+        key = self.sink.trust[self.gateway_id]
+        if not self.db_path.exists():
+            return []
+        conn = self._conn()
+        try:
+            blobs = [bytes(r[0]) for r in conn.execute("SELECT data FROM batches ORDER BY seq")]
+        finally:
+            conn.close()
+        out: list[Any] = []
+        for data in blobs:
+            out.extend(batch.verify(data, key).records)
         return out
 
     def keys(self, device: bytes | None = None) -> list[tuple[bytes, int]]:

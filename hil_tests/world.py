@@ -370,13 +370,19 @@ class SimWorld:
 
         return self.call(add)
 
-    def add_provisioned(self, spec: NodeSpec, config: dict[str, Any]) -> VirtualNode:
-        """A node whose /config.json came from a real provisioning run (identity and key inside)."""
+    def add_provisioned(self, spec: NodeSpec, config: dict[str, Any],
+                        flash: dict[str, bytes] | None = None) -> VirtualNode:
+        """A node whose flash came from a real provisioning run: /config.json (identity and key) and the
+        state the self-test left (frame counter reservation, ...). Code files are not copied: the simulator
+        runs the same firmware from source."""
 
         def add() -> VirtualNode:
             dev = bytes.fromhex(config["device_id"])
             root = bytes.fromhex(config["root_key"])
             v = VirtualNode(self.fleet, len(self.fleet.nodes), spec, dev, root, dict(config))
+            for path, data in (flash or {}).items():
+                if not path.endswith((".mpy", ".py")):
+                    v.hal.fs.files[path] = bytes(data)
             self.fleet.add(v)
             self.fleet.gateway_end.register(dev, frame.derive_keys(root, dev))
             self._attach(spec.name)
