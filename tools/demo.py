@@ -47,9 +47,9 @@ class _Output:
 
     def say(self, text: str) -> None:
         if self.tui:
-            self.console.print(f"[dim]setup[/] {text}")
+            self.console.print(f"[dim]demo[/] {text}")
         else:
-            self.console.print(f"[setup] {text}", markup=False, soft_wrap=True)
+            self.console.print(f"[demo] {text}", markup=False, soft_wrap=True)
 
     def event(self, t_s: float, text: str) -> None:
         if not self.tui:
