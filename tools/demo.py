@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -39,6 +40,8 @@ class _Output:
         from rich.console import Console
 
         self.console = Console(stderr=to_stderr, highlight=False)
+        if not self.console.is_terminal and "COLUMNS" not in os.environ:
+            self.console.width = 150  # log files and CI: room for the summary table
         self.tui = tui and self.console.is_terminal
         self.status_every_s = status_every_s
         self._next_status = 0.0
@@ -62,8 +65,7 @@ class _Output:
             if self._live is None:
                 from rich.live import Live
 
-                self._live = Live(console=self.console, auto_refresh=False, transient=False,
-                                  vertical_overflow="visible")
+                self._live = Live(console=self.console, auto_refresh=False, transient=False)
                 self._live.start()
             self._live.update(demo_view.dashboard(snap, self.demo.story, phase, self.demo.meta), refresh=True)
             return
@@ -110,7 +112,7 @@ def demo(duration: float, nodes: int, seed: int, no_tui: bool, as_json: bool, no
     from lifeline.tools import demo_view
     from lifeline.tools.broker import BrokerError
     from lifeline.tools.demo_gateway import GatewayError
-    from lifeline.tools.demo_run import Demo, Interrupted, Options
+    from lifeline.tools.demo_run import Demo, DemoFailed, Interrupted, Options
     from lifeline.tools.demo_stack import StackError
     from lifeline.tools.platform_sink import SinkError
 
@@ -151,6 +153,9 @@ def demo(duration: float, nodes: int, seed: int, no_tui: bool, as_json: bool, no
         out.console.print(f"demo: stopped by {signal.Signals(sig).name}; every child process is stopped",
                           markup=False)
         code = EXIT_SIGNAL.get(sig, 130)
+    except DemoFailed as e:
+        out.console.print(f"demo: FAILED: {e}", markup=False)
+        code = EXIT_LOST
     except (StackError, GatewayError, BrokerError, SinkError, OSError) as e:
         out.console.print(f"demo: environment error: {e}", markup=False)
         code = EXIT_ENV

@@ -44,6 +44,10 @@ class Interrupted(Exception):
     """SIGINT / SIGTERM during the run."""
 
 
+class DemoFailed(Exception):
+    """The gateway daemon died during the run (exit 1: that is a failed check, not the environment)."""
+
+
 class Demo:
     def __init__(self, opts: Options, *, say: Callable[[str], None],
                  show: Callable[[Snapshot, str], None] | None = None) -> None:
@@ -69,6 +73,7 @@ class Demo:
         self._last_metrics: dict[str, list[tuple[dict[str, str], float]]] | None = None
         self.captures: list[tuple[str, Snapshot]] = []
         self.gateway_exit: int | None = None
+        self.failure: DemoFailed | None = None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -131,6 +136,8 @@ class Demo:
         end_ms = until_s * speed * 1000.0
         last_yield = loop.time()
         while True:
+            if self.failure is not None:
+                raise self.failure
             nxt = fleet.next_time_ms()
             if nxt is None or nxt > end_ms:
                 break
@@ -145,9 +152,10 @@ class Demo:
                     await asyncio.sleep(0)
                     last_yield = loop.time()
             fleet.step()
-        rest = t0 + until_s - loop.time()
-        if rest > 0:
-            await asyncio.sleep(rest)
+        while (rest := t0 + until_s - loop.time()) > 0:
+            if self.failure is not None:
+                raise self.failure
+            await asyncio.sleep(min(rest, POLL_S))
         fleet.run_until(end_ms)
 
     async def _play(self) -> None:
@@ -184,6 +192,11 @@ class Demo:
         loop = asyncio.get_running_loop()
         next_scrape = 0.0
         while True:
+            gw = self.stack.gateway
+            if gw is not None and not gw.running() and self.failure is None:
+                self.failure = DemoFailed(f"the gateway exited with status {gw.exit_code()} during the run:\n"
+                                          f"{gw.log_tail()}")
+                self.watch.event(f"THE GATEWAY EXITED (status {gw.exit_code()})")
             for device, aid in self.watch.poll_sink():
                 self._ack_queue.append((device, aid))
             if self._ack_queue and self.platform_up:
@@ -248,6 +261,9 @@ class Demo:
         steady_since: float | None = None
         last: tuple[int, int] | None = None
         while loop.time() < deadline:
+            gw = self.stack.gateway
+            if gw is not None and not gw.running():
+                raise DemoFailed(f"the gateway exited with status {gw.exit_code()}:\n{gw.log_tail()}")
             await self._scrape()
             self.watch.poll_sink()
             g = self.watch.gateway

@@ -23,6 +23,11 @@ PHASE_STYLE = {"normal": "green", "fire": "bold red", "outage": "bold yellow", "
                "summary": "bold"}
 
 
+SHORT_KINDS = {"electricity_meter": "electricity", "manhole_tilt": "manhole", "water_meter": "water meter",
+               "gas_meter": "gas meter", "water_level": "water level", "alarm_raised": "alarm raised",
+               "alarm_cleared": "alarm cleared"}
+
+
 def _ms(v: float | None) -> str:
     if v is None:
         return "-"
@@ -54,7 +59,7 @@ def readings_table(s: Snapshot) -> Table:
             cells.append(f"{got}/{sent}" if sent or got else "")
         tot_got = sum(v for (kk, _), v in s.delivered.items() if kk == k)
         tot_sent = sum(v for (kk, _), v in s.sent.items() if kk == k)
-        t.add_row(k, *cells, f"{tot_got}/{tot_sent}")
+        t.add_row(SHORT_KINDS.get(k, k), *cells, f"{tot_got}/{tot_sent}")
     return t
 
 
@@ -230,7 +235,7 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     return t
 
 
-def capture_text(renderable: RenderableType, width: int = 140) -> str:
+def capture_text(renderable: RenderableType, width: int = 150) -> str:
     """A screenshot-like text capture (what a terminal of ``width`` columns shows)."""
     console = Console(record=True, width=width, file=io.StringIO(), color_system=None, force_terminal=False)
     console.print(renderable)

@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -329,7 +329,8 @@ class Watch:
             gateway_age_s=None if self.gateway_at is None else now - self.gateway_at,
             live=latency(self.lat_live), alarm_latency=latency(self.lat_alarm),
             backlog_latency=latency(self.lat_backlog),
-            alarms=tuple(sorted(self.alarms.values(), key=lambda a: (a.raised_s is None, a.raised_s or 0.0))),
+            alarms=tuple(replace(a, steps=dict(a.steps))  # a copy: the views may draw it later
+                         for a in sorted(self.alarms.values(), key=lambda a: (a.raised_s is None, a.raised_s or 0.0))),
             sms=tuple(self.sms), lan=tuple(self.lan), sink_counters=dict(self.sink_counters),
             max_backlog=self.max_backlog, max_oldest_s=round(self.max_oldest_s, 1), events=tuple(self.events))
 
