@@ -7,6 +7,7 @@ the gateway uplinks to, so the platform side can fail while nodes keep reporting
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from lifeline.gateway.testing import TestNode
 from lifeline.protocols import frame, schema
 from lifeline.tools.broker import CertPair, MosquittoBroker, TestPKI
 from lifeline.tools.nbiot_sim import NbiotNodeSim
-from lifeline.tools.platform_sink import PlatformSink
+from lifeline.tools.platform_sink import PlatformSink, SinkTimeout
 
 LIFELINE = str(Path(sys.executable).with_name("lifeline"))
 GW = "gw-e2e"
@@ -153,6 +154,15 @@ class GatewayProcess:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except FileNotFoundError:
             return ""
+
+
+@contextlib.contextmanager
+def explained(gw: GatewayProcess) -> Iterator[None]:
+    """A wait that times out reports what the gateway logged (its stderr goes to a file)."""
+    try:
+        yield
+    except SinkTimeout as e:
+        raise AssertionError(f"{e}\n--- gateway log tail ---\n{gw.log_tail(80)}") from None
 
 
 @pytest.fixture
