@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -118,6 +119,10 @@ def demo(duration: float, nodes: int, seed: int, no_tui: bool, as_json: bool, no
 
     own_dir = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="lifeline-demo-")) if workdir is None else workdir
+    wd.mkdir(parents=True, exist_ok=True)
+    # libraries' warnings (bumble, paho) go to a file, not across the dashboard
+    logging.basicConfig(filename=str(wd / "demo.log"), level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     out = _Output(tui=not no_tui, to_stderr=as_json, status_every_s=max(2.0, duration / 20))
     code = EXIT_OK
     summary: dict[str, Any] | None = None
