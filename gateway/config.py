@@ -90,6 +90,9 @@ class UplinkConfig:
     keepalive_s: int
     connect_timeout_s: int
     publish_timeout_s: int
+    backoff_initial_s: int = 1  # first reconnect wait after a lost connection (jittered), doubling ...
+    backoff_max_s: int = 30  # ... up to this
+    failback_s: int = 60  # while on a lower-priority endpoint, probe the preferred ones this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +330,12 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
         keepalive_s=u.integer("keepalive_s", 30, lo=5, hi=3600),
         connect_timeout_s=u.integer("connect_timeout_s", 10, lo=1, hi=600),
         publish_timeout_s=u.integer("publish_timeout_s", 10, lo=1, hi=600),
+        backoff_initial_s=u.integer("backoff_initial_s", 1, lo=1, hi=600),
+        backoff_max_s=u.integer("backoff_max_s", 30, lo=1, hi=3600),
+        failback_s=u.integer("failback_s", 60, lo=5, hi=86400),
     )
+    if up.backoff_max_s < up.backoff_initial_s:
+        u.fail("backoff_max_s", f"must be >= backoff_initial_s ({up.backoff_initial_s})")
     u.done()
 
     dl = top.table("downlinks")

@@ -79,6 +79,9 @@ SECTIONS: tuple[Section, ...] = (
         Key("keepalive_s", "MQTT keepalive"),
         Key("connect_timeout_s", "give up a connection attempt after this"),
         Key("publish_timeout_s", "no PUBACK within this = failed, the batch stays in the outbox"),
+        Key("backoff_initial_s", "first reconnect wait after a lost connection (jittered), doubling ..."),
+        Key("backoff_max_s", "... up to this"),
+        Key("failback_s", "on a lower-priority endpoint, probe the preferred ones this often"),
     )),
     Section("uplink.endpoints", "one table per broker; none: the gateway only buffers (commissioning)", (
         Key("name", "[A-Za-z0-9_-]{1,32}", example="primary"),

@@ -190,6 +190,9 @@ class MqttUplink:
             keepalive_s=cfg.keepalive_s,
             connect_timeout_s=cfg.connect_timeout_s,
             publish_timeout_s=cfg.publish_timeout_s,
+            backoff_initial_s=cfg.backoff_initial_s,
+            backoff_max_s=cfg.backoff_max_s,
+            failback_s=cfg.failback_s,
             clock=clock,
             rng=rng,
             **options,  # type: ignore[arg-type]

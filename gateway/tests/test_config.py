@@ -184,3 +184,14 @@ def test_operations_doc_config_block_is_valid_and_complete() -> None:
         for f in dataclasses.fields(section_cls):
             if f.name not in ("endpoints", "ttl_s"):
                 assert re.search(rf"^#? ?{f.name} = ", text, re.M), f"{section_cls.__name__}.{f.name}"
+
+
+def test_uplink_backoff_and_failback_are_configurable(tmp_path: Path) -> None:
+    from lifeline.gateway.config import ConfigError, parse
+
+    base = f'[gateway]\nid = "gw-1"\nstate_dir = "{tmp_path}"\n'
+    cfg = parse(base + "[uplink]\nbackoff_initial_s = 2\nbackoff_max_s = 120\nfailback_s = 300\n", "t.toml")
+    assert (cfg.uplink.backoff_initial_s, cfg.uplink.backoff_max_s, cfg.uplink.failback_s) == (2, 120, 300)
+    with pytest.raises(ConfigError) as info:
+        parse(base + "[uplink]\nbackoff_initial_s = 20\nbackoff_max_s = 10\n", "t.toml")
+    assert "uplink.backoff_max_s" in str(info.value)
