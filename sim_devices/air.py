@@ -77,7 +77,7 @@ class RadioBusy(Exception):
 
 
 @dataclass(order=True)
-class _Timer:
+class Timer:
     at_ms: float
     seq: int
     callback: Callable[[], None] = field(compare=False)
@@ -94,7 +94,7 @@ class VirtualClock:
 
     def __init__(self, start_ms: float = 1_700_000_000_000.0) -> None:
         self._now = float(start_ms)
-        self._timers: list[_Timer] = []
+        self._timers: list[Timer] = []
         self._seq = 0
         self._running = False
 
@@ -108,9 +108,9 @@ class VirtualClock:
     def monotonic(self) -> float:
         return self._now / 1000.0
 
-    def call_at(self, at_ms: float, callback: Callable[[], None]) -> _Timer:
+    def call_at(self, at_ms: float, callback: Callable[[], None]) -> Timer:
         self._seq += 1
-        timer = _Timer(max(at_ms, self._now), self._seq, callback)
+        timer = Timer(max(at_ms, self._now), self._seq, callback)
         heapq.heappush(self._timers, timer)
         return timer
 

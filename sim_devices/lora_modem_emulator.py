@@ -20,7 +20,7 @@ import tty
 from collections import Counter
 from pathlib import Path
 
-from lifeline.sim_devices.air import AirChannel, Delivery, LoraParams, RadioBusy, VirtualClock
+from lifeline.sim_devices.air import AirChannel, Delivery, LoraParams, RadioBusy, Timer, VirtualClock
 
 FIRMWARE = "RUI_4.0.6_RAK3172-E"
 BANNER = (
@@ -56,7 +56,7 @@ class Rak3172Emulator:
         self.iq_inverted = False
         # Volatile state.
         self.rx_mode = 0
-        self._rx_timer = None
+        self._rx_timer: Timer | None = None
         self._tx_end_ms = -1.0
         self.hung = False  # firmware lock-up: the module reads but answers nothing
         self.commands: list[str] = []  # every command line received, for assertions
