@@ -77,6 +77,14 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Bundle variant: ESP32 HAL or simulated HAL (auto: sim only on the emulated board)."),
         click.option("--max-baud", type=click.Choice(["921600", "460800", "230400", "115200"]), default="921600",
                      show_default=True, help="Fastest baud rate to try."),
+        click.option("--gateway", default=None, metavar="nbiot://HOST[:PORT]",
+                     help="Node broker of a gateway that knows the device (nbiot-mqtt ingress; mqtt:// is the "
+                     "same): the self-test publishes the test frame there and waits for the gateway's ACK."),
+        click.option("--gateway-import", default=None, metavar="CMD",
+                     help="Command run after the register step to import the records file into that gateway, "
+                     "{records} = its path (e.g. 'lifeline gateway devices import {records} --config gw.toml')."),
+        click.option("--gateway-timeout", type=click.FloatRange(1, 120), default=10.0, show_default=True,
+                     help="Seconds to wait for the gateway's ACK."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout."),
     ]
     for opt in reversed(options):
@@ -84,11 +92,16 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _setup(firmware: Path, technician: str, technician_key: Path, workdir: Path) -> dict[str, Any]:
+def _setup(firmware: Path, technician: str, technician_key: Path, workdir: Path, gateway: str | None,
+           gateway_import: str | None, gateway_timeout: float) -> dict[str, Any]:
     from lifeline.provisioning import firmware_image, records
+    from lifeline.provisioning import gateway_import as importer
     from lifeline.provisioning.audit import AuditLog
+    from lifeline.provisioning.gateway_link import GatewayTarget
     from lifeline.provisioning.state import StateFile
 
+    target = GatewayTarget.parse(gateway) if gateway is not None else None
+    import_argv = importer.split(gateway_import) if gateway_import is not None else None
     workdir.mkdir(parents=True, exist_ok=True)
     image = firmware_image.load(firmware)
     key = records.load_technician_key(technician_key)
@@ -99,6 +112,9 @@ def _setup(firmware: Path, technician: str, technician_key: Path, workdir: Path)
         "audit": AuditLog(workdir / "audit.jsonl", technician),
         "technician_key": key,
         "labels_dir": workdir / "labels",
+        "gateway": target,
+        "gateway_import": import_argv,
+        "gateway_timeout_s": gateway_timeout,
     }
 
 
@@ -185,14 +201,15 @@ def _print_outcome(outcome: Any) -> None:
 @click.option("--nbiot-host", default=None)
 @_common
 def device_cmd(port: str | None, firmware: Path, technician: str, technician_key: Path, workdir: Path, force: bool,
-               hal: str, max_baud: str, as_json: bool, **kw: Any) -> None:
+               hal: str, max_baud: str, gateway: str | None, gateway_import: str | None, gateway_timeout: float,
+               as_json: bool, **kw: Any) -> None:
     """Provision one board on PORT."""
     from lifeline.provisioning.flow import DeviceFlow, Options
     from lifeline.provisioning.ports import find_board_port
 
     try:
         spec = _spec_from_options(kw)
-        env = _setup(firmware, technician, technician_key, workdir)
+        env = _setup(firmware, technician, technician_key, workdir, gateway, gateway_import, gateway_timeout)
         port = port or find_board_port()
     except ProvisionError as exc:
         _fail(exc, as_json)
@@ -216,7 +233,8 @@ def device_cmd(port: str | None, firmware: Path, technician: str, technician_key
               help="Label sheet to write (default: WORKDIR/labels/sheet.pdf).")
 @_common
 def batch_cmd(csv_file: Path, port: str | None, check_only: bool, pdf: Path | None, firmware: Path, technician: str,
-              technician_key: Path, workdir: Path, force: bool, hal: str, max_baud: str, as_json: bool) -> None:
+              technician_key: Path, workdir: Path, force: bool, hal: str, max_baud: str, gateway: str | None,
+              gateway_import: str | None, gateway_timeout: float, as_json: bool) -> None:
     """Provision every row of CSV_FILE (resumable: rerun to continue; finished devices are skipped)."""
     from lifeline.provisioning import batch, labels
     from lifeline.provisioning.flow import DeviceFlow, Options, load_labels
@@ -246,7 +264,7 @@ def batch_cmd(csv_file: Path, port: str | None, check_only: bool, pdf: Path | No
         click.echo(json.dumps({"rows": len(parsed.rows), "ok": True}) if as_json else f"{len(parsed.rows)} rows OK")
         return
     try:
-        env = _setup(firmware, technician, technician_key, workdir)
+        env = _setup(firmware, technician, technician_key, workdir, gateway, gateway_import, gateway_timeout)
     except ProvisionError as exc:
         _fail(exc, as_json)
     outcomes = []

@@ -11,7 +11,9 @@ Order and why:
 4. **config** - fresh root key (CSPRNG on this host), /config.json, verified by hash.
 5. **register** - signed record into the records file (0600) for ``lifeline gateway devices import``.
 6. **selftest** - sensors, battery, test frame (FLAG_TEST) over the radio, ack if a gateway answers;
-   the frame is verified here with the record's key.
+   the frame is verified here with the record's key. With ``gateway`` the same frame goes to that
+   gateway's node broker as the node's NB-IoT uplink and the gateway's ACK is handed back to the board,
+   whose firmware checks it (``gateway_import`` first hands the records file to the gateway).
 7. **finalize** - boot.py/main.py/bootsel.py last: from the next reset on, the node runs.
 8. **label** - QR code PNG with device id, kind and a random claim code.
 """
@@ -32,7 +34,7 @@ import serial
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lifeline.provisioning import bundle as bundles
-from lifeline.provisioning import labels, records, selftest
+from lifeline.provisioning import gateway_import, gateway_link, labels, records, selftest
 from lifeline.provisioning.audit import AuditLog
 from lifeline.provisioning.errors import ProvisionError, UsageProblem
 from lifeline.provisioning.firmware_image import FirmwareImage
@@ -84,7 +86,9 @@ class Options:
     expect_chip: str = "ESP32"
     hal: str = "auto"  # auto | device | sim
     repl_chunk_delay: float | None = None
-    gateway_ack: Callable[[bytes], bool] | None = None  # hook for a reachable gateway (see docs)
+    gateway: gateway_link.GatewayTarget | None = None  # node broker of the gateway that acks the test frame
+    gateway_import: tuple[str, ...] | None = None  # argv with {records}: run after register (gateway_import.py)
+    gateway_timeout_s: float = gateway_link.DEFAULT_DEADLINE_S
 
 
 @dataclass
@@ -364,9 +368,16 @@ class DeviceFlow:
         signed = records.sign(rec, o.technician_key)
         records.upsert(o.records_path, signed)
         if announce:
+            note = f"signed record in {o.records_path.name} (written before the key went to the board)"
+            if o.gateway_import is not None:
+                self.sink.start("register")
+                try:
+                    said = gateway_import.run(o.gateway_import, o.records_path)
+                except ProvisionError as exc:
+                    self._fail("register", exc)
+                note += f"; gateway import: {said or 'done'}"
             o.state.mark(self.dev, "register")
-            self._step("register", "pass", f"signed record in {o.records_path.name} (written before the key "
-                       "went to the board)")
+            self._step("register", "pass", note)
         return signed
 
     def _selftest(self, repl: RawRepl, key: bytes) -> None:
@@ -376,19 +387,48 @@ class DeviceFlow:
             out = repl.exec(selftest.DEVICE_SOURCE, timeout=selftest.SELFTEST_TIMEOUT_S).stdout
         except ProvisionError as exc:
             self._fail("selftest", exc)
-        result = selftest.verify(out, device_id=bytes.fromhex(self.dev), root_key=key, kind=self.spec.kind,
-                                 gateway_ack=None)
+        result = selftest.verify(out, device_id=bytes.fromhex(self.dev), root_key=key, kind=self.spec.kind)
+        if self.o.gateway is not None:
+            result = self._gateway_ack(repl, key, result, self.o.gateway)
         self.outcome.selftest = result
         failed = [c for c in result.checks if c.status == "fail"]
         skipped = [c for c in result.checks if c.status == "skipped"]
+        acked = result.check("gateway_ack")
         note = "; ".join(f"{c.name}: {c.reason}" for c in failed) or "; ".join(
-            f"{c.name} skipped: {c.reason}" for c in skipped)
+            f"{c.name} skipped: {c.reason}" for c in skipped) or (acked.reason if acked else "")
         if failed:
             self.o.state.fail(self.dev, "selftest", "selftest_failed")
             self._step("selftest", "fail", note)
             raise ProvisionError("selftest_failed", f"self-test failed: {note}")
         self.o.state.mark(self.dev, "selftest", fcnt=result.fcnt)
         self._step("selftest", "pass", note)
+
+    def _gateway_ack(self, repl: RawRepl, key: bytes, result: selftest.SelfTestResult,
+                     target: gateway_link.GatewayTarget) -> selftest.SelfTestResult:
+        """Publish the board's test frame on the gateway's node broker, wait for the gateway's downlink and
+        let the board's firmware judge it; the ``gateway_ack`` check says how that went."""
+        assert self.dev is not None
+        ack = result.check("gateway_ack")
+        verified = result.check("frame_verify")
+        if (ack is None or ack.status != "skipped" or verified is None or verified.status != "pass"
+                or result.frame_hex is None or result.fcnt is None):
+            return result  # acked over the board's own radio, or nothing worth sending
+        dev, fcnt = bytes.fromhex(self.dev), result.fcnt
+        try:
+            ex = gateway_link.exchange(target, dev, bytes.fromhex(result.frame_hex),
+                                       selftest.is_ack_for(key, dev, fcnt), deadline_s=self.o.gateway_timeout_s)
+        except gateway_link.LinkError as exc:
+            return result.with_check(selftest.Check("gateway_ack", "fail", str(exc)))
+        verdict: str | None = None
+        if ex.downlinks:
+            try:
+                verdict = repl.exec(selftest.ack_source(ex.downlinks, fcnt),
+                                    timeout=selftest.SELFTEST_TIMEOUT_S).stdout
+            except ProvisionError as exc:
+                self._fail("selftest", exc)
+        return result.with_check(selftest.ack_check(
+            verdict, downlinks=len(ex.downlinks), publishes=ex.publishes, deadline_s=self.o.gateway_timeout_s,
+            where=f"nbiot://{target}", seconds=ex.seconds))
 
     def _finalize(self, inst: Installer, facts: BoardFacts) -> None:
         assert self.dev is not None

@@ -11,19 +11,23 @@ simulated HAL with the quiet sensor models over the board's own filesystem.
 
 On the host (:func:`verify`): the frame must decode with ``lifeline.protocols.frame.decode`` under the
 root key from the provisioning record, carry FLAG_TEST, this device id and this kind. The ack step
-passes only when the node received and verified an ack from a gateway; with no gateway reachable it is
+passes only when the node's firmware verified an ack from a gateway: one it heard over its own radio, or
+(``--gateway``, provisioning/gateway_link.py) one the laptop fetched from the gateway's node broker after
+publishing the board's test frame there, handed back to the board (:data:`ACK_SOURCE`, judged by the
+firmware's ``downlink.handle``) and turned into the check by :func:`ack_check`. Without a gateway it is
 reported as skipped with the reason, never as passed.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lifeline.protocols import frame, schema
 
-DEVICE_SOURCE = """\
+_BOARD_SOURCE = """\
 import json
 from lifeline.firmware import config, fcnt, node
 from lifeline.firmware.rtcstate import RtcState
@@ -47,7 +51,9 @@ def _board():
     uarts['lora'] = sim_chips.Rak3172(simnode.Air(), simnode.lora_airtime)
     return sim.SimHal(flash=bootsel.OsFs(os), providers=providers, i2c_devices=i2c, uart_devices=uarts,
                       pulse_providers=pulses)
+"""
 
+DEVICE_SOURCE = _BOARD_SOURCE + """
 
 def _selftest():
     res = {'checks': [], 'frame': None, 'acked': False}
@@ -109,7 +115,51 @@ def _selftest():
 print(json.dumps(_selftest()))
 """
 
+# The gateway's answer, handed to the board: the firmware's own downlink decoder (downlink.handle, the code a
+# node runs on every downlink: MIC, direction, device, downlink counter above the last accepted one, ACK of
+# the counter it sent) judges each downlink; a rejected one is decoded again only to say why. As on a node
+# that heard the ACK, an accepted downlink's counter is stored (/dfcnt), so a replay of it is refused later.
+ACK_SOURCE = _BOARD_SOURCE + """
+from lifeline.firmware import downlink
+
+
+def _why(n, d, c, refused):
+    try:
+        f = frame.decode(d, n.keys, True)
+    except frame.FrameError as e:
+        return e.reason
+    if refused:
+        return 'downlink counter %d is not above the last one accepted' % f.header.fcnt
+    if f.header.kind != schema.C_ACK:
+        return 'not an ack (kind %d)' % f.header.kind
+    return 'ack for counter %s, the test frame was %d' % (f.fields.get(1), c)
+
+
+def _ack(datas, c):
+    hal = _board()
+    cfg, errors, ident = config.load(hal.fs)
+    if cfg is None:
+        return {'acked': False, 'verdicts': [], 'error': 'config: %s' % (errors[0] if errors else '?')}
+    n = node.Node(hal)
+    n.cfg = cfg
+    n.rtc = RtcState(hal, cfg.device_id)
+    n.rtc.load()
+    n.keys = frame.derive_keys(cfg.root_key, cfg.device_id)
+    n.dev_id = cfg.device_id
+    out = []
+    for d in datas:
+        refused = n.rejected_downlinks
+        ok = downlink.handle(n, [d], c)
+        out.append([ok, '' if ok else _why(n, d, c, n.rejected_downlinks > refused)])
+    return {'acked': any(v[0] for v in out), 'verdicts': out}
+
+
+print(json.dumps(_ack([bytes.fromhex(h) for h in @DOWNLINKS@], @FCNT@)))
+"""
+
 SELFTEST_TIMEOUT_S = 60.0
+NO_GATEWAY = ("no gateway given (--gateway): the test frame was verified here with the record's key instead; "
+              "confirm the first real report on the gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +180,27 @@ class SelfTestResult:
     def passed(self) -> bool:
         return all(c.status != "fail" for c in self.checks)
 
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def with_check(self, check: Check) -> SelfTestResult:
+        """This result with ``check`` in place of the check of the same name (appended when there is none)."""
+        names = [c.name for c in self.checks]
+        checks = tuple(check if c.name == check.name else c for c in self.checks)
+        if check.name not in names:
+            checks += (check,)
+        return SelfTestResult(checks, self.frame_hex, self.fcnt, self.readings)
+
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "checks": [[c.name, c.status, c.reason] for c in self.checks],
                 "fcnt": self.fcnt, "readings": self.readings}
 
 
-def verify(device_output: str, *, device_id: bytes, root_key: bytes, kind: str,
-           gateway_ack: bool | None = None) -> SelfTestResult:
+def verify(device_output: str, *, device_id: bytes, root_key: bytes, kind: str) -> SelfTestResult:
     """Turn the board's JSON line into checks, verifying the test frame with the record's key.
 
-    ``gateway_ack``: None = no gateway reachable (the ack step is skipped with that reason); True/False =
-    a gateway was reachable and did / did not acknowledge (the node reports what it received)."""
+    ``gateway_ack`` passes when the board itself heard a valid ACK over its radio; otherwise it is
+    skipped (no gateway given) until the flow replaces it with the outcome of :func:`ack_check`."""
     checks: list[Check] = []
     lines = [line for line in device_output.strip().splitlines() if line.startswith("{")]
     try:
@@ -171,12 +231,52 @@ def verify(device_output: str, *, device_id: bytes, root_key: bytes, kind: str,
                                 f"the test frame does not verify with the record's key ({reason})"))
     if "transmit" in {c.name for c in checks if c.status == "pass"}:
         if res.get("acked"):
-            checks.append(Check("gateway_ack", "pass", ""))
-        elif gateway_ack is None:
-            checks.append(Check("gateway_ack", "skipped",
-                                "no gateway reachable from the bench; the test frame was verified locally "
-                                "with the record's key instead"))
+            checks.append(Check("gateway_ack", "pass", "acknowledged over the node's own radio"))
         else:
-            checks.append(Check("gateway_ack", "fail", "no acknowledgement from the gateway in the receive window"))
+            checks.append(Check("gateway_ack", "skipped", NO_GATEWAY))
     return SelfTestResult(tuple(checks), frame_hex if isinstance(frame_hex, str) else None,
                           fcnt if isinstance(fcnt, int) else None, readings)
+
+
+def ack_source(downlinks: Sequence[bytes], fcnt: int) -> str:
+    """The board script that hands ``downlinks`` (in arrival order) to the firmware's downlink decoder as
+    the answer to the test frame with counter ``fcnt``; it prints one JSON line."""
+    return ACK_SOURCE.replace("@DOWNLINKS@", repr([d.hex() for d in downlinks])).replace("@FCNT@", str(int(fcnt)))
+
+
+def is_ack_for(root_key: bytes, device_id: bytes, fcnt: int) -> Callable[[bytes], bool]:
+    """A host-side test of "this downlink looks like the ACK of ``fcnt``", used only to stop waiting early:
+    the verdict is the board's (:func:`ack_source`)."""
+    keys = frame.derive_keys(root_key, device_id)
+
+    def test(data: bytes) -> bool:
+        try:
+            f = frame.decode(data, keys, True)
+        except frame.FrameError:
+            return False
+        return f.header.kind == schema.C_ACK and f.fields.get(1) == fcnt
+
+    return test
+
+
+def ack_check(device_output: str | None, *, downlinks: int, publishes: int, deadline_s: float, where: str,
+              seconds: float) -> Check:
+    """The ``gateway_ack`` check from what the board said about the downlinks (None: nothing to hand it)."""
+    if downlinks == 0 or device_output is None:
+        return Check("gateway_ack", "fail", f"no ack within {deadline_s:g} s from the gateway behind {where} "
+                     f"(the test frame was published {publishes} time(s); is the device imported into that "
+                     "gateway's registry?)")
+    lines = [line for line in device_output.strip().splitlines() if line.startswith("{")]
+    try:
+        res = json.loads(lines[-1])
+        verdicts = [(bool(ok), str(why)) for ok, why in res["verdicts"]]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return Check("gateway_ack", "fail", "the board printed no verdict on the gateway's downlink")
+    if res.get("error"):
+        return Check("gateway_ack", "fail", f"the board could not check the downlink: {res['error']}")
+    if any(ok for ok, _ in verdicts):
+        return Check("gateway_ack", "pass", f"acknowledged by the gateway behind {where} in {seconds:.1f} s; "
+                     "the node's firmware verified the ack")
+    whys = "; ".join(f"downlink {i}: {why}" for i, (_, why) in enumerate(verdicts, 1))
+    return Check("gateway_ack", "fail", f"no valid ack within {deadline_s:g} s from the gateway behind {where} "
+                 f"({whys})")
