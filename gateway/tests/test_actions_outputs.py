@@ -21,7 +21,6 @@ from lifeline.gateway.clock import ManualClock
 from lifeline.gateway.rules_engine import model as m
 from lifeline.tools.broker import MosquittoBroker, free_port
 
-
 # ---------------------------------------------------------------------------------------------- GPIO
 
 
@@ -123,17 +122,20 @@ async def test_webhook_posts_json_and_fails_on_non_2xx(http_server: _Server) -> 
 async def test_webhook_timeout_and_refused_connection(http_server: _Server) -> None:
     url = f"http://127.0.0.1:{http_server.server_address[1]}/"
     http_server.hold.set()
-    with pytest.raises(ActionFailed, match="timed out|TimeoutError|timeout"):
+    with pytest.raises(ActionFailed, match=r"timed out|TimeoutError|timeout"):
         await Webhook("slow", m.WebhookOutput(url)).post(None, {}, 0.2)
     http_server.release.set()
-    with pytest.raises(ActionFailed, match="Connection refused|ConnectionRefusedError"):
+    with pytest.raises(ActionFailed, match=r"Connection refused|ConnectionRefusedError"):
         await Webhook("gone", m.WebhookOutput(f"http://127.0.0.1:{free_port()}/")).post(None, {}, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- LAN MQTT
 
 
-def subscribe(broker: MosquittoBroker, topic: str) -> tuple[mqtt.Client, list[tuple[str, bytes, bool]], threading.Event]:
+Received = list[tuple[str, bytes, bool]]
+
+
+def subscribe(broker: MosquittoBroker, topic: str) -> tuple[mqtt.Client, Received, threading.Event]:
     got: list[tuple[str, bytes, bool]] = []
     ready = threading.Event()
     arrived = threading.Event()
@@ -142,7 +144,7 @@ def subscribe(broker: MosquittoBroker, topic: str) -> tuple[mqtt.Client, list[tu
     c.on_subscribe = lambda cl, u, mid, rc, p: ready.set()
 
     def on_message(cl: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
-        got.append((msg.topic, msg.payload, msg.retain))
+        got.append((msg.topic, bytes(msg.payload), msg.retain))
         arrived.set()
 
     c.on_message = on_message
