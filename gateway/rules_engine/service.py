@@ -486,7 +486,7 @@ class RulesService:
         await self._db.run(lambda c: state.set_meta(c, {"audit_reserved": str(hw)}))
         self._mode_request_id = snap.mode_request_id
         now = self.clock.now_ms()
-        self.engine.start_ms = now
+        self.engine.reset_clock(now)
         self.engine.mode = snap.mode
         self.engine.seen.update(snap.last_seen)
         self._seen_saved_ms = now
