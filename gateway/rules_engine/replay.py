@@ -226,7 +226,10 @@ def read_steps(lines: Iterable[str]) -> tuple[list[Step], list[tuple[int, str]]]
             bad.append((n, "line too long"))
             continue
         try:
-            step = parse_line(json.loads(s), n, prev)
+            obj = json.loads(s)
+            if isinstance(obj, dict) and obj.get("type") == "event":
+                continue  # gateway event records in a platform export: not readings
+            step = parse_line(obj, n, prev)
         except json.JSONDecodeError as e:
             bad.append((n, f"not JSON: {e.msg}"))
             continue

@@ -167,3 +167,27 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_old_rules(daemon_dir: tuple[Pat
     text = (config.parent / "gw.log").read_text()
     assert proc.returncode == 0, text[-2000:]
     assert "rules reload refused; the old rules stay" in text and f"{rules_file}:3" in text
+
+
+def test_records_exported_by_the_platform_replay_as_they_are(tmp_path: Path) -> None:
+    from lifeline.protocols import batch, schema
+
+    dev = bytes.fromhex("70b3d57ed0000010")
+    rx = batch.WireReception("lora-udp", "lora0", 0, -90, 70)
+    lines = []
+    for i, level in enumerate((240, 420, 300)):
+        reading = batch.BatchRecord(dev, i + 1, 0, 1_772_359_200_000 + i * 60_000, schema.K_WATER_LEVEL,
+                                    {1: level, 15: 3300}, schema.PUBLIC, (rx,))
+        lines.append(json.dumps(batch.record_to_json(reading)))
+    event = batch.BatchRecord(bytes(8), 1 << 32, 0, 1_772_359_200_000, 64, {1: b"x"}, 1, (), record_type=1)
+    lines.insert(1, json.dumps(batch.record_to_json(event)))
+    rec = tmp_path / "export.jsonl"
+    rec.write_text("\n".join(lines) + "\n")
+    rules_file = tmp_path / "r.toml"
+    rules_file.write_text('[[rule]]\nname = "high"\nwhen = { type = "threshold", kind = "water_level", '
+                          'field = "level", above = 400, clear = 350 }\n')
+    r = CliRunner().invoke(rules, ["test", str(rules_file), "--replay", str(rec)])
+    assert r.exit_code == 0, r.output
+    assert "2026-03-01T10:01:00Z  fired      high 70b3d57ed0000010  level=420 mm" in r.output
+    assert "2026-03-01T10:02:00Z  cleared    high 70b3d57ed0000010  level=300 mm (hysteresis)" in r.output
+    assert "3 line(s) replayed, 0 rejected" in r.output
