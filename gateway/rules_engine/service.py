@@ -101,7 +101,7 @@ class RulesService:
         self._attrs_checked = 0.0
         self._stall_since = 0
         self._stall_batches = -1
-        self._pending_restore: list[ActionRequest] = []
+        self._forward_checked = -1  # PUBACKed batch count when alarm rows were last looked up
         self.reloads: collections.Counter[str] = collections.Counter()
         self.last_reload_error = ""
         self._init_metrics(Metrics())
@@ -172,6 +172,7 @@ class RulesService:
         if not firings:
             return self._take_staged()
         self._count_firings(firings)
+        self._wake.set()  # active firings changed: saved by the stage loop
         events = self.reactor.handle(firings)
         for f in firings:
             if f.fired and isinstance(f.rule.trigger, m.AlarmUnacked) and f.alarm_id is not None:
@@ -223,8 +224,7 @@ class RulesService:
         prio = schema.P_ALARM if step in ("escalated", "acked") else schema.P_EVENT
         self._staged.append(audit.event(audit.EV_ALARM, self.seq.take(), a.device, at_ms, prio, fields))
         _log.info("alarm " + step, device=a.device.hex(), alarm_id=a.alarm_id, cause=a.cause)
-        if self.seq.needs_reserve():
-            self._wake.set()
+        self._wake.set()  # the stage saves the change within milliseconds
 
     # ------------------------------------------------------------------ actions
 
@@ -622,7 +622,9 @@ class RulesService:
         if gw is None:
             return
         waiting = self.tracker.awaiting_forward()
-        if waiting:
+        published = gw.stats.batches.total()
+        if waiting and published != self._forward_checked:  # nothing PUBACKed since the last look: skip
+            self._forward_checked = published
             await gw.flush()  # everything evaluated before this tick is committed: a missing row was sent
             ids = list(waiting)
             present = await gw.db.run(lambda c: {int(r[0]) for r in c.execute(
