@@ -535,11 +535,11 @@ class RulesService:
         next_tick = 0.0
         while True:
             heartbeat.beat()
+            self._wake.clear()  # anything that happens from here on wakes the next round
             await self._forward_events()
             if self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), HEARTBEAT_S)
-                self._wake.clear()
                 continue
             mono = time.monotonic()
             if mono >= next_tick:
@@ -548,9 +548,11 @@ class RulesService:
                 except Exception as e:  # a failing tick must not stop the gateway; it is logged and retried
                     _log.error("rules tick failed", error=type(e).__name__, detail=scrub(str(e))[:200])
                 next_tick = mono + self.tick_ms / 1000
-            await self._save()
+            try:
+                await self._save()
+            except Exception as e:  # the rules state file failing must not stop forwarding readings
+                _log.error("rules state not saved; retrying", error=type(e).__name__, detail=scrub(str(e))[:200])
             heartbeat.beat()
-            self._wake.clear()
             if self._events:
                 continue
             with contextlib.suppress(TimeoutError):
