@@ -245,10 +245,11 @@ class Buffer:
     def _record_drops(self, conn: sqlite3.Connection, drops: list[Drop], now_ms: int) -> None:
         rows = []
         for d in drops:
+            row_id = self.allocate_id()
             ev = rec.GatewayEvent(rec.EV_BUFFER_DROP, rec.GATEWAY_DEVICE, now_ms, schema.P_EVENT, fields={
                 rec.EVF_PRIORITY: d.priority, rec.EVF_REASON: d.reason, rec.EVF_COUNT: d.count,
-                rec.EVF_OLDEST_RX_MS: d.oldest_rx_ms})
-            rows.append((self.allocate_id(), ev.priority, now_ms, GATEWAY_RADIO, encode_event(ev)))
+                rec.EVF_OLDEST_RX_MS: d.oldest_rx_ms}, fcnt=rec.EV_FCNT_BASE + row_id)
+            rows.append((row_id, ev.priority, now_ms, GATEWAY_RADIO, encode_event(ev)))
         conn.executemany("INSERT INTO readings(id, priority, rx_ms, radio, record) VALUES (?,?,?,?,?)", rows)
         self.pending[schema.P_EVENT] += len(rows)
 

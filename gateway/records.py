@@ -23,7 +23,11 @@ RT_EVENT = 1
 
 # Gateway event codes (record type 1, carried in the record's kind). 64..255 belong to the rules engine.
 EV_RECEPTIONS = 1  # late receptions of a reading already in a signed batch; fcnt = the reading's, fields {}
-EV_BUFFER_DROP = 2  # readings dropped by the buffer policy; fields EVF_*
+EV_BUFFER_DROP = 2  # readings dropped by the buffer policy; fields EVF_*; fcnt = EV_FCNT_BASE + buffer row id
+# Gateway events that belong to no frame number their fcnt above every 32-bit node counter and above the
+# rules audit range (1 << 32 + seq), with the buffer row id, which is unique per gateway and never reused:
+# the platform keeps records once per (gateway, device, fcnt), so two drop reports must not share one.
+EV_FCNT_BASE = 2 << 32
 EV_RULES_FIRST = 64
 
 EVF_PRIORITY = 1  # priority class of the dropped readings

@@ -94,6 +94,8 @@ def test_ttl_per_class_drops_are_counted_and_reported(tmp_path: Path) -> None:
     events = [r for r in _pending(conn, buf, P_E) if r.record_type == rec.RT_EVENT]
     assert len(events) == 3 and all(e.kind == rec.EV_BUFFER_DROP for e in events)
     assert {e.fields[rec.EVF_PRIORITY]: e.fields[rec.EVF_COUNT] for e in events} == {0: 1, 1: 1, 2: 2}
+    # the platform keeps one record per (gateway, device, fcnt): every drop report needs its own fcnt
+    assert len({e.fcnt for e in events}) == 3 and all(e.fcnt >= rec.EV_FCNT_BASE for e in events)
 
 
 def test_quota_drops_oldest_periodic_then_events_then_alarms(tmp_path: Path) -> None:
