@@ -291,8 +291,8 @@ def bench(ctx: BenchContext) -> list[Figure]:
     figures: list[Figure] = []
     logging.getLogger("lifeline").setLevel(logging.ERROR)  # the bench's own traffic is not news
     _pin(0, 0)
-    base = bench_baselines(ctx)
-    figures.extend(Figure(B, f.name, f.value, f.unit, note=f.note) for f in base)
+    if not ctx.baselines:  # run alone: measure the same-run baselines here
+        figures.extend(bench_baselines(ctx))
     with MosquittoBroker() as broker:
         if broker._proc is not None:
             _pin(broker._proc.pid, 1)

@@ -49,6 +49,7 @@ class Figure:
 class BenchContext:
     quick: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lifeline-bench-")))
+    baselines: list[Figure] = field(default_factory=list)  # measured once per run, shared by benchmarks
 
     def scale(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -105,7 +106,11 @@ def rate(n: int, seconds: float) -> float:
 
 def bench_baselines(ctx: BenchContext) -> list[Figure]:
     """Raw SQLite on this disk: one fsync'd commit per row, and many rows per commit (WAL, synchronous=FULL)."""
-    path = ctx.workdir / "baseline.sqlite"
+    if ctx.baselines:
+        return list(ctx.baselines)
+    fd, name = tempfile.mkstemp(prefix="baseline-", suffix=".sqlite", dir=ctx.workdir)
+    os.close(fd)
+    path = Path(name)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -127,10 +132,11 @@ def bench_baselines(ctx: BenchContext) -> list[Figure]:
             db.execute("COMMIT")
     rows = rate(n_rows, t())
     db.close()
-    return [
+    ctx.baselines = [
         Figure("baselines", "sqlite_commit_rate", commits, "commits/s", note="1 row per fsync'd commit"),
         Figure("baselines", "sqlite_group_commit_rows", rows, "rows/s", note=f"{group} rows per fsync'd commit"),
     ]
+    return list(ctx.baselines)
 
 
 # ---------------------------------------------------------------- protocol
