@@ -71,6 +71,14 @@ class DutSpec:
     model: dict[str, float] = field(default_factory=dict)  # physics model parameters (sim)
     wrong_key: bool = False  # flashed with another root key than its record holds (sim)
     x_m: float = 20.0
+    sf: int = 9  # LoRa spreading factor of the node and of the gateway modem's channel (EU868 default 9)
+
+    def node_config(self) -> dict[str, Any]:
+        cfg = dict(self.config)
+        if self.sf != 9:
+            cfg["lora"] = {"freq": 869_525_000, "sf": self.sf, "bw": 125, "cr": 0, "preamble": 8, "power": 14,
+                           "rx_ms": 1500}
+        return cfg
 
 
 @dataclass(slots=True)
@@ -134,7 +142,8 @@ class Bench:
         pub = keys.public_key_hex(self.cfg.technician_key)
         trusted.write_text(json.dumps({t: pub for t in TECHNICIANS}), encoding="utf-8")
         specs_with_names = [self._named(i, s) for i, s in enumerate(self.dut_specs)]
-        need_world = self.cfg.is_sim or self.neighbour_spec is not None
+        companions = [] if self.cfg.is_sim else specs_with_names[1:]  # beside a board: simulated, over NB-IoT
+        need_world = self.cfg.is_sim or self.neighbour_spec is not None or bool(companions)
         if need_world:
             from lifeline.hil_tests.world import SimWorld
 
@@ -146,6 +155,8 @@ class Bench:
             self.apps = [self._bench_app()]
             if self.provisioned is not None:
                 records.append(self.provisioned.record)
+            if companions:
+                records += self._companions(companions)
         if self.neighbour_spec is not None:
             records += self._neighbours(self.neighbour_spec)
         rule_files: list[Path] = []
@@ -156,7 +167,10 @@ class Bench:
         modem = str(self.world.modem_path) if self.cfg.is_sim else self.cfg.bench_modem
         if modem is None:
             raise RuntimeError("--dut serial:... needs --bench-modem PORT (the gateway's LoRa modem)")
-        settings = GatewaySettings(lora_serial=modem, platform=self.platform.address,
+        sfs = {s.sf for s in self.dut_specs} | ({self.provisioned.spec.sf} if self.provisioned else set())
+        if len(sfs) > 1:
+            raise RuntimeError(f"the nodes on one modem channel share its spreading factor, not {sorted(sfs)}")
+        settings = GatewaySettings(lora_serial=modem, lora_sf=sfs.pop() if sfs else 9, platform=self.platform.address,
                                    node_broker=(self.node_broker.host, self.node_broker.port), quota_mb=self.quota_mb,
                                    rule_files=rule_files, trusted_technicians=trusted)
         self.gateway = GatewayProcess(wd / "gateway", settings)
@@ -175,6 +189,8 @@ class Bench:
         else:
             self.duts = [serial_dut(self.cfg.serial_url, self.apps[0], self.platform, logdir,
                                     operator=Operator(self.cfg.operator_timeout_s), power_cmd=self.cfg.bench_power)]
+        if companions:
+            self.world.power_on([a.name for a in self.apps[1:]])
         if self.neighbours is not None:
             self.neighbours.start()
 
@@ -189,7 +205,7 @@ class Bench:
         def node_spec(s: DutSpec) -> NodeSpec:
             return NodeSpec(name=s.name, kind=s.kind, radio="lora-serial", x_m=s.x_m, y_m=0.0,
                             interval_s=s.interval_s, heartbeat_s=s.heartbeat_s, address=f"HIL bench, {s.name}",
-                            unit="hil-bench", tags=("hil",), model=dict(s.model), config=dict(s.config))
+                            unit="hil-bench", tags=("hil",), model=dict(s.model), config=s.node_config())
 
         records: list[dict[str, Any]] = []
         if self.provisioned is not None:
@@ -208,6 +224,20 @@ class Bench:
                 self.apps.append(App.from_record(s.name, rec, v.config))
             records += recs
         return records
+
+    def _companions(self, specs: Sequence[DutSpec]) -> list[dict[str, Any]]:
+        """Extra nodes a drill wants beside a real board: simulated NB-IoT nodes on the node broker."""
+        from lifeline.sim_devices.fleet import NodeSpec
+
+        nspecs = [NodeSpec(name=s.name, kind=s.kind, radio="nbiot", x_m=s.x_m, interval_s=s.interval_s,
+                           heartbeat_s=s.heartbeat_s, unit="hil-bench", tags=("hil",), config=dict(s.config))
+                  for s in specs]
+        recs = self.world.add_nodes(nspecs, technician_key=self.cfg.technician_key,
+                                    wrong_key=[s.name for s in specs if s.wrong_key], under_test=False)
+        self.world.connect_nbiot((self.node_broker.host, self.node_broker.port))
+        for s, rec in zip(specs, recs, strict=True):
+            self.apps.append(App.from_record(s.name, rec, self.world.node(s.name).config))
+        return recs
 
     def _bench_app(self) -> App:
         if self.provisioned is not None:

@@ -8,6 +8,7 @@ On a bench there is no receiver beside the node, so it is measured from the gate
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ def alarms(dut: Dut, cause: str | None = None) -> list[Row]:
     return [r for r in dut.platform.alarms(dut.device_id) if cause is None or cause_name(r) == cause]
 
 
-def latencies_ms(dut: Dut, rows: Iterable[Row], tx_wall: dict[tuple[bytes, int], int] | None) -> tuple[list[float], str]:
+def latencies_ms(dut: Dut, rows: Iterable[Row],
+                 tx_wall: dict[tuple[bytes, int], int] | None) -> tuple[list[float], str]:
     """(latencies, basis) for ``rows`` of ``dut``: from the node's transmission (simulator) or from the
     gateway's first reception (bench)."""
     out = []
@@ -101,4 +103,4 @@ def periodic(rows: Sequence[Row], kind: int) -> list[Row]:
 
 def gaps_s(rows: Sequence[Row]) -> list[int]:
     ts = sorted(r.node_time for r in rows if r.node_time)
-    return [b - a for a, b in zip(ts, ts[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(ts)]

@@ -46,6 +46,7 @@ class GatewaySettings:
     """What a drill may change in the gateway's configuration."""
 
     lora_serial: str | None = None  # the modem's port (emulated pty or the bench's /dev/ttyUSB*)
+    lora_sf: int = 9
     platform: tuple[str, int] | None = None
     node_broker: tuple[str, int] | None = None
     quota_mb: int = 256
@@ -75,7 +76,8 @@ def config_text(state: Path, s: GatewaySettings) -> str:
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     if s.lora_serial is not None:
         lines += ["[[ingress]]", 'type = "lora-serial"', 'name = "lora0"', "[ingress.options]",
-                  f'port = "{s.lora_serial}"', 'region = "EU868"', "reconnect_min_s = 0.1", "reconnect_max_s = 1.0"]
+                  f'port = "{s.lora_serial}"', 'region = "EU868"', f"sf = {s.lora_sf}", "reconnect_min_s = 0.1",
+                  "reconnect_max_s = 1.0"]
     if s.node_broker is not None:
         lines += ["[[ingress]]", 'type = "nbiot-mqtt"', 'name = "nb0"', "[ingress.options]",
                   f'host = "{s.node_broker[0]}"', f"port = {s.node_broker[1]}", f'client_id = "{GATEWAY_ID}-nb0"',

@@ -260,6 +260,7 @@ class SimWorld:
         self.metrics_url: Callable[[], str | None] = lambda: None  # set by the bench: the gateway's metrics
         self.listen_always = False  # hold every receive window in real time (slow; for debugging)
         self.neighbours: list[Neighbours] = []
+        self._bridges: list[NodeBrokerBridge] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -271,6 +272,7 @@ class SimWorld:
         self._cmd_cache: tuple[float, bool] = (0.0, False)
         self.driver_error: BaseException | None = None
         self.gateway_duty = DutyCycleTracker(lora_phy.region("EU868"))  # the gateway's ledger, wall ms
+        self._gateway_tx_end = (float("-inf"), float("-inf"))  # (wall ms, virtual ms) of its last transmission
         self.fleet.on_frame.append(self._on_frame)
 
     # ------------------------------------------------------------------------------ thread plumbing
@@ -348,6 +350,8 @@ class SimWorld:
                 await self.modem.stop()
             for con in self.consoles.values():
                 con.close()
+            for bridge in self._bridges:
+                bridge.stop()
             self._stopped.set()
 
         with contextlib.suppress(Exception):
@@ -395,6 +399,16 @@ class SimWorld:
         self.duts.add(name)
         self.fleet.logs[name] = NodeLog()
         self.consoles[name] = ConsolePty(self._loop, self.workdir / f"console-{name}")
+
+    def connect_nbiot(self, broker: tuple[str, int]) -> None:
+        """NB-IoT nodes of this world publish to the real node broker (as their modems would)."""
+
+        def go() -> None:
+            bridge = NodeBrokerBridge(*broker, client_id="hil-world-nbiot").start()
+            self._bridges.append(bridge)
+            self.fleet.nbiot_delivery = bridge.publish
+
+        self.call(go)
 
     def node(self, name: str) -> VirtualNode:
         return self.fleet.by_name[name]
@@ -488,22 +502,30 @@ class SimWorld:
 
         def transmit(payload: bytes, params: Any, power_dbm: float | None = None) -> Any:
             tx = original(payload, params, power_dbm)
-            self.gateway_duty.record(params.freq_hz, params.bw_khz, time.time() * 1000.0, tx.toa_ms)
+            wall = time.time() * 1000.0
+            self.gateway_duty.record(params.freq_hz, params.bw_khz, wall, tx.toa_ms)
+            self._gateway_tx_end = (wall + tx.toa_ms, tx.end_ms)
             self.counters["gateway_transmissions"] += 1
             return tx
 
         radio.transmit = transmit
 
     def wait_gateway_transmitter(self, v: VirtualNode, params: dict[str, int]) -> None:
-        """Inside a node's wake, before an uplink that wants an answer: virtual time compresses the minutes
-        between two reports, but the gateway's duty-cycle budget runs on the wall clock. Let real time pass
-        (the node's clock with it) until the gateway may transmit again when the answer is due."""
+        """Inside a node's wake, before an uplink that wants an answer: fast-forwarding compresses the minutes
+        between two reports, but the gateway's duty-cycle budget runs on the wall clock. Give back the time
+        the fast-forward took away since the gateway last transmitted, as far as the gateway needs it to be
+        allowed to answer; frames that are back to back in node time get no such help (the real gateway
+        would refuse their answers just the same)."""
         fleet = self.fleet
         if v.glet is None or greenlet.getcurrent() is not v.glet:
             return
         fleet.sync(v, v.clock.ms)
-        answer_at = time.time() * 1000.0 + 900.0  # the answer starts ~1050 ms after the uplink ends
+        wall_now = time.time() * 1000.0
+        answer_at = wall_now + 900.0  # the answer starts ~1050 ms after the uplink ends
         need = self.gateway_duty.wait_ms(params["freq"], params["bw"], answer_at)
+        end_wall, end_virtual = self._gateway_tx_end
+        compressed = (fleet.clock.now() - end_virtual) - (wall_now - end_wall)
+        need = min(need, compressed)
         if need <= 0:
             return
         self.counters["duty_cycle_waits"] += 1

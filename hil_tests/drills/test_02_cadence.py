@@ -54,7 +54,7 @@ def test_cadence_and_heartbeats_for_a_day(bench, kpi) -> None:
     assert b.platform.chain_intact()
 
     # battery: the model (tools/battery.py) at the cadence the platform observed
-    observed_interval = int(round(statistics.mean(gaps)))
+    observed_interval = round(statistics.mean(gaps))
     est = battery.estimate("water_level", observed_interval, dut.app.lora_sf, heartbeat_s=HEARTBEAT_S)
     kpi.value("battery_life_years", est.life_years, "years", basis="tools/battery.py at the observed cadence",
               interval_s=observed_interval, mah_per_day=est.total_mah_per_day)

@@ -69,7 +69,8 @@ def test_buffer_quota_drops_periodic_keeps_alarms_and_counts(bench, kpi) -> None
     assert platform.chain_intact(), platform.chain_report()
     kpi.counts("buffer_drops", by_prio, reason="quota", quota_mb=QUOTA_MB)
     kpi.value("drops_reported_to_platform", reported, "readings", events=len(events))
-    kpi.value("drop_event_rows_stored_by_sink", len(platform.events(EV_BUFFER_DROP)), "rows", events_delivered=len(events),
+    kpi.value("drop_event_rows_stored_by_sink", len(platform.events(EV_BUFFER_DROP)), "rows",
+              events_delivered=len(events),
               note="the reference sink keys gateway events by (gateway, device, fcnt); every drop event has "
                    "device 0 and fcnt 0, so it keeps one row: a sink/gateway contract gap, not a lost count")
     kpi.value("accepted_equals_stored_plus_dropped", 1, "", accepted=accepted, stored=stored, dropped=drops_total)
