@@ -85,6 +85,27 @@ def latencies_ms(dut: Dut, rows: Iterable[Row],
     return out, basis
 
 
+def settle(dut: Dut, timeout_s: float = 15.0) -> None:
+    """Let what is on its way arrive: every frame the gateway heard from ``dut`` stored by the platform
+    (simulator), or the platform's count for ``dut`` steady for 2 s (bench)."""
+    if dut.monitors_air:
+        heard = {(dut.device_id, u.fcnt) for u in dut.uplinks() if u.heard and u.valid and not u.flags & 0x08}
+        try:
+            dut.platform.wait_keys(heard, timeout_s, "the node's last readings")
+        except AssertionError:
+            return  # what never arrives is counted as lost by delivery()
+        return
+    last, since = -1, time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        n = len(dut.reports())
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= 2.0:
+            return
+        time.sleep(0.1)
+
+
 def delivery(dut: Dut) -> tuple[int, int]:
     """(readings the platform stored, readings the node sent) for ``dut``. The node's count comes from the
     monitor receiver on the simulator, from the frame counters (lowest to highest stored) on a bench."""

@@ -14,6 +14,7 @@ else; the drills in ``hil_tests/drills`` are not even collected, so the rest of 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,7 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     kpi = config.getoption("hil_kpi")
     logs = config.getoption("hil_logs")
-    logdir = Path(logs) if logs else Path(config.rootpath) / ".hil-logs"
+    logdir = Path(logs) if logs else Path(tempfile.gettempdir()) / "lifeline-hil-logs"
     logdir.mkdir(parents=True, exist_ok=True)
 
     def opt_path(name: str) -> Path | None:

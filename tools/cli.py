@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "platform-sink": ("lifeline.tools.platform_sink:platform_sink_cmd", "Reference city-platform sink."),
     "provision": ("lifeline.provisioning.cli:provision", "Flash, key, register and test nodes (field technicians)."),
     "sim": ("lifeline.sim_devices.cli:sim", "Simulations on the virtual LoRa air (capacity vs ALOHA, ...)."),
+    "hil": ("lifeline.hil_tests.cli:hil", "QA drills on simulated nodes or a bench board, with a drill report."),
     "rules": ("lifeline.gateway.rules_engine.cli:rules", "Check gateway rule files; dry-run them against recordings."),
     "package": ("lifeline.tools.build_deb:package", "Build the gateway's Debian package for a Raspberry Pi."),
 }

@@ -13,7 +13,7 @@ import statistics
 import pytest
 
 from lifeline.hil_tests.bench import DutSpec
-from lifeline.hil_tests.drilltools import delivery, gaps_s, periodic
+from lifeline.hil_tests.drilltools import delivery, gaps_s, periodic, settle
 from lifeline.protocols import schema
 from lifeline.tools import battery
 
@@ -39,6 +39,7 @@ def test_cadence_and_heartbeats_for_a_day(bench, kpi) -> None:
     expected = DAY_S // INTERVAL_S
     gaps = gaps_s(reports)
     beat_gaps = gaps_s(beats)
+    settle(dut)
     stored, sent = delivery(dut)
     kpi.value("reports_per_day", len(reports), "reports", expected=expected)
     kpi.value("heartbeats_per_day", len(beats), "heartbeats", expected=DAY_S // HEARTBEAT_S)
@@ -57,6 +58,7 @@ def test_cadence_and_heartbeats_for_a_day(bench, kpi) -> None:
     observed_interval = round(statistics.mean(gaps))
     est = battery.estimate("water_level", observed_interval, dut.app.lora_sf, heartbeat_s=HEARTBEAT_S)
     kpi.value("battery_life_years", est.life_years, "years", basis="tools/battery.py at the observed cadence",
+              kind="water_level",
               interval_s=observed_interval, mah_per_day=est.total_mah_per_day)
     if dut.is_sim:
         used_mah = b.world.call(lambda: b.world.node(dut.name).battery.used_mas) / 3600.0

@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 
 from lifeline.hil_tests.bench import DutSpec
-from lifeline.hil_tests.drilltools import ALARM_CASES, alarms, latencies_ms, leak_night_config
+from lifeline.hil_tests.drilltools import ALARM_CASES, alarms, delivery, latencies_ms, leak_night_config, settle
 from lifeline.protocols import schema
+from lifeline.tools import battery
 
 
 @pytest.mark.fast
@@ -56,3 +57,9 @@ def test_alarm_reaches_the_platform_within_budget(case: str, bench, kpi, hil_con
     # only the event's node kind alarmed, and only with the expected cause
     other = [r for r in alarms(dut) if r not in alarms(dut, c.cause)]
     assert not other, f"unexpected alarms: {[(r.fcnt, r.fields) for r in other]}"
+    settle(dut)
+    stored, sent = delivery(dut)
+    kpi.value("delivery_ratio", round(stored / sent, 4) if sent else 0.0, "", stored=stored, sent=sent, kind=c.kind)
+    est = battery.estimate(c.kind, dut.app.interval_s, dut.app.lora_sf, heartbeat_s=dut.app.heartbeat_s)
+    kpi.value("battery_life_years", est.life_years, "years", basis="tools/battery.py at the configured cadence",
+              kind=c.kind, interval_s=dut.app.interval_s, mah_per_day=est.total_mah_per_day)

@@ -43,6 +43,7 @@ payload = "alarm {cause} from {device}"
 OUTAGE_S = 3600.0
 
 
+@pytest.mark.fast
 @pytest.mark.drill(4, "Platform outage of one hour: local rules, buffering, drain, zero loss, alarms first")
 def test_platform_outage_buffers_acts_locally_and_drains(bench, kpi) -> None:
     b = bench(DutSpec(kind="smoke", interval_s=300), neighbours=NeighbourSpec(count=10, interval_s=300, speed=60.0),
