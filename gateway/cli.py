@@ -9,14 +9,13 @@ import json
 import sqlite3
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich and urllib load only for the commands that print or fetch (the daemon's RSS)
+    from rich.console import Console
 
 from lifeline.gateway.config import DEFAULT_PATH, ConfigError, GatewayConfig, load
 
@@ -25,8 +24,14 @@ _config_option = click.option("--config", "config_path", type=click.Path(dir_oka
                               default=DEFAULT_PATH, show_default=True, help="Gateway TOML configuration.")
 
 
+def _console(**kw: Any) -> Console:
+    from rich.console import Console
+
+    return Console(**kw)
+
+
 def _err(msg: str, code: int) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False, markup=True, soft_wrap=True)
+    _console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -90,7 +95,7 @@ def check_config(file: Path, as_json: bool) -> None:
         click.echo(json.dumps(out))
     elif problems:
         for p in problems:
-            Console(stderr=True).print(f"[red]invalid:[/red] {p}", highlight=False, soft_wrap=True)
+            _console(stderr=True).print(f"[red]invalid:[/red] {p}", highlight=False, soft_wrap=True)
     else:
         assert cfg is not None
         click.echo(f"{file}: ok (gateway {cfg.gateway.id}, {len(cfg.ingress)} ingress adapter(s), "
@@ -229,6 +234,9 @@ def _status_page_facts(cfg: GatewayConfig) -> tuple[str, dict[str, Any]]:
     url = _addr_url(cfg, sp.listen, sp.port, "status.addr", "/status.json?limit=0")
     if not url:
         return "unreachable", {}
+    import urllib.error
+    import urllib.request
+
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=3) as resp:
@@ -248,6 +256,9 @@ def status(config_path: Path, as_json: bool) -> None:
     Health, radios, backlog, uplink, last alarms (from the status page; needs read access to its token
     file: run as root or the daemon user) and disk.
     """
+    import urllib.error
+    import urllib.request
+
     from lifeline.gateway.metrics import parse_text
 
     cfg = _load(config_path)
@@ -284,7 +295,9 @@ def _print_status(s: dict[str, Any]) -> None:
     def joined(d: dict[str, Any]) -> str:
         return " · ".join(f"{k} {n(v)}" for k, v in d.items() if v) or "-"
 
-    con = Console(highlight=False)
+    from rich.table import Table
+
+    con = _console(highlight=False)
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold", no_wrap=True)
     t.add_column()
@@ -450,6 +463,8 @@ def list_cmd(config_path: Path, db: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows))
         return
+    from rich.table import Table
+
     t = Table(title=f"{len(rows)} device(s)")
     t.add_column("device", no_wrap=True)
     for col in ("kind", "status", "class", "installed", "life", "address", "tags"):
@@ -457,7 +472,7 @@ def list_cmd(config_path: Path, db: Path | None, as_json: bool) -> None:
     for r in rows:
         t.add_row(r["device_id"], r["kind"], r["status"], r["data_class"], r["install_date"],
                   f"{r['design_life_years']}y", r["location"]["address"], ",".join(r["tags"]))
-    Console().print(t)
+    _console().print(t)
 
 
 @devices.command("revoke")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 
 from lifeline.gateway.rules_engine import model as m
 
@@ -19,6 +18,8 @@ EXIT_FAILED, EXIT_CONFIG = 1, 3
 
 
 def _err(msg: str, code: int) -> NoReturn:
+    from rich.console import Console  # only when there is an error to print (keeps the daemon's RSS down)
+
     Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
 
