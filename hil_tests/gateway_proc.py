@@ -6,6 +6,8 @@ optional rule files and buffer quota), managed with the real CLI (``keygen``, ``
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -26,6 +28,11 @@ from lifeline.gateway.metrics import parse_text
 LIFELINE = str(Path(sys.executable).with_name("lifeline"))
 GATEWAY_ID = "gw-hil"
 Key = tuple[bytes, int]  # (device id, fcnt)
+
+
+def _die_with_parent() -> None:  # in the child between fork and exec: a crashed test run leaves no gateway
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class GatewayError(RuntimeError):
@@ -139,7 +146,8 @@ class GatewayProcess:
             log.write(f"\n===== hil: start #{self.starts + 1} at {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen([LIFELINE, "gateway", "run", "--config", str(self.config)],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
         finally:
             log.close()
         self.starts += 1

@@ -434,7 +434,7 @@ class SimWorld:
 
         async def go() -> None:
             assert self._loop is not None
-            target = self.fleet.now_ms + seconds * 1000.0
+            target = self.fleet.clock.now() + seconds * 1000.0  # absolute clock ms: no origin round-off
             fut: asyncio.Future[None] = self._loop.create_future()
             self._ff_waiters.append((target, fut))
             self._ff_target = max(self._ff_target or 0.0, target)
@@ -451,20 +451,20 @@ class SimWorld:
         last_yield = loop.time()
         try:
             while not self._stopping:
-                ff = self._ff_target
-                if ff is not None and self._holds == 0 and fleet.now_ms < ff:
+                ff = self._ff_target  # absolute clock ms
+                if ff is not None and self._holds == 0 and fleet.clock.now() < ff:
                     nxt = fleet.next_time_ms()
-                    if nxt is not None and nxt <= ff:
+                    if nxt is not None and fleet.origin_ms + nxt <= ff:
                         fleet.step()
                     else:
-                        fleet.clock.advance_to(fleet.origin_ms + ff)
+                        fleet.clock.advance_to(ff)
                     anchor_w, anchor_v = loop.time(), fleet.now_ms
                     if loop.time() - last_yield > 0.005:
                         await asyncio.sleep(0)
                         last_yield = loop.time()
                     continue
                 if self._ff_waiters and self._holds == 0:
-                    done = [w for w in self._ff_waiters if fleet.now_ms >= w[0]]
+                    done = [w for w in self._ff_waiters if fleet.clock.now() >= w[0]]
                     for w in done:
                         self._ff_waiters.remove(w)
                         if not w[1].done():
