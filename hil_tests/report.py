@@ -51,6 +51,36 @@ KPI_DEFINITIONS = [
 ]
 
 
+KPI_LABELS = {
+    "alarm_latency_ms": "alarm latency node -> platform", "alarm_detection_s": "detection time (event -> alarm sent)",
+    "delivery_ratio": "delivery ratio", "battery_life_years": "battery estimate",
+    "sim_charge_mah_per_day": "simulator charge count", "provisioning_s": "provisioning time",
+    "provisioning_modelled_hw_s": "same traffic on real hardware (modelled)",
+    "first_report_after_boot_s": "first report after boot", "reports_per_day": "reports in the day",
+    "heartbeats_per_day": "heartbeats in the day", "report_interval_s": "interval between reports",
+    "readings_delivered_twice": "readings delivered twice", "outage_buffered_readings": "buffered during the outage",
+    "reconnect_s": "gateway reconnect time", "recovery_s": "recovery (backlog stored)",
+    "backlog_drained": "backlog drained", "alarm_stored_before_backlog": "alarm stored before the backlog",
+    "outage_alarm_delay_s": "alarm delay across the outage", "local_rule_latency_ms": "local rule (siren) latency",
+    "kills": "SIGKILLs", "accepted_readings_checked": "accepted readings checked",
+    "gateway_restart_s": "gateway restart time", "node_delivery_ratio": "node delivery ratio",
+    "chain_gaps": "gaps in the batch chain", "broker_restarts": "broker restarts",
+    "publish_failures": "publishes without PUBACK", "buffer_drops": "readings dropped by the quota",
+    "drops_reported_to_platform": "drops reported to the platform",
+    "drop_event_rows_stored_by_sink": "drop-event rows kept by the sink",
+    "accepted_equals_stored_plus_dropped": "accepted = stored + dropped", "quota_bytes": "buffer quota",
+    "queued_during_outage": "queued at the node during the outage", "queued_delivered": "queued readings delivered",
+    "queue_drain_s": "queue drain time", "alarm_ahead_of_backlog": "alarm sent ahead of the backlog",
+    "blind_reports_lost": "reports lost before the link check", "frames_rejected": "frames rejected",
+    "attacker_frames": "attacker frames", "records_from_attacks": "records from attacks at the platform",
+    "command_to_node_s": "command to the node", "config_applied": "configuration applied",
+    "alarm_ack_to_node_s": "alarm acknowledgement to the node", "escalation_stopped_by_ack": "escalation stopped",
+    "update_adopted": "update adopted", "rollback_after_boots": "rolled back after", "report_after_power_cut_s":
+    "report after the power cut", "power_cut_recovered": "power cut recovered", "modem_recovery_s":
+    "modem recovery", "frames_lost_while_unplugged": "frames lost while unplugged", "adapter_events": "adapter events",
+}
+
+
 @dataclass(slots=True)
 class DrillItem:
     nodeid: str
@@ -129,7 +159,8 @@ def kpi_text(k: Mapping[str, Any]) -> str:
         body = ", ".join(f"{a} {_fmt(b)}" for a, b in k["counts"].items()) or "none"
     else:
         body = f"{_fmt(k.get('value'))}{unit}"
-    return f"{k['name']}: {body}" + (f" [{extra}]" if extra else "")
+    name = KPI_LABELS.get(str(k["name"]), str(k["name"]).replace("_", " "))
+    return f"{name}: {body}" + (f" [{extra}]" if extra else "")
 
 
 def _headlines(kpis: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
@@ -296,7 +327,8 @@ padding:0 1rem;line-height:1.45}
 h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
 table{border-collapse:collapse;width:100%;font-size:.92rem}th,td{border:1px solid #d0d7de;padding:.35rem .5rem;
 vertical-align:top;text-align:left}th{background:#f6f8fa}.PASS{color:#fff;background:#1a7f37}
-.FAIL{color:#fff;background:#cf222e}.NOTRUN{background:#eaeef2}.badge{font-weight:700;padding:.1rem .5rem;
+.FAIL{color:#fff;background:#cf222e}.NOTRUN,.NOT{background:#eaeef2}.PASSED{color:#1a7f37;border:1px solid #1a7f37}
+.FAILED{color:#cf222e;border:1px solid #cf222e}.badge{font-weight:700;padding:.1rem .5rem;
 border-radius:.3rem;white-space:nowrap}.verdict{font-size:1.1rem;margin:.5rem 0 1rem}pre{background:#f6f8fa;
 padding:.6rem;overflow-x:auto;font-size:.85rem}.meta{color:#57606a}small{color:#57606a}ul.figs{margin:0;padding-left:1rem}
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 
 from lifeline.hil_tests.bench import DutSpec
-from lifeline.hil_tests.drilltools import alarms
+from lifeline.hil_tests.drilltools import alarms, latencies_ms
 
 INTERVAL_S = 900
 OUTAGE_S = 4 * 3600
@@ -61,6 +61,8 @@ def test_node_queue_delivers_after_a_radio_outage(bench, kpi) -> None:
     kpi.value("queue_drain_s", round(dut.now_s() - t_radio), "s node time", acks_refused_duty_cycle=refused,
               note="radio back -> node queue empty")
     kpi.value("alarm_ahead_of_backlog", 1, "", alarm_fcnt=alarm.fcnt, first_queued_fcnt=min(r.fcnt for r in drained))
+    lat, basis = latencies_ms(dut, [alarm], b.world.tx_wall if dut.monitors_air else None)
+    kpi.samples("alarm_latency_ms", lat, "ms", kind="tilt", cause="cover_open", basis=basis)
     if ups:
         kpi.value("blind_reports_lost", len(blind), "reports",
                   note="sent before the link check noticed the outage (no ACK asked): lost on the air")

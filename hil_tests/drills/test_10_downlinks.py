@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from lifeline.hil_tests.bench import DutSpec
-from lifeline.hil_tests.drilltools import alarms, gaps_s
+from lifeline.hil_tests.drilltools import alarms, gaps_s, latencies_ms
 from lifeline.protocols import schema
 
 INTERVAL_S = 300
@@ -49,6 +49,8 @@ def test_config_downlink_and_alarm_ack_reach_the_node(bench, kpi) -> None:
     dut.run_until(lambda: bool(alarms(dut, "smoke")), 600, step_s=10, what="the smoke alarm at the platform")
     alarm = min(alarms(dut, "smoke"), key=lambda r: r.fcnt)
     alarm_id = int(alarm.field("alarm_id"))
+    lat, basis = latencies_ms(dut, [alarm], b.world.tx_wall if dut.monitors_air else None)
+    kpi.samples("alarm_latency_ms", lat, "ms", kind="smoke", cause="smoke", basis=basis)
     t_alarm = dut.now_s()
     dut.run(90)  # no platform ack yet: the sounder escalates after 60 s
     assert dut.output_on("buzzer_loud", since_s=t_alarm, question="Is the loud sounder stage on?"), \
