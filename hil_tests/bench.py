@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +111,8 @@ class Bench:
         self.seed = seed
         self.provisioned = provisioned
         self.node_broker: Any = None
-        self.platform: Platform | None = None
-        self.gateway: GatewayProcess | None = None
+        self._platform: Platform | None = None
+        self._gateway: GatewayProcess | None = None
         self.world: Any = None
         self.neighbours: Any = None
         self.duts: list[Dut] = []
@@ -136,8 +135,8 @@ class Bench:
         wd = self.workdir
         self.node_broker = MosquittoBroker(workdir=wd / "node-broker")
         self.node_broker.start()
-        self.platform = Platform(wd, GATEWAY_ID)
-        self.platform.start_broker()
+        self._platform = Platform(wd, GATEWAY_ID)
+        self._platform.start_broker()
         trusted = wd / "technicians.json"
         pub = keys.public_key_hex(self.cfg.technician_key)
         trusted.write_text(json.dumps({t: pub for t in TECHNICIANS}), encoding="utf-8")
@@ -173,7 +172,7 @@ class Bench:
         settings = GatewaySettings(lora_serial=modem, lora_sf=sfs.pop() if sfs else 9, platform=self.platform.address,
                                    node_broker=(self.node_broker.host, self.node_broker.port), quota_mb=self.quota_mb,
                                    rule_files=rule_files, trusted_technicians=trusted)
-        self.gateway = GatewayProcess(wd / "gateway", settings)
+        self._gateway = GatewayProcess(wd / "gateway", settings)
         if records:
             self.gateway.import_devices(records)
         self.records = records
@@ -237,7 +236,7 @@ class Bench:
         self.world.connect_nbiot((self.node_broker.host, self.node_broker.port))
         for s, rec in zip(specs, recs, strict=True):
             self.apps.append(App.from_record(s.name, rec, self.world.node(s.name).config))
-        return recs
+        return list(recs)
 
     def _bench_app(self) -> App:
         if self.provisioned is not None:
@@ -265,7 +264,6 @@ class Bench:
 
     def wait_gateway_ready(self, timeout_s: float = 30.0) -> None:
         """Online at the platform and (simulator) the modem configured for continuous receive."""
-        assert self.platform is not None and self.gateway is not None
         self.platform.wait(lambda p: p.presence() == "online", timeout_s, "the gateway online at the platform")
         if self.cfg.is_sim:
             world = self.world
@@ -279,47 +277,71 @@ class Bench:
         return self.duts[0]
 
     def restart_gateway(self) -> None:
-        assert self.gateway is not None
         self.gateway.start()
         self.wait_gateway_ready()
 
-    def sync_time(self, dut: Dut, within_s: float = 3600.0) -> int:
-        """Platform ``time_sync`` command for ``dut``: queued at the gateway, sent in the node's next window.
-        Returns the node seconds it took to reach the node."""
-        assert self.platform is not None
-        cid = self.platform.command(dut.device_id, "time_sync", {})
-        self.platform.wait_result(cid, "queued", 15)
-        took = dut.run_until(lambda: (self.platform.result(cid) or {}).get("status") == "sent", within_s,
-                             step_s=30.0, what="the time sync reaching the node")
-        return int(took)
+    def sync_time(self, dut: Dut, within_s: float = 3600.0, attempts: int = 3) -> int:
+        """Set the node's clock as the platform does: a ``time_sync`` command, queued at the gateway and sent
+        in the node's next receive window; the proof is the node's next report carrying a node time. A
+        downlink that missed the window ("sent" but never heard) is sent again, as a platform would when
+        reports still say 0. Returns the attempts it took."""
+        platform = self.platform
+        for attempt in range(1, attempts + 1):
+            cid = platform.command(dut.device_id, "time_sync", {})
+            platform.wait_result(cid, "queued", 15)
+            dut.run_until(lambda cid=cid: (platform.result(cid) or {}).get("status") == "sent",  # type: ignore[misc]
+                          within_s, step_s=30.0, what="the time sync sent to the node")
+            last = max((r.fcnt for r in dut.reports()), default=-1)
+
+            def synced(last: int = last) -> bool:
+                return any(r.fcnt > last and r.node_time > 0 for r in dut.reports())
+
+            try:
+                dut.run_until(synced, 2 * dut.app.interval_s + 60, step_s=30.0, settle_s=5.0,
+                              what="a report with the node's clock set")
+                return attempt
+            except AssertionError:
+                dut.note(f"time sync attempt {attempt} not applied by the node (downlink missed its window)")
+        raise AssertionError(f"{dut.name}: the node's clock was not set after {attempts} time sync commands")
+
+    @property
+    def gateway(self) -> GatewayProcess:
+        if self._gateway is None:
+            raise RuntimeError("the bench has no gateway yet")
+        return self._gateway
+
+    @property
+    def platform(self) -> Platform:
+        if self._platform is None:
+            raise RuntimeError("the bench has no platform yet")
+        return self._platform
 
     def log_paths(self) -> list[Path]:
         out = [d.console.log_path for d in self.duts]
-        if self.gateway is not None:
-            out.append(self.gateway.log)
+        if self._gateway is not None:
+            out.append(self._gateway.log)
         if self.node_broker is not None:
             out.append(self.node_broker.workdir / "mosquitto.log")
-        if self.platform is not None:
-            out.append(self.platform.broker.workdir / "mosquitto.log")
+        if self._platform is not None:
+            out.append(self._platform.broker.workdir / "mosquitto.log")
         return out
 
     def close(self) -> None:
         for d in self.duts:
             with contextlib.suppress(Exception):
                 d.close()
-        if self.gateway is not None:
+        if self._gateway is not None:
             with contextlib.suppress(Exception):
-                self.gateway.stop()
+                self._gateway.stop()
         if self.world is not None:
             with contextlib.suppress(Exception):
                 self.world.stop()
-        if self.platform is not None:
+        if self._platform is not None:
             with contextlib.suppress(Exception):
-                self.platform.close()
+                self._platform.close()
         if self.node_broker is not None:
             with contextlib.suppress(Exception):
                 self.node_broker.close()
 
 
-def env_workdir(default: Path) -> Path:
-    return Path(os.environ.get("LIFELINE_HIL_WORKDIR", str(default)))
+BenchFactory = Callable[..., Bench]  # the ``bench`` fixture: ``bench(DutSpec(...), neighbours=..., ...)``

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shlex
 import subprocess
 import time
@@ -80,7 +79,7 @@ class Operator:
         with tty:
             tty.write(f"\n[HIL operator] {text}\n> ")
             tty.flush()
-            return tty.readline().strip()
+            return str(tty.readline()).strip()
 
     def do(self, text: str) -> None:
         self.prompt(f"{text} Press Enter when done.")
@@ -90,9 +89,6 @@ class Operator:
 
 
 # ------------------------------------------------------------------------------------------------ sim link
-
-
-EPISODE_TIME_KEYS: dict[str, str] = {}
 
 
 class SimLink:
@@ -166,7 +162,7 @@ class SimLink:
             try:
                 ota.install(v.hal.fs, blob, key, int(cfg.get("ota_trial_boots", 3)))
             except ota.OtaError as e:
-                return e.reason
+                return str(e.reason)
             except sim.PowerCut:
                 fleet.reset_node(v, 0, power_loss=True, off_ms=1000.0)
                 return "power_cut"
@@ -497,7 +493,3 @@ def read_board_config(url: str) -> dict[str, Any]:
     with RawRepl.open(url) as repl:
         text = repl.exec("print(open('/config.json').read())").stdout
     return config_without_secret(text.strip())
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "no")

@@ -120,8 +120,8 @@ class GatewayProcess:
         path = self.workdir / f"devices-{time.monotonic_ns()}.jsonl"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n")
+            for rec in records:
+                fh.write(json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n")
         r = self.cli("devices", "import", str(path), "--config", str(self.config), "--json", check=False)
         path.unlink()
         if r.returncode != 0:

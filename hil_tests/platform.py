@@ -87,7 +87,8 @@ class Platform:
     def rows(self, device: bytes | None = None, *, record_type: int | None = RT_READING) -> list[Row]:
         sql = ("SELECT id, device, fcnt, record_type, kind, node_time, rx_ms, stored_ms, lane, seq, priority, "
                "record_json FROM records")
-        cond, args = [], []
+        cond: list[str] = []
+        args: list[Any] = []
         if device is not None:
             cond.append("device = ?")
             args.append(device)

@@ -13,10 +13,9 @@ else; the drills in ``hil_tests/drills`` are not even collected, so the rest of 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +135,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     rep: pytest.TestReport = outcome.get_result()
     if not item.config.stash.get(_ACTIVE, False) or item.get_closest_marker("drill") is None:
@@ -191,7 +190,7 @@ def bench(request: pytest.FixtureRequest, hil_config: Any, tmp_path: Path) -> It
         b = Bench(cfg, tmp_path / f"bench{len(made)}", duts=specs, neighbours=neighbours, quota_mb=quota_mb,
                   rules=rules, seed=seed, provisioned=provisioned)
         made.append(b)
-        item._hil_benches = made  # type: ignore[attr-defined]
+        item._hil_benches = made
         return b.start()
 
     yield make
@@ -210,7 +209,3 @@ def kpi(request: pytest.FixtureRequest, hil_config: Any) -> Any:
 
 def _safe(nodeid: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in nodeid.split("::")[-1])[:80]
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))

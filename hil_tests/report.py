@@ -255,9 +255,9 @@ def build(kpi_path: Path, junit_path: Path | None = None, meta: Mapping[str, Any
         it.message = str(r.get("message", ""))
         it.logs = list(r.get("logs", []))
     for k in kpis:
-        it = items.get(k.get("nodeid", ""))
-        if it is not None:
-            it.kpis.append(k)
+        owner = items.get(k.get("nodeid", ""))
+        if owner is not None:
+            owner.kpis.append(k)
     m = dict(meta or {})
     if sessions:
         m.setdefault("dut", sessions[-1].get("dut"))

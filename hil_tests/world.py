@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import threading
 import time
@@ -684,7 +683,3 @@ class Neighbours:
 
     def count(self) -> int:
         return self.world.call(lambda: sum(1 for f in self.fleet.frames if f.heard))
-
-
-def dump_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")

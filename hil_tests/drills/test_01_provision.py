@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec, Provisioned
+from lifeline.hil_tests.bench import BenchFactory, DutSpec, HilConfig, Provisioned
 from lifeline.hil_tests.gateway_proc import LIFELINE
+from lifeline.hil_tests.kpi import KpiRecorder
 from lifeline.provisioning import records
 from lifeline.provisioning.audit import AuditLog
 from lifeline.provisioning.firmware_image import load as load_firmware
@@ -32,7 +34,9 @@ SPEC = DeviceSpec(kind="smoke", radio="lora", region="EU868", interval_s=300,
 
 @pytest.mark.fast
 @pytest.mark.drill(1, "Provision, boot, first report, registered at the platform")
-def test_provisioned_board_boots_reports_and_is_registered(bench, kpi, hil_config, tmp_path) -> None:
+def test_provisioned_board_boots_reports_and_is_registered(
+    bench: BenchFactory, kpi: KpiRecorder, hil_config: HilConfig, tmp_path: Path
+) -> None:
     work = tmp_path / "provisioning"
     work.mkdir()
     emulator = None

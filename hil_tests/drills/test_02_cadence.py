@@ -12,8 +12,9 @@ import statistics
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec
 from lifeline.hil_tests.drilltools import delivery, gaps_s, periodic, settle
+from lifeline.hil_tests.kpi import KpiRecorder
 from lifeline.hil_tests.platform import Row
 from lifeline.protocols import schema
 from lifeline.tools import battery
@@ -24,7 +25,7 @@ HEARTBEAT_S = 6 * 3600
 
 
 @pytest.mark.drill(2, "Periodic cadence held for a day, heartbeats present")
-def test_cadence_and_heartbeats_for_a_day(bench, kpi) -> None:
+def test_cadence_and_heartbeats_for_a_day(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="water_level", interval_s=INTERVAL_S, heartbeat_s=HEARTBEAT_S))
     dut = b.dut
     dut.expect_boot(30)

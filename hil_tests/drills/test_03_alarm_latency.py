@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec, HilConfig
 from lifeline.hil_tests.drilltools import ALARM_CASES, alarms, delivery, latencies_ms, leak_night_config, settle
+from lifeline.hil_tests.kpi import KpiRecorder
 from lifeline.protocols import schema
 from lifeline.tools import battery
 
@@ -20,7 +21,9 @@ from lifeline.tools import battery
 @pytest.mark.fast
 @pytest.mark.drill(3, "Alarm end-to-end latency per node kind")
 @pytest.mark.parametrize("case", sorted(ALARM_CASES), ids=sorted(ALARM_CASES))
-def test_alarm_reaches_the_platform_within_budget(case: str, bench, kpi, hil_config) -> None:
+def test_alarm_reaches_the_platform_within_budget(
+    case: str, bench: BenchFactory, kpi: KpiRecorder, hil_config: HilConfig
+) -> None:
     c = ALARM_CASES[case]
     config = dict(c.config)
     if c.needs_clock:
@@ -43,9 +46,9 @@ def test_alarm_reaches_the_platform_within_budget(case: str, bench, kpi, hil_con
 
     tx_wall = b.world.tx_wall if dut.monitors_air else None
     if dut.monitors_air:  # detection: the event to the alarm leaving the node
-        sent = [u for u in dut.uplinks() if u.kind == schema.K_ALARM_RAISED and u.fcnt == first.fcnt]
-        assert sent, "the alarm the platform stored was not sent by the node"
-        detect_s = sent[0].t_s - t_event
+        on_air = [u for u in dut.uplinks() if u.kind == schema.K_ALARM_RAISED and u.fcnt == first.fcnt]
+        assert on_air, "the alarm the platform stored was not sent by the node"
+        detect_s = on_air[0].t_s - t_event
     lat, basis = latencies_ms(dut, alarms(dut), tx_wall)
     assert lat, "no alarm latency could be measured"
     summary = kpi.samples("alarm_latency_ms", lat, "ms", kind=c.kind, cause=c.cause, basis=basis)

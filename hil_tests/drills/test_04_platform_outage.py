@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec, NeighbourSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec, NeighbourSpec
 from lifeline.hil_tests.drilltools import alarms, latencies_ms
 from lifeline.hil_tests.drilltools_lan import LanListener
 from lifeline.hil_tests.gateway_proc import wait_until
+from lifeline.hil_tests.kpi import KpiRecorder
 
 RULES = """
 version = 1
@@ -45,7 +46,7 @@ OUTAGE_S = 3600.0
 
 @pytest.mark.fast
 @pytest.mark.drill(4, "Platform outage of one hour: local rules, buffering, drain, zero loss, alarms first")
-def test_platform_outage_buffers_acts_locally_and_drains(bench, kpi) -> None:
+def test_platform_outage_buffers_acts_locally_and_drains(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="smoke", interval_s=300), neighbours=NeighbourSpec(count=10, interval_s=300, speed=60.0),
               rules=RULES)
     dut, gw, platform = b.dut, b.gateway, b.platform

@@ -15,14 +15,15 @@ import time
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec, NeighbourSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec, NeighbourSpec
 from lifeline.hil_tests.gateway_proc import wait_until
+from lifeline.hil_tests.kpi import KpiRecorder
 
 KILLS = 20
 
 
 @pytest.mark.drill(5, "Gateway killed with SIGKILL 20 times under load: zero accepted readings lost")
-def test_sigkill_under_load_loses_no_accepted_reading(bench, kpi) -> None:
+def test_sigkill_under_load_loses_no_accepted_reading(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="water_meter", interval_s=60),
               neighbours=NeighbourSpec(count=30, interval_s=60, speed=30.0))
     dut, gw, platform = b.dut, b.gateway, b.platform

@@ -14,14 +14,15 @@ import time
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec, NeighbourSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec, NeighbourSpec
 from lifeline.hil_tests.gateway_proc import wait_until
+from lifeline.hil_tests.kpi import KpiRecorder
 
 RESTARTS = 10
 
 
 @pytest.mark.drill(6, "Platform broker restarted 10 times under load: zero loss, reconnects alone")
-def test_broker_restarts_under_load_lose_nothing(bench, kpi) -> None:
+def test_broker_restarts_under_load_lose_nothing(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="smoke", interval_s=120),
               neighbours=NeighbourSpec(count=30, interval_s=60, speed=30.0))
     dut, gw, platform = b.dut, b.gateway, b.platform

@@ -8,18 +8,21 @@ platform as a buffer-drop event. When the platform is back: stored + dropped = a
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec, NeighbourSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec, NeighbourSpec
 from lifeline.hil_tests.drilltools import alarms
 from lifeline.hil_tests.gateway_proc import wait_until
+from lifeline.hil_tests.kpi import KpiRecorder
 
 EV_BUFFER_DROP = 2  # gateway/records.py
 QUOTA_MB = 1
 
 
 @pytest.mark.drill(7, "Disk full on the gateway: policy applies, alarms survive, drops counted")
-def test_buffer_quota_drops_periodic_keeps_alarms_and_counts(bench, kpi) -> None:
+def test_buffer_quota_drops_periodic_keeps_alarms_and_counts(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="smoke", interval_s=300),
               neighbours=NeighbourSpec(count=100, interval_s=60, speed=600.0,
                                        kinds=("water_meter", "gas_meter", "water_level")),
@@ -52,13 +55,13 @@ def test_buffer_quota_drops_periodic_keeps_alarms_and_counts(bench, kpi) -> None
     platform.wait(lambda p: bool(alarms(dut, "smoke")), 30, "the alarm at the platform")
     drops_total = int(sum(gw.metric_by("buffer_drops_total", "priority").values()))
 
-    def drop_events() -> list[object]:
+    def drop_events() -> list[Any]:
         return [r for r in platform.batch_records() if r.record_type == 1 and r.kind == EV_BUFFER_DROP]
 
-    wait_until(lambda: sum(int(e.fields[3]) for e in drop_events()) >= drops_total, 60,  # type: ignore[attr-defined]
+    wait_until(lambda: sum(int(e.fields[3]) for e in drop_events()) >= drops_total, 60,
                "the buffer-drop events at the platform")
     events = drop_events()
-    reported = sum(int(e.fields[3]) for e in events)  # type: ignore[attr-defined]
+    reported = sum(int(e.fields[3]) for e in events)
     accepted = int(gw.metric("readings_accepted_total"))
     platform.wait(lambda p: len(p.keys()) + drops_total >= accepted, 60, "the drained backlog at the platform")
     stored = len(platform.keys())

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec
 from lifeline.hil_tests.drilltools import alarms, latencies_ms
+from lifeline.hil_tests.kpi import KpiRecorder
 
 INTERVAL_S = 900
 OUTAGE_S = 4 * 3600
 
 
 @pytest.mark.drill(8, "Radio outage at the node: queue delivers afterwards, in order, alarms first")
-def test_node_queue_delivers_after_a_radio_outage(bench, kpi) -> None:
+def test_node_queue_delivers_after_a_radio_outage(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="tilt", interval_s=INTERVAL_S, sf=7))
     dut = b.dut
     dut.expect_boot(30)

@@ -16,13 +16,14 @@ import time
 import pytest
 
 from lifeline.hil_tests.attacker import Attacker
-from lifeline.hil_tests.bench import DutSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec
 from lifeline.hil_tests.gateway_proc import wait_until
+from lifeline.hil_tests.kpi import KpiRecorder
 
 
 @pytest.mark.fast
 @pytest.mark.drill(9, "Replay, forgery, wrong key, revoked device: rejected, nothing forwarded")
-def test_attacks_are_rejected_and_nothing_is_forwarded(bench, kpi) -> None:
+def test_attacks_are_rejected_and_nothing_is_forwarded(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="water_level", name="dut", interval_s=300),
               DutSpec(kind="water_level", name="wrong-key", interval_s=300, wrong_key=True, x_m=25.0),
               DutSpec(kind="water_meter", name="revoked", interval_s=300, x_m=30.0))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec
 from lifeline.hil_tests.drilltools import alarms, gaps_s, latencies_ms
+from lifeline.hil_tests.kpi import KpiRecorder
 from lifeline.protocols import schema
 
 INTERVAL_S = 300
@@ -22,7 +23,7 @@ NEW_INTERVAL_S = 600
 
 @pytest.mark.fast
 @pytest.mark.drill(10, "Config downlink applied and acknowledged; alarm ack reaches the node")
-def test_config_downlink_and_alarm_ack_reach_the_node(bench, kpi) -> None:
+def test_config_downlink_and_alarm_ack_reach_the_node(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="smoke", interval_s=INTERVAL_S))
     dut, platform = b.dut, b.platform
     dut.expect_boot(30)

@@ -14,7 +14,8 @@ import os
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec
+from lifeline.hil_tests.kpi import KpiRecorder
 from lifeline.protocols import schema
 
 INTERVAL_S = 300
@@ -30,7 +31,7 @@ def _fault_code(row: object) -> int | None:
 
 
 @pytest.mark.drill(11, "OTA: good bundle adopted, bad bundle rolled back, power cut during OTA recovers")
-def test_ota_adopt_refuse_rollback_and_power_cut(bench, kpi) -> None:
+def test_ota_adopt_refuse_rollback_and_power_cut(bench: BenchFactory, kpi: KpiRecorder) -> None:
     b = bench(DutSpec(kind="tilt", interval_s=INTERVAL_S))
     dut, app = b.dut, b.dut.app
     dut.expect_boot(30)

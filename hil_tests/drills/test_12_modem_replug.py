@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from lifeline.hil_tests.bench import DutSpec
+from lifeline.hil_tests.bench import BenchFactory, DutSpec, HilConfig
 from lifeline.hil_tests.dut import Operator
 from lifeline.hil_tests.gateway_proc import wait_until
+from lifeline.hil_tests.kpi import KpiRecorder
 
 INTERVAL_S = 300
 UNPLUGGED_S = 1800.0
@@ -22,7 +23,7 @@ UNPLUGGED_S = 1800.0
 
 @pytest.mark.fast
 @pytest.mark.drill(12, "Serial modem unplugged and replugged: the gateway recovers alone")
-def test_gateway_recovers_from_modem_unplug(bench, kpi, hil_config) -> None:
+def test_gateway_recovers_from_modem_unplug(bench: BenchFactory, kpi: KpiRecorder, hil_config: HilConfig) -> None:
     b = bench(DutSpec(kind="water_level", interval_s=INTERVAL_S))
     dut, gw = b.dut, b.gateway
     dut.run_until(lambda: len(dut.reports()) >= 2, 3 * INTERVAL_S, what="reports before the unplug")
