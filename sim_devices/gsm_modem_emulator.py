@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
-import tty
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from lifeline.sim_devices.pty_cable import PtyCable
 
 CTRL_Z = 0x1A
 ESC = 0x1B
@@ -60,10 +60,8 @@ class GsmModemEmulator:
         self.counters: Counter[str] = Counter()
         self._mr = 0
         self._fail_next = 0
-        self._master: int | None = None
-        self._slave: int | None = None
+        self._cable = PtyCable(self.path, self._on_data)
         self._inbuf = bytearray()
-        self._outbuf = bytearray()
         self._entry: tuple[str, bytearray] | None = None  # (number, text) while a message is being typed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: set[asyncio.TimerHandle] = set()
@@ -73,7 +71,7 @@ class GsmModemEmulator:
 
     @property
     def plugged(self) -> bool:
-        return self._master is not None
+        return self._cable.plugged
 
     async def start(self) -> GsmModemEmulator:
         self._loop = asyncio.get_running_loop()
@@ -90,36 +88,15 @@ class GsmModemEmulator:
         await self.stop()
 
     def replug(self) -> None:
-        if self._master is not None:
-            raise RuntimeError("already plugged in")
         assert self._loop is not None, "call start() first"
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        tmp = self.path.with_name(self.path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(os.ttyname(slave))
-        tmp.replace(self.path)
-        self._loop.add_reader(master, self._on_readable)
+        self._cable.plug(self._loop)
         self._power_on()
 
     def unplug(self) -> None:
-        if self._master is None:
+        if not self._cable.plugged:
             return
-        assert self._loop is not None
-        self._loop.remove_reader(self._master)
-        self._loop.remove_writer(self._master)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._master = self._slave = None
+        self._cable.unplug()
         self._inbuf.clear()
-        self._outbuf.clear()
         for t in self._timers:
             t.cancel()
         self._timers.clear()
@@ -141,16 +118,7 @@ class GsmModemEmulator:
 
     # ------------------------------------------------------------------ pty I/O
 
-    def _on_readable(self) -> None:
-        assert self._master is not None
-        try:
-            data = os.read(self._master, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            return
+    def _on_data(self, data: bytes) -> None:
         self.counters["bytes_in"] += len(data)
         if self.hung:
             return
@@ -191,26 +159,7 @@ class GsmModemEmulator:
             text.append(b)
 
     def _write(self, data: bytes) -> None:
-        if self._master is None:
-            return
-        self._outbuf += data
-        self._flush()
-
-    def _flush(self) -> None:
-        if self._master is None:
-            return
-        assert self._loop is not None
-        while self._outbuf:
-            try:
-                n = os.write(self._master, self._outbuf)
-            except BlockingIOError:
-                self._loop.add_writer(self._master, self._flush)
-                return
-            except OSError:
-                self._outbuf.clear()
-                return
-            del self._outbuf[:n]
-        self._loop.remove_writer(self._master)
+        self._cable.write(data)
 
     def _info(self, text: str) -> None:
         self._write(b"\r\n" + text.encode("ascii") + b"\r\n")
@@ -293,7 +242,7 @@ class GsmModemEmulator:
 
         def deliver() -> None:
             self._timers.discard(handle)
-            if self._master is None:
+            if not self._cable.plugged:
                 return
             self.sent.append(SentSms(number, text, mr, time.monotonic()))
             self.counters["sent"] += 1

@@ -14,13 +14,11 @@ responses), :meth:`reset` (the module reboots mid-stream and prints its banner),
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tty
 from collections import Counter
 from pathlib import Path
 
 from lifeline.sim_devices.air import AirChannel, Delivery, LoraParams, RadioBusy, Timer, VirtualClock
+from lifeline.sim_devices.pty_cable import PtyCable
 
 FIRMWARE = "RUI_4.0.6_RAK3172-E"
 BANNER = (
@@ -63,17 +61,15 @@ class Rak3172Emulator:
         self.transmissions: list[tuple[float, bytes, LoraParams]] = []  # (start ms, payload, params)
         self.counters: Counter[str] = Counter()
         self.max_line = max_line
-        self._master: int | None = None
-        self._slave: int | None = None
+        self._cable = PtyCable(self.path, self._on_data)
         self._inbuf = bytearray()
-        self._outbuf = bytearray()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- the USB cable ---------------------------------------------------------------------------
 
     @property
     def plugged(self) -> bool:
-        return self._master is not None
+        return self._cable.plugged
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -81,39 +77,18 @@ class Rak3172Emulator:
 
     def replug(self, banner: bool = True) -> None:
         """Power the module up on a fresh pty and (re)create the device path."""
-        if self._master is not None:
-            raise RuntimeError("already plugged in")
         assert self._loop is not None, "call start() first"
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        tmp = self.path.with_name(self.path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(os.ttyname(slave))
-        tmp.replace(self.path)
-        self._loop.add_reader(master, self._on_readable)
+        self._cable.plug(self._loop)
         self._power_on()
         if banner:
             self._banner()
 
     def unplug(self) -> None:
         """Pull the cable: the pty closes (the gateway's reads fail) and the device path disappears."""
-        if self._master is None:
+        if not self._cable.plugged:
             return
-        assert self._loop is not None
-        self._loop.remove_reader(self._master)
-        self._loop.remove_writer(self._master)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._master = self._slave = None
+        self._cable.unplug()
         self._inbuf.clear()
-        self._outbuf.clear()
         self._stop_rx()
 
     async def stop(self) -> None:
@@ -146,16 +121,7 @@ class Rak3172Emulator:
 
     # --- pty I/O ---------------------------------------------------------------------------------
 
-    def _on_readable(self) -> None:
-        assert self._master is not None
-        try:
-            data = os.read(self._master, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""  # EIO: the gateway has not opened (or has closed) the slave side
-        if not data:
-            return
+    def _on_data(self, data: bytes) -> None:
         self._inbuf += data
         while True:
             cut = [i for i in (self._inbuf.find(b"\r"), self._inbuf.find(b"\n")) if i >= 0]
@@ -172,26 +138,7 @@ class Rak3172Emulator:
                 self._command(raw.decode("ascii", "replace").strip())
 
     def _write(self, data: bytes) -> None:
-        if self._master is None:
-            return
-        self._outbuf += data
-        self._flush()
-
-    def _flush(self) -> None:
-        if self._master is None:
-            return
-        assert self._loop is not None
-        while self._outbuf:
-            try:
-                n = os.write(self._master, self._outbuf)
-            except BlockingIOError:
-                self._loop.add_writer(self._master, self._flush)
-                return
-            except OSError:
-                self._outbuf.clear()
-                return
-            del self._outbuf[:n]
-        self._loop.remove_writer(self._master)
+        self._cable.write(data)
 
     def _line(self, text: str) -> None:
         self._write(text.encode("ascii") + b"\r\n")
@@ -320,7 +267,7 @@ class Rak3172Emulator:
     # --- the air -----------------------------------------------------------------------------------
 
     def _on_delivery(self, delivery: Delivery) -> None:
-        if not delivery.ok or not self.rx_mode or self._master is None or self.hung:
+        if not delivery.ok or not self.rx_mode or not self._cable.plugged or self.hung:
             return
         self.counters["received"] += 1
         self._line(f"+EVT:RXP2P:{round(delivery.rssi_dbm)}:{round(delivery.snr_db)}:"
