@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 import time
-import tty
 import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,6 +49,7 @@ from lifeline.sim_devices.fleet import Fleet, GatewayEnd, NodeSpec, VirtualNode
 from lifeline.sim_devices.links import NodeBrokerBridge, hook_receiver
 from lifeline.sim_devices.lora_modem_emulator import Rak3172Emulator
 from lifeline.sim_devices.provision import build_fleet
+from lifeline.sim_devices.pty_cable import PtyCable
 
 T = TypeVar("T")
 
@@ -78,54 +77,23 @@ class WorldError(RuntimeError):
 
 
 class ConsolePty:
-    """The board's UART: a pty whose slave path the test side opens like /dev/ttyUSB0. Written from the
-    world's loop, never blocking (a full buffer waits for the reader)."""
+    """The board's UART: a pty whose stable path the test side opens like /dev/ttyUSB0 (the simulator's
+    ``PtyCable``), written from the world's loop without blocking. What the host types is dropped: the
+    simulated board runs its app, not a REPL."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: Path) -> None:
-        self._loop = loop
-        master, slave = os.openpty()
-        tty.setraw(master)
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self.master, self.slave = master, slave
         self.path = path
-        tmp = path.with_name(path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(os.ttyname(slave))
-        tmp.replace(path)
-        self._out = bytearray()
-        self._writing = False
+        self._cable = PtyCable(path, self._keystrokes)
+        self._cable.plug(loop)
+
+    def _keystrokes(self, data: bytes) -> None:
+        return None
 
     def write(self, text: str) -> None:
-        self._out += text.encode("utf-8", "replace")
-        self._flush()
-
-    def _flush(self) -> None:
-        while self._out:
-            try:
-                n = os.write(self.master, self._out)
-            except BlockingIOError:
-                if not self._writing:
-                    self._loop.add_writer(self.master, self._flush)
-                    self._writing = True
-                return
-            except OSError:
-                self._out.clear()
-                break
-            del self._out[:n]
-        if self._writing:
-            self._loop.remove_writer(self.master)
-            self._writing = False
+        self._cable.write(text.encode("utf-8", "replace"))
 
     def close(self) -> None:
-        if self._writing:
-            self._loop.remove_writer(self.master)
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self._cable.unplug()
 
 
 # ------------------------------------------------------------------------------------------------ fleet
