@@ -24,6 +24,7 @@ _ALARM_RETRY_MS = const(2000)
 MAX_AWAKE_MS = const(600000)  # an awake episode (alarm sounding, maintenance) is cut into 10-minute wakes
 TICK_MS = const(250)
 _QUEUE_BUDGET = const(8)  # queued readings sent per wake
+_SHORTEST_FRAME = const(30)  # bytes: pacing assumes the shortest uplink (the most conservative pause)
 _SAFE_RETRY_S = const(86400)
 _LINK_CHECK_EVERY = const(8)  # every 8th periodic report asks for an ACK: unacknowledged LoRa is blind
 TRIAL_PATH = "/app/trial"  # bootsel.TRIAL / ROLLED: checked by existence so bootsel loads only when needed
@@ -285,12 +286,21 @@ class Node:
         if waiting:
             return
         n = 0
+        last_ack = None
+        pause_for = getattr(self.radio, "ack_pause_ms", None)
         while len(q) and n < _QUEUE_BUDGET:
             prio, qt, kind, fields, ack = q.peek()
+            if last_ack is not None and pause_for is not None:
+                # back to back, every second ACK would fall in the gateway's duty-cycle silence
+                pause = pause_for(self.hal.ticks_ms() - last_ack, _SHORTEST_FRAME)
+                if pause:
+                    self.hal.sleep_ms(pause)
+                    self.hal.wdt_feed()
             # a queued reading leaves the queue only when the gateway confirms it
             if not self._transmit(kind, fields, qt, True, True, 1):
                 q.failed(now)
                 return
+            last_ack = self.hal.ticks_ms()
             q.pop()
             n += 1
         q.succeeded()

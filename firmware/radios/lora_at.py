@@ -14,6 +14,14 @@
 
 from lifeline.firmware.radios import airtime
 
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
 OK = "OK"
 EVT_TX_DONE = "+EVT:TXP2P DONE"
 EVT_RX = "+EVT:RXP2P:"
@@ -164,6 +172,11 @@ class Rak3172:
         self.command("AT+PRECV=0")
 
 
+_ACK_LEN = const(40)  # the largest ACK downlink (protocols: ack kind at its longest)
+_GW_RX_DELAY_MS = const(1050)  # the gateway transmits this long after the uplink ends (docs/radios.md 3.1)
+_PAUSE_MARGIN_MS = const(100)
+
+
 class LoraLink:
     """The node's LoRa P2P link: setup once per wake, duty-cycle checked TX, then a receive window."""
 
@@ -183,6 +196,9 @@ class LoraLink:
         self._hal = hal
         self.modem = Rak3172(hal, hal.uart("lora", 115200))
         self.duty = airtime.DutyCycle(dc_state, region[1])
+        # the gateway answers on the same channel under its own duty cycle (per mille): EU868 869.525 MHz 10 %;
+        # CN470 has none in law but the gateway applies 1 % by default (docs/radios.md)
+        self.gw_duty = lo.get("gw_duty_permille", region[1] or 10)
         self.rssi = None
         self.snr_x10 = None
         self.errors = 0
@@ -197,6 +213,17 @@ class LoraLink:
 
     def airtime_ms(self, n):
         return airtime.time_on_air_ms(n, self.sf, self.bw, self.cr + 1, self.preamble)
+
+    def ack_pause_ms(self, since_ack_ms, frame_len):
+        """Wait before the next frame that asks for an ACK, so that the gateway's duty cycle lets it answer
+        in that frame's receive window: after an ACK of ``ack`` ms it must stay silent ack*(1000/duty - 1)
+        ms, and its next answer starts about RX delay + the frame's time on air after the frame starts."""
+        if not self.gw_duty:
+            return 0
+        ack = int(self.airtime_ms(_ACK_LEN))
+        silent = ack * 1000 // self.gw_duty - ack
+        wait = silent - since_ack_ms - int(self.airtime_ms(frame_len)) - _GW_RX_DELAY_MS + _PAUSE_MARGIN_MS
+        return wait if wait > 0 else 0
 
     def send(self, frame, listen):
         if not self._up:

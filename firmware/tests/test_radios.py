@@ -217,3 +217,22 @@ def test_config_region_table_is_sane() -> None:
     for name, (freq, duty, power, _dwell) in config.REGIONS.items():
         assert 400_000_000 < freq < 930_000_000 and 0 <= duty <= 100 and power <= 22, name
     assert config.Config(config_for("tilt", "lora", bytes(8), bytes(32))).region == "EU868"
+
+
+def test_queued_acks_are_paced_to_the_gateways_duty_cycle() -> None:
+    """At SF9 in EU868 an ACK costs ~290 ms of the gateway's 10 % budget: it must stay silent ~2.6 s, so
+    queued readings that each ask for an ACK cannot go back to back (every second ACK would be refused)."""
+    sn = SimNode("tilt", config_extra={"region": "EU868", "lora": {"sf": 9, "bw": 125}})
+    sn.wake()
+    link = sn.node.radio
+    assert link is not None
+    ack = link.airtime_ms(40)
+    silent = ack * 9  # after an ACK of ack ms at 10 %
+    right_after = link.ack_pause_ms(0, 30)
+    # the next ACK starts about 1050 ms + the uplink's airtime after the uplink begins: pause for the rest
+    assert right_after == pytest.approx(silent - link.airtime_ms(30) - 1050 + 100, abs=2)
+    assert right_after > 1000
+    assert link.ack_pause_ms(int(silent), 30) == 0  # long after the last ACK: no pause
+    cn = SimNode("tilt", config_extra={"region": "CN470", "lora": {"sf": 9, "bw": 125}})
+    cn.wake()
+    assert cn.node.radio is not None and cn.node.radio.gw_duty == 10  # the gateway's 1 % default
