@@ -116,7 +116,10 @@ class Testbed:
             raise RuntimeError(f"registry import rejected records: {report}")
         self.sink = PlatformSink(self.platform.host, self.platform.port, db=wd / "platform.db",
                                  trust={GATEWAY_ID: bytes.fromhex(public)}, client_id="lifeline-sim-sink",
-                                 session_expiry_s=3600).start()
+                                 # a plain (not shared) subscription in a persistent session: Mosquitto 2.0
+                                 # does not restore shared subscriptions after a restart, so batches sent
+                                 # before the sink re-subscribed were dropped (docs/protocol.md 7.4)
+                                 share_group=None, session_expiry_s=3600).start()
         self.gw = Gateway(config)
         await self.gw.start()
         await self.links.start_udp()
