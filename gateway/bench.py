@@ -221,13 +221,6 @@ async def drain(state: Path, broker: MosquittoBroker) -> tuple[float, int]:
         await gw.stop()
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _push_data(token: int, frames: Sequence[bytes]) -> bytes:
     rxpk = [{"tmst": 1000 + i, "chan": 0, "rfch": 0, "freq": 868.1, "stat": 1, "modu": "LORA",
              "datr": "SF9BW125", "codr": "4/5", "rssi": -97, "lsnr": 5.5, "size": len(f),
@@ -245,7 +238,7 @@ def _proc_status(pid: int) -> dict[str, int]:
 def daemon_rss(state: Path, n_frames: int) -> dict[str, int]:
     """Start the real daemon (`lifeline gateway run`) on a filled state dir, send it frames as a Semtech
     packet forwarder would, and read its peak RSS from /proc once every frame is acknowledged."""
-    port = _free_udp_port()
+    port = testing.free_udp_port()
     cfg = state / "gateway.toml"
     daemon_cfg = state / "daemon.toml"
     daemon_cfg.write_text(cfg.read_text() + f'\n[[ingress]]\ntype = "lora-udp"\nname = "udp0"\n'

@@ -12,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +91,34 @@ class MemoryAdapter:
 
     def counters(self) -> Mapping[str, int]:
         return {"heard": self.heard, "downlinks": len(self.downlinks)}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+LIFELINE = str(Path(sys.executable).with_name("lifeline"))  # the installed CLI next to this interpreter
+
+
+def free_udp_port() -> int:
+    """A loopback UDP port that was free a moment ago (for a packet forwarder's gateway port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_cli(*args: str) -> str:
+    """Run `lifeline gateway ARGS...`; its stdout, or an AssertionError with its stderr."""
+    r = subprocess.run([LIFELINE, "gateway", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"lifeline gateway {' '.join(args)}: {r.stderr}"
+    return r.stdout
+
+
+async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait for ``condition`` with a deadline (never a fixed sleep for correctness)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures

@@ -15,10 +15,9 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 
 from lifeline.gateway.clock import EPOCH_UNIX
 from lifeline.gateway.metrics import parse_text
-from lifeline.gateway.testing import TestNode
+from lifeline.gateway.testing import LIFELINE, TestNode, free_udp_port, until
+from lifeline.gateway.testing import gateway_cli as cli
 from lifeline.sim_devices.air import AirChannel, LoraParams, VirtualClock
 from lifeline.sim_devices.ble_node import BleAir, BleNodeSim, RadioController
 from lifeline.sim_devices.lora_modem_emulator import Rak3172Emulator
@@ -37,7 +37,6 @@ from lifeline.tools.broker import MosquittoBroker
 from lifeline.tools.nbiot_sim import NbiotNodeSim
 from lifeline.tools.platform_sink import PlatformSink, SinkTimeout
 
-LIFELINE = str(Path(sys.executable).with_name("lifeline"))
 GW = "gw-four-radios"
 CHANNEL = LoraParams(869_525_000, 9, 125)  # the EU868 Lifeline channel both LoRa adapters default to
 GW_BLE_ADDRESS = "F0:0A:0B:0C:0D:0E"  # the static random address the gateway's bumble host takes
@@ -52,26 +51,6 @@ def nodes_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """The NB-IoT operator's broker the node publishes to (the platform broker is ``mosquitto``)."""
     with MosquittoBroker(workdir=tmp_path / "nodes-broker") as b:
         yield b
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(*args: str) -> str:
-    r = subprocess.run([LIFELINE, "gateway", *args], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"lifeline gateway {' '.join(args)}: {r.stderr}"
-    return r.stdout
-
-
-async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def write_config(tmp: Path, *, platform: MosquittoBroker, nodes: MosquittoBroker, modem_path: Path, udp_port: int,

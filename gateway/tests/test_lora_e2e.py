@@ -9,45 +9,22 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from lifeline.gateway.clock import EPOCH_UNIX
-from lifeline.gateway.testing import TestNode
+from lifeline.gateway.testing import LIFELINE, TestNode, free_udp_port, until
+from lifeline.gateway.testing import gateway_cli as cli
 from lifeline.sim_devices.air import AirChannel, LoraParams, VirtualClock
 from lifeline.sim_devices.lora_modem_emulator import Rak3172Emulator
 from lifeline.sim_devices.packet_forwarder_emulator import PacketForwarderEmulator
 from lifeline.tools.broker import MosquittoBroker
 from lifeline.tools.platform_sink import PlatformSink
 
-LIFELINE = str(Path(sys.executable).with_name("lifeline"))
 GW = "gw-lora-e2e"
 CHANNEL = LoraParams(869_525_000, 9, 125)  # the EU868 Lifeline channel both adapters default to
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(*args: str) -> str:
-    r = subprocess.run([LIFELINE, "gateway", *args], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"lifeline gateway {' '.join(args)}: {r.stderr}"
-    return r.stdout
-
-
-async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def write_config(tmp: Path, platform: MosquittoBroker, modem_path: Path, udp_port: int) -> Path:
