@@ -108,7 +108,9 @@ def test_redelivered_batches_and_repeated_records_are_stored_once(
         pub.publish(a.topic(), sb.data)  # MQTT redelivery of the same batch
         # the same reading heard by a second gateway
         pub.publish(b.topic(), b.sign([b.record(DEV[0], 1), b.record(DEV[0], 2)]).data)
-        sink.wait_for(lambda s: s.counters["batches_received"] == 3, 10)
+        # wait for the outcome of all three (received is counted before the store commits)
+        sink.wait_for(lambda s: s.counters["batches_stored"] + s.counters["batches_redelivered"] == 3, 10)
+        assert sink.counters["batches_received"] == 3
         assert sink.record_count() == 3
         assert sink.counters["batches_redelivered"] == 1
         assert sink.counters["records_duplicate"] == 1
