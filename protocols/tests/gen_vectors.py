@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from lifeline.protocols import cbor, crypto, crypto_sm, frame, schema, suites
+from lifeline.protocols import cbor, crypto, crypto_sm, frame, frame_sizes, schema, suites
 
 OUT = Path(__file__).resolve().parent.parent / "vectors"
 ROOT_A = bytes(range(32))
@@ -168,7 +168,7 @@ def main() -> None:
         frames.append(frame_vector(name + "/typical", ROOT_A, DEV_A, 4242, 218000000, kind, fields,
                                    flags_for(kind, frame.FLAG_ACK_REQ if kind == schema.K_ALARM_RAISED else 0)))
         frames.append(frame_vector(name + "/max", ROOT_B, DEV_B, 0xFFFFFFFF, 0xFFFFFFFF, kind,
-                                   frame.max_fields(kind), flags_for(kind)))
+                                   frame_sizes.max_fields(kind), flags_for(kind)))
     frames.append(frame_vector("water_level/queued+test", ROOT_B, DEV_B, 0, 0, schema.K_WATER_LEVEL,
                                {1: 0}, frame.FLAG_QUEUED | frame.FLAG_TEST))
     frames.append(frame_vector("heartbeat/encrypted-by-choice", ROOT_A, DEV_A, 77, 5, schema.K_HEARTBEAT,
@@ -180,7 +180,7 @@ def main() -> None:
                                    flags_for(kind, frame.FLAG_ACK_REQ if kind == schema.K_ALARM_RAISED else 0),
                                    SM))
         frames.append(frame_vector(name + "/max", ROOT_B, DEV_B, 0xFFFFFFFF, 0xFFFFFFFF, kind,
-                                   frame.max_fields(kind), flags_for(kind), SM))
+                                   frame_sizes.max_fields(kind), flags_for(kind), SM))
     frames.append(frame_vector("sm/heartbeat/encrypted-by-choice", ROOT_A, DEV_A, 77, 5, schema.K_HEARTBEAT,
                                {1: 2}, frame.FLAG_ENC, SM))
 
