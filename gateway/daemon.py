@@ -156,7 +156,7 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         try:
-            key = self._signing_key or keyfile.load_private_key(cfg.gateway.key_file)
+            key = self._signing_key or keyfile.load_signing_key(cfg.gateway.key_file, cfg.gateway.suite)
         except keyfile.KeyFileError as e:
             raise StartupError(str(e)) from None
         if self._rules_from_config and cfg.rules.files:
