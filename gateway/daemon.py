@@ -51,6 +51,7 @@ from lifeline.gateway.uplink_api import (
 )
 from lifeline.protocols import keys as keyfile
 from lifeline.protocols import schema
+from lifeline.protocols.cose_sign import SigningKey
 
 _log = logmod.Log("daemon")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 3
@@ -102,7 +103,7 @@ class Watchdog:
 class Gateway:
     def __init__(self, config: GatewayConfig, *, publisher: AckedPublisher | None = None,
                  adapters: Sequence[IngressAdapter] | None = None, clock: Clock | None = None,
-                 rules: RulesHook | None = None, signing_key: Ed25519PrivateKey | None = None,
+                 rules: RulesHook | None = None, signing_key: SigningKey | Ed25519PrivateKey | None = None,
                  serve_metrics: bool = True, run_forwarder: bool = True, fast_alarms: bool | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()

@@ -36,6 +36,7 @@ from lifeline.gateway.statedb import StateDB, Transaction
 from lifeline.gateway.stats import Stats
 from lifeline.gateway.uplink_api import AckedPublisher, UplinkUnavailable, topic_up
 from lifeline.protocols import batch, schema
+from lifeline.protocols.cose_sign import SigningKey
 
 _log = Log("forwarder")
 LIVE = batch.LANE_LIVE
@@ -53,8 +54,9 @@ class Signed:
 
 
 class Forwarder:
-    def __init__(self, *, db: StateDB, buffer: Buffer, publisher: AckedPublisher, signing_key: Ed25519PrivateKey,
-                 gateway_id: str, config: ForwarderConfig, collect_ms: int, clock: Clock, stats: Stats) -> None:
+    def __init__(self, *, db: StateDB, buffer: Buffer, publisher: AckedPublisher,
+                 signing_key: SigningKey | Ed25519PrivateKey, gateway_id: str, config: ForwarderConfig,
+                 collect_ms: int, clock: Clock, stats: Stats) -> None:
         self.db = db
         self.buffer = buffer
         self.publisher = publisher
