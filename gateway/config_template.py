@@ -118,7 +118,8 @@ SECTIONS: tuple[Section, ...] = (
         Key("state_db", "alarm life cycle, mode, active firings (0600)", relative=True),
     )),
     Section("keys", "where key material lives (docs/keys.md)", (
-        Key("kek_file", "registry key-encryption key (0600, `gateway kekgen`); unset: plaintext root keys", example="/etc/lifeline/registry.kek"),
+        Key("kek_file", "registry key-encryption key (0600, `gateway kekgen`); unset: plaintext root keys",
+            example="/etc/lifeline/registry.kek"),
     )),
     Section("keys.pkcs11", "a PKCS#11 token (HSM, TPM, cipher machine) holding keys that never leave it", (
         Key("module", "the vendor's PKCS#11 library", example="/usr/lib/softhsm/libsofthsm2.so"),
@@ -126,8 +127,8 @@ SECTIONS: tuple[Section, ...] = (
         Key("pin_file", "user PIN, one line (0600, never logged)", example="/etc/lifeline/token.pin"),
         Key("signing_key_label", "Ed25519 batch signing key in the token (instead of gateway.key_file)",
             example="gateway-signing"),
-        Key("kek_label", "AES-256 registry key-encryption key in the token (instead of kek_file)",
-            example="registry-kek"),
+        # no example: it excludes keys.kek_file, and every example line must validate uncommented
+        Key("kek_label", "AES-256 registry key-encryption key in the token (instead of keys.kek_file)"),
     )),
     Section("pipeline", "internal queues (rarely changed)", (
         Key("queue_batches", "bounded queues between stages, in batches"),

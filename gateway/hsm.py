@@ -14,6 +14,7 @@ through GM/T 0018 (SDF) or vendor PKCS#11 mechanisms (docs/keys.md).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,11 +88,8 @@ class Token:
     def close(self) -> None:
         import pkcs11
 
-        with self.lock:
-            try:
-                self.session.close()
-            except pkcs11.PKCS11Error:
-                pass
+        with self.lock, contextlib.suppress(pkcs11.PKCS11Error):
+            self.session.close()
 
     def __repr__(self) -> str:
         return f"Token({self.where})"

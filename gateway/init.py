@@ -4,8 +4,9 @@ In ``--dir`` (default /etc/lifeline): ``gateway.toml`` (the annotated starter co
 :mod:`config_template`, validated before it is written; an existing one is kept unless ``force``),
 ``gateway.key`` (Ed25519, 0600; never replaced: that is ``keygen --force``'s job), ``status.token``
 (the status page token, 0600; never replaced) and ``registry.kek`` (the registry's key-encryption key, 0600,
-AES-256-GCM; never replaced: the root keys in the registry are wrapped under it). With ``owner`` (root only; the Debian package's postinst
-passes ``lifeline``) the key, the token and the state directory belong to that user and the config is
+AES-256-GCM; never replaced: the root keys in the registry are wrapped under it). With ``owner`` (root
+only; the Debian package's postinst passes ``lifeline``) the keys, the token and the state directory
+belong to that user and the config is
 ``root:<owner's group> 0640``. Running it again creates only what is missing.
 """
 
@@ -48,9 +49,9 @@ class InitResult:
     token: Path
     token_created: bool
     state_dir: Path
+    status_url: str  # without the token
     kek: Path | None = None
     kek_created: bool = False
-    status_url: str  # without the token
 
     def as_json(self) -> dict[str, object]:
         return {"gateway_id": self.gateway_id, "config": str(self.config), "config_written": self.config_written,

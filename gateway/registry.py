@@ -3,8 +3,9 @@
 Root keys are read by the daemon and by ``devices import`` only; they never appear in ``repr``, logs,
 ``devices list`` or error messages. With a key-encryption key (``gateway/kek.py``: a 0600 file or a PKCS#11
 token key) they are stored wrapped (AES-256-GCM or SM4-GCM, bound to the device id); a plaintext registry
-opened with a KEK is migrated in place, once, and the plaintext is wiped from the file (docs/keys.md). Records come from provisioning as JSON lines (docs/operations.md,
-"Device registry"); when a trusted technician key list is configured, each record must carry a valid
+opened with a KEK is migrated in place, once, and the plaintext is wiped from the file (docs/keys.md).
+Records come from provisioning as JSON lines (docs/operations.md, "Device registry"); when a trusted
+technician key list is configured, each record must carry a valid
 Ed25519 signature by a listed technician.
 """
 
@@ -436,9 +437,9 @@ class Registry:
         loc = rec.location
         conn.execute(
             f"INSERT OR REPLACE INTO devices({_COLUMNS}, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rec.device_id, self._stored_key(rec.device_id, rec.root_key), epoch, rec.kind, loc.address, loc.lat_udeg, loc.lon_udeg,
-             loc.spatial_unit, rec.data_class, rec.install_date, rec.design_life_years, ACTIVE,
-             json.dumps(list(rec.tags)), rec.technician, rec.signature, now_ms))
+            (rec.device_id, self._stored_key(rec.device_id, rec.root_key), epoch, rec.kind, loc.address,
+             loc.lat_udeg, loc.lon_udeg, loc.spatial_unit, rec.data_class, rec.install_date,
+             rec.design_life_years, ACTIVE, json.dumps(list(rec.tags)), rec.technician, rec.signature, now_ms))
         return outcome
 
     def revoke(self, device_id: bytes, *, now_ms: int) -> bool:
