@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from lifeline.gateway import log as logmod
 from lifeline.gateway import statusinfo, statuspage
 from lifeline.gateway.buffer import Buffer, BufferError
@@ -51,7 +49,7 @@ from lifeline.gateway.uplink_api import (
     UplinkUnavailable,
 )
 from lifeline.protocols import schema
-from lifeline.protocols.cose_sign import SigningKey
+from lifeline.protocols.cose_sign import PrivateKeyLike
 
 _log = logmod.Log("daemon")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 3
@@ -103,7 +101,7 @@ class Watchdog:
 class Gateway:
     def __init__(self, config: GatewayConfig, *, publisher: AckedPublisher | None = None,
                  adapters: Sequence[IngressAdapter] | None = None, clock: Clock | None = None,
-                 rules: RulesHook | None = None, signing_key: SigningKey | Ed25519PrivateKey | None = None,
+                 rules: RulesHook | None = None, signing_key: PrivateKeyLike | None = None,
                  serve_metrics: bool = True, run_forwarder: bool = True, fast_alarms: bool | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()

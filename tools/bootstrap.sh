@@ -17,6 +17,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# SM2 batch signatures use the system libcrypto 3 (lifeline/protocols/sm2.py); gmalglib (dev) builds with gcc
+ls /usr/lib/*/libcrypto.so.3 /usr/lib/libcrypto.so.3 >/dev/null 2>&1 || need_apt+=(libssl3)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dpkg-deb >/dev/null 2>&1 || need_apt+=(dpkg)
