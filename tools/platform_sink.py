@@ -43,6 +43,7 @@ from paho.mqtt.properties import Properties
 
 from lifeline.gateway.mqtt_async import TlsFiles
 from lifeline.protocols import batch, keys
+from lifeline.protocols.sm2 import SM2PublicKey
 from lifeline.tools.platform.sqlite_store import chain_report, open_db
 from lifeline.tools.platform.store import (
     ChainReport,
@@ -87,16 +88,18 @@ class SinkEvent:
     data: Mapping[str, Any]
 
 
-def load_trust(pairs: Mapping[str, Path]) -> dict[str, Ed25519PublicKey]:
-    """Gateway id -> public key from files holding 32 raw bytes, 64 hex characters or a PEM."""
-    out: dict[str, Ed25519PublicKey] = {}
+def load_trust(pairs: Mapping[str, Path]) -> dict[str, keys.PublicKey]:
+    """Gateway id -> public key (Ed25519 or SM2) from files holding raw bytes (32 Ed25519, 65 SM2 04||x||y),
+    hex, or a PEM."""
+    out: dict[str, keys.PublicKey] = {}
     for gw, path in pairs.items():
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise SinkError(f"trust {gw}: cannot read {path}: {e.strerror or e}") from None
         try:
-            out[gw] = keys.load_public_key(data if len(data) == 32 else data.decode("ascii", "replace"))
+            raw = len(data) == 32 or (len(data) == 65 and data[0] == 4)  # hex text never starts with 0x04
+            out[gw] = keys.load_verify_key(data if raw else data.decode("ascii", "replace"))
         except (keys.KeyFileError, ValueError) as e:
             raise SinkError(f"trust {gw}: {path}: {e}") from None
     return out
@@ -124,7 +127,7 @@ class PlatformSink:
         *,
         db: Path | None = None,
         store: Store | str | None = None,
-        trust: Mapping[str, Ed25519PublicKey | bytes],
+        trust: Mapping[str, keys.PublicKey | bytes],
         tls: TlsFiles | None = None,
         client_id: str | None = None,
         share_group: str | None = SHARE_GROUP,
@@ -138,8 +141,9 @@ class PlatformSink:
         self.port = port
         if (db is None) == (store is None):
             raise SinkError("give the sink one store: db=PATH (SQLite) or store=URL/Store")
-        self.trust: dict[str, Ed25519PublicKey] = {
-            gw: (k if isinstance(k, Ed25519PublicKey) else keys.load_public_key(k)) for gw, k in trust.items()
+        self.trust: dict[str, keys.PublicKey] = {
+            gw: (k if isinstance(k, Ed25519PublicKey | SM2PublicKey) else keys.load_verify_key(k))
+            for gw, k in trust.items()
         }
         self.client_id = client_id or f"lifeline-sink-{uuid.uuid4().hex[:12]}"
         self.share_group = share_group
@@ -451,7 +455,7 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite database: the same as --store sqlite:PATH.")
 @click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE",
-              help="Trusted gateway key (hex, raw or PEM Ed25519 public key). Repeatable.")
+              help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key). Repeatable.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")

@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from lifeline.tools.broker import MosquittoBroker, TestPKI
+from lifeline.tools.softhsm import SoftHsm, make_softhsm
+
+SOFTHSM_TOKENS = {"lifeline-test": "24681357", "lifeline-spare": "11223344"}
 
 
 def _gone(pid: int) -> bool:
@@ -61,3 +64,18 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 def mosquitto_tls(tmp_path: Path, test_pki: TestPKI) -> Iterator[MosquittoBroker]:
     """Mosquitto with a TLS listener on ``tls_port`` that requires client certificates."""
     yield from _run(MosquittoBroker(workdir=tmp_path / "mosquitto-tls", pki=test_pki))
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """SoftHSM2 with the tokens of SOFTHSM_TOKENS initialised; SOFTHSM2_CONF set for this process."""
+    hsm = make_softhsm(tmp_path_factory.mktemp("softhsm"), SOFTHSM_TOKENS)
+    old = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    try:
+        yield hsm
+    finally:
+        if old is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = old
