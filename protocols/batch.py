@@ -1,8 +1,10 @@
 """Signed uplink batches: what the gateway sends the city platform (docs/protocol.md section 5).
 
-A batch is a CBOR map of records, signed by the gateway as a COSE_Sign1 (RFC 9052, tag 18) with Ed25519
-(alg -8, EdDSA). Each batch names the SHA-256 of the previous batch's complete COSE_Sign1 bytes, so the
-batches of one gateway form a hash chain: a platform sees a lost, removed, reordered or re-signed batch.
+A batch is a CBOR map of records, signed by the gateway as a COSE_Sign1 (RFC 9052, tag 18). The signature
+suite is named by the protected ``alg``: -8 (EdDSA, Ed25519; suite ``intl``) or the private-use SM2-SM3 id
+(suite ``sm``); signers and verifiers are pluggable (:mod:`lifeline.protocols.cose_sign`). Each batch
+names the SHA-256 of the previous batch's complete COSE_Sign1 bytes, so the batches of one gateway form a
+hash chain: a platform sees a lost, removed, reordered or re-signed batch.
 
 Sign with :class:`BatchSigner`, check with :func:`verify`, follow a stream with :class:`ChainTracker`, and
 render for people with :func:`to_json`. Every rejection is a :class:`BatchError` with a ``reason`` code.
@@ -17,20 +19,22 @@ import heapq
 import io
 import re
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lifeline.protocols import render, schema
+from lifeline.protocols import cose_sign, render, schema, sm2
+from lifeline.protocols.cose_sign import PrivateKeyLike, SigningKey, VerifyKey
 
 FORMAT_VERSION: Final = 1
 COSE_SIGN1_TAG: Final = 18
-ALG_EDDSA: Final = -8
+ALG_EDDSA: Final = cose_sign.ALG_EDDSA
+ALG_SM2_SM3: Final = cose_sign.ALG_SM2_SM3
 CONTENT_TYPE: Final = "application/vnd.lifeline.batch+cbor"
 MAX_BATCH_BYTES: Final = 16 * 1024 * 1024  # whole COSE_Sign1; larger input is refused unread
 MAX_PROTECTED_BYTES: Final = 1024  # protected header bucket (ours is ~50 bytes)
@@ -76,6 +80,7 @@ REASONS: Final = (
 # COSE algorithm identifiers (IANA "COSE Algorithms") so a rejection names the suite it saw.
 _ALG_NAMES: Final = {
     -8: "EdDSA",
+    cose_sign.ALG_SM2_SM3: "SM2-SM3",
     -19: "Ed25519",
     -53: "Ed448",
     -7: "ES256",
@@ -101,6 +106,15 @@ _COSE_TAG_NAMES: Final = {
     98: "COSE_Sign",
 }
 _H_ALG, _H_CRIT, _H_CONTENT_TYPE, _H_KID = 1, 2, 3, 4
+_LIFELINE_LABELS: Final = frozenset((_H_ALG, _H_CRIT, _H_CONTENT_TYPE, _H_KID))
+_SIG_NAMES: Final = {cose_sign.ALG_EDDSA: "Ed25519", cose_sign.ALG_SM2_SM3: "SM2"}
+_ACCEPTED: Final = ", ".join(cose_sign.alg_label(a) for a in cose_sign.ALG_SUITES)
+
+# Who verifies a batch: a public key (Ed25519PublicKey, SM2PublicKey, 32/65 raw bytes, a VerifyKey), or a resolver
+# called with (protected header map, unprotected header map) that returns the VerifyKey to use (e.g. the key
+# of an x5chain certificate after its chain is checked) or raises BatchError with its own reason.
+KeyResolver: TypeAlias = Callable[[Mapping[Any, Any], Mapping[Any, Any]], VerifyKey]
+PublicKeyLike: TypeAlias = Ed25519PublicKey | sm2.SM2PublicKey | bytes | VerifyKey | KeyResolver
 
 _U64: Final = (1 << 64) - 1
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # also an MQTT topic level
@@ -398,10 +412,19 @@ def payload_from_encoded(
     return b"\xa7" + head[1:] + b"\x07" + _array_head(len(encoded)) + b"".join(encoded)
 
 
-def protected_header(gateway_id: str) -> bytes:
-    """The serialized protected header: alg EdDSA, content type, kid = gateway id."""
+def protected_header(gateway_id: str, key: PrivateKeyLike | None = None) -> bytes:
+    """The serialized protected header: alg (the signer's; EdDSA if no signer is given), content type,
+    kid = gateway id, and the signer's extra entries (e.g. 33 x5chain). Deterministic CBOR."""
+    if key is None:
+        alg, extra = ALG_EDDSA, {}
+    else:
+        signer = cose_sign.signing_key(key)
+        alg, extra = signer.alg, dict(signer.protected_extra())
+    clash = _LIFELINE_LABELS.intersection(extra)
+    if clash:
+        raise BatchError(R_BAD_HEADER, f"signer's extra protected labels {sorted(clash)} are Lifeline's own")
     return cbor2.dumps(
-        {_H_ALG: ALG_EDDSA, _H_CONTENT_TYPE: CONTENT_TYPE, _H_KID: gateway_id.encode("utf-8")}, canonical=True
+        {_H_ALG: alg, _H_CONTENT_TYPE: CONTENT_TYPE, _H_KID: gateway_id.encode("utf-8"), **extra}, canonical=True
     )
 
 
@@ -410,10 +433,14 @@ def _sig_structure(protected: bytes, payload: bytes) -> bytes:
     return cbor2.dumps(["Signature1", protected, b"", payload])
 
 
-def sign_payload(private_key: Ed25519PrivateKey, gateway_id: str, payload: bytes) -> bytes:
-    """Wrap ``payload`` in a COSE_Sign1 signed by ``private_key`` (no checks on the payload)."""
-    protected = protected_header(gateway_id)
-    signature = private_key.sign(_sig_structure(protected, payload))
+def sign_payload(private_key: PrivateKeyLike, gateway_id: str, payload: bytes,
+                 protected: bytes | None = None) -> bytes:
+    """Wrap ``payload`` in a COSE_Sign1 signed by ``private_key`` (no checks on the payload). ``protected``
+    is :func:`protected_header` for this key and gateway, if the caller has it at hand."""
+    signer = cose_sign.signing_key(private_key)
+    if protected is None:
+        protected = protected_header(gateway_id, signer)
+    signature = signer.sign(_sig_structure(protected, payload))
     return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
 
 
@@ -421,18 +448,20 @@ class BatchSigner:
     """Signs the batches of one gateway, keeping the sequence number and the hash chain.
 
     The caller persists ``next_seq`` and ``prev_hash`` after each :meth:`sign` (together with the batch) and
-    passes them back on restart, so a sequence number is never reused.
+    passes them back on restart, so a sequence number is never reused. ``private_key`` is an
+    Ed25519PrivateKey (suite ``intl``) or any :class:`~lifeline.protocols.cose_sign.SigningKey`.
     """
 
     def __init__(
         self,
-        private_key: Ed25519PrivateKey,
+        private_key: PrivateKeyLike,
         gateway_id: str,
         next_seq: int = 0,
         prev_hash: bytes = ZERO_HASH,
     ) -> None:
-        self._key = private_key
+        self._key = cose_sign.signing_key(private_key)
         self._gateway_id = _check_gateway_id(gateway_id)
+        self._protected = protected_header(self._gateway_id, self._key)
         self._next_seq = _uint(next_seq, "next_seq")
         if not isinstance(prev_hash, bytes) or len(prev_hash) != 32:
             raise BatchError(R_BAD_RECORD, "prev_hash must be 32 bytes")
@@ -441,6 +470,10 @@ class BatchSigner:
     @property
     def gateway_id(self) -> str:
         return self._gateway_id
+
+    @property
+    def key(self) -> SigningKey:
+        return self._key
 
     @property
     def next_seq(self) -> int:
@@ -464,7 +497,7 @@ class BatchSigner:
         seq = self._next_seq
         if len(payload) > MAX_BATCH_BYTES - 256:
             raise BatchError(R_TOO_LARGE, f"payload of {len(payload)} bytes; split the batch (limit {MAX_BATCH_BYTES})")
-        data = sign_payload(self._key, self._gateway_id, payload)
+        data = sign_payload(self._key, self._gateway_id, payload, self._protected)
         digest = hashlib.sha256(data).digest()
         self._next_seq = seq + 1
         self._prev_hash = digest
@@ -513,15 +546,14 @@ def _decode_item(data: bytes, pos: int, max_depth: int) -> tuple[Any, int]:
     return value, fp.tell()
 
 
-def _public_key(public_key: Ed25519PublicKey | bytes) -> Ed25519PublicKey:
-    if isinstance(public_key, Ed25519PublicKey):
+def _key_source(public_key: PublicKeyLike) -> VerifyKey | KeyResolver:
+    if not isinstance(public_key, Ed25519PublicKey | sm2.SM2PublicKey | bytes | bytearray | VerifyKey) \
+            and callable(public_key):
         return public_key
-    if isinstance(public_key, bytes) and len(public_key) == 32:
-        return Ed25519PublicKey.from_public_bytes(public_key)
-    raise TypeError("public_key must be an Ed25519PublicKey or 32 raw bytes")
+    return cose_sign.verify_key(public_key)
 
 
-def _open_envelope(data: bytes, key: Ed25519PublicKey) -> tuple[bytes, bytes]:
+def _open_envelope(data: bytes, source: VerifyKey | KeyResolver) -> tuple[bytes, bytes]:
     """Check the COSE_Sign1 envelope and signature; return (kid, payload)."""
     major, arg, pos = _head(data, 0)
     if major != 6:
@@ -556,7 +588,7 @@ def _open_envelope(data: bytes, key: Ed25519PublicKey) -> tuple[bytes, bytes]:
     if len(protected) > MAX_PROTECTED_BYTES:
         raise BatchError(R_BAD_HEADER, f"protected header of {len(protected)} bytes")
     if not protected:
-        raise BatchError(R_BAD_ALG, "no protected header, so no algorithm; expected -8 (EdDSA)")
+        raise BatchError(R_BAD_ALG, f"no protected header, so no algorithm; expected one of {_ACCEPTED}")
     try:
         hdr, end = _decode_item(protected, 0, max_depth=4)
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
@@ -567,10 +599,10 @@ def _open_envelope(data: bytes, key: Ed25519PublicKey) -> tuple[bytes, bytes]:
         raise BatchError(R_BAD_HEADER, "a header label is both protected and unprotected")
     if _H_ALG not in hdr:
         where = " (it is unprotected)" if _H_ALG in unprotected else ""
-        raise BatchError(R_BAD_ALG, f"no protected alg{where}; expected -8 (EdDSA)")
+        raise BatchError(R_BAD_ALG, f"no protected alg{where}; expected one of {_ACCEPTED}")
     alg = hdr[_H_ALG]
-    if not _is_int(alg) or alg != ALG_EDDSA:
-        raise BatchError(R_BAD_ALG, f"alg {_alg_name(alg)}; this verifier accepts only -8 (EdDSA, Ed25519)")
+    if not _is_int(alg) or alg not in cose_sign.ALG_SUITES:
+        raise BatchError(R_BAD_ALG, f"alg {_alg_name(alg)}; this verifier accepts {_ACCEPTED}")
     if _H_CRIT in hdr:
         raise BatchError(R_BAD_HEADER, "critical headers are not supported")
     if hdr.get(_H_CONTENT_TYPE) != CONTENT_TYPE:
@@ -579,12 +611,20 @@ def _open_envelope(data: bytes, key: Ed25519PublicKey) -> tuple[bytes, bytes]:
     kid = hdr.get(_H_KID)
     if not isinstance(kid, bytes):
         raise BatchError(R_BAD_HEADER, "kid (gateway id) missing or not a byte string")
-    if len(signature) != 64:
-        raise BatchError(R_BAD_SIGNATURE, f"Ed25519 signature must be 64 bytes, got {len(signature)}")
+    key = source if isinstance(source, VerifyKey) else source(hdr, unprotected)
+    if key.alg != alg:
+        raise BatchError(
+            R_BAD_ALG,
+            f"batch signed with alg {cose_sign.alg_label(alg)} (suite {cose_sign.ALG_SUITES[alg]}), but the "
+            f"gateway's key is {cose_sign.alg_label(key.alg)} (suite {key.suite})",
+        )
+    name = _SIG_NAMES[alg]
+    if len(signature) != key.signature_size:
+        raise BatchError(R_BAD_SIGNATURE, f"{name} signature must be {key.signature_size} bytes, got {len(signature)}")
     try:
         key.verify(signature, _sig_structure(protected, payload))
     except InvalidSignature:
-        raise BatchError(R_BAD_SIGNATURE, "Ed25519 signature does not verify with this key") from None
+        raise BatchError(R_BAD_SIGNATURE, f"{name} signature does not verify with this key") from None
     return kid, payload
 
 
@@ -665,13 +705,14 @@ def _parse_record(v: object, index: int) -> BatchRecord:
     )
 
 
-def verify(data: bytes, public_key: Ed25519PublicKey | bytes) -> Batch:
-    """Verify a COSE_Sign1 batch with the gateway's public key and decode it.
+def verify(data: bytes, public_key: PublicKeyLike) -> Batch:
+    """Verify a COSE_Sign1 batch with the gateway's public key (or a key resolver) and decode it.
 
-    Checks, in order: size, COSE_Sign1 structure and tag, protected header (alg must be EdDSA), signature,
-    then the payload (only after the signature holds). Raises :class:`BatchError` with a reason code.
+    Checks, in order: size, COSE_Sign1 structure and tag, protected header (alg must be a known suite and
+    match the key's), signature, then the payload (only after the signature holds). Raises
+    :class:`BatchError` with a reason code.
     """
-    key = _public_key(public_key)
+    key = _key_source(public_key)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BatchError(R_NOT_COSE_SIGN1, f"expected bytes, got {type(data).__name__}")
     data = bytes(data)

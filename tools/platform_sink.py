@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 import sys
 import threading
 import time
@@ -44,6 +43,19 @@ from paho.mqtt.properties import Properties
 
 from lifeline.gateway.mqtt_async import TlsFiles
 from lifeline.protocols import batch, keys
+from lifeline.protocols.sm2 import SM2PublicKey
+from lifeline.tools.platform.sqlite_store import chain_report, open_db
+from lifeline.tools.platform.store import (
+    ChainReport,
+    Store,
+    StoredRecord,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
+
+__all__ = ["ChainReport", "PlatformSink", "SinkError", "SinkEvent", "SinkTimeout", "StoredRecord", "chain_report",
+           "load_trust", "open_db", "topic_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -59,72 +71,12 @@ R_UNTRUSTED = "untrusted_gateway"
 R_TOPIC_MISMATCH = "topic_mismatch"
 R_LANE_MISMATCH = "lane_mismatch"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    gateway TEXT NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL, prev_hash BLOB NOT NULL,
-    lane INTEGER NOT NULL, created_ms INTEGER NOT NULL, count INTEGER NOT NULL, new_records INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL, sink TEXT NOT NULL, data BLOB NOT NULL,
-    PRIMARY KEY (gateway, seq, digest)
-);
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY,
-    scope TEXT NOT NULL,            -- '' for readings (dedupe across gateways), the gateway for events
-    device BLOB NOT NULL, fcnt INTEGER NOT NULL, record_type INTEGER NOT NULL,
-    kind INTEGER NOT NULL, node_time INTEGER NOT NULL, rx_ms INTEGER NOT NULL,
-    gateway TEXT NOT NULL, seq INTEGER NOT NULL, lane INTEGER NOT NULL, flags INTEGER NOT NULL,
-    priority INTEGER NOT NULL, data_class INTEGER NOT NULL, record_json TEXT NOT NULL,
-    stored_ms INTEGER NOT NULL, sink TEXT NOT NULL,
-    UNIQUE (scope, device, fcnt, record_type)
-);
-CREATE INDEX IF NOT EXISTS records_by_device ON records (device, fcnt);
-CREATE TABLE IF NOT EXISTS rejects (
-    id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL,
-    detail TEXT NOT NULL, size INTEGER NOT NULL, sink TEXT NOT NULL
-);
-"""
-
-
 class SinkError(Exception):
     """The sink could not start (broker unreachable, bad key file) or a wait passed its deadline."""
 
 
 class SinkTimeout(SinkError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    device: bytes
-    fcnt: int
-    record_type: int
-    kind: int
-    node_time: int
-    rx_ms: int
-    gateway: str
-    seq: int
-    lane: int
-    flags: int
-    priority: int
-    fields: Mapping[str, Any]  # human-named, as batch.record_to_json renders them
-
-
-@dataclass(frozen=True, slots=True)
-class ChainReport:
-    gateway: str
-    batches: int
-    highest: int | None
-    gaps: tuple[tuple[int, int], ...]
-    broken_links: tuple[tuple[int, int], ...]
-    equivocations: tuple[int, ...]
-
-    @property
-    def intact(self) -> bool:
-        return not (self.gaps or self.broken_links or self.equivocations)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"gateway": self.gateway, "batches": self.batches, "highest": self.highest,
-                "gaps": [list(g) for g in self.gaps], "broken_links": [list(b) for b in self.broken_links],
-                "equivocations": list(self.equivocations), "intact": self.intact}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,28 +88,21 @@ class SinkEvent:
     data: Mapping[str, Any]
 
 
-def load_trust(pairs: Mapping[str, Path]) -> dict[str, Ed25519PublicKey]:
-    """Gateway id -> public key from files holding 32 raw bytes, 64 hex characters or a PEM."""
-    out: dict[str, Ed25519PublicKey] = {}
+def load_trust(pairs: Mapping[str, Path]) -> dict[str, keys.PublicKey]:
+    """Gateway id -> public key (Ed25519 or SM2) from files holding raw bytes (32 Ed25519, 65 SM2 04||x||y),
+    hex, or a PEM."""
+    out: dict[str, keys.PublicKey] = {}
     for gw, path in pairs.items():
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise SinkError(f"trust {gw}: cannot read {path}: {e.strerror or e}") from None
         try:
-            out[gw] = keys.load_public_key(data if len(data) == 32 else data.decode("ascii", "replace"))
+            raw = len(data) == 32 or (len(data) == 65 and data[0] == 4)  # hex text never starts with 0x04
+            out[gw] = keys.load_verify_key(data if raw else data.decode("ascii", "replace"))
         except (keys.KeyFileError, ValueError) as e:
             raise SinkError(f"trust {gw}: {path}: {e}") from None
     return out
-
-
-def open_db(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # a PUBACK follows the commit: it must be durable
-    db.execute("PRAGMA busy_timeout=30000")
-    db.executescript(_SCHEMA)
-    return db
 
 
 def _now_ms() -> int:
@@ -180,8 +125,9 @@ class PlatformSink:
         host: str,
         port: int,
         *,
-        db: Path,
-        trust: Mapping[str, Ed25519PublicKey | bytes],
+        db: Path | None = None,
+        store: Store | str | None = None,
+        trust: Mapping[str, keys.PublicKey | bytes],
         tls: TlsFiles | None = None,
         client_id: str | None = None,
         share_group: str | None = SHARE_GROUP,
@@ -193,16 +139,23 @@ class PlatformSink:
     ) -> None:
         self.host = host
         self.port = port
-        self.db_path = Path(db)
-        self.trust: dict[str, Ed25519PublicKey] = {
-            gw: (k if isinstance(k, Ed25519PublicKey) else keys.load_public_key(k)) for gw, k in trust.items()
+        if (db is None) == (store is None):
+            raise SinkError("give the sink one store: db=PATH (SQLite) or store=URL/Store")
+        self.trust: dict[str, keys.PublicKey] = {
+            gw: (k if isinstance(k, Ed25519PublicKey | SM2PublicKey) else keys.load_verify_key(k))
+            for gw, k in trust.items()
         }
         self.client_id = client_id or f"lifeline-sink-{uuid.uuid4().hex[:12]}"
         self.share_group = share_group
         self.on_event = on_event
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._db = open_db(self.db_path)
+        self._own_store = not (store is not None and not isinstance(store, str))
+        try:
+            self.store: Store = (open_store(store) if isinstance(store, str) else store if store is not None
+                                 else open_store(f"sqlite:{db}"))
+        except StoreError as e:
+            raise SinkError(f"store: {e}") from None
         self.counters: Counter[str] = Counter()
         self.presence: dict[str, str] = {}
         self.results: dict[str, dict[str, Any]] = {}
@@ -256,8 +209,9 @@ class PlatformSink:
             self._client.disconnect()
             self._client.loop_stop()
             self._started = False
-        with self._lock, contextlib.suppress(sqlite3.ProgrammingError):
-            self._db.close()
+        if self._own_store:
+            with self._lock:
+                self.store.close()
 
     def __enter__(self) -> PlatformSink:
         return self.start()
@@ -289,8 +243,8 @@ class PlatformSink:
                 self._on_result(topic, bytes(msg.payload))
             else:
                 self._on_batch(topic, bytes(msg.payload))
-        except sqlite3.Error as e:  # the database refused: leave the message unacknowledged
-            log.error("sink database error on %s: %s", topic, e)
+        except StoreUnavailable as e:  # the store refused: leave the message unacknowledged (redelivered)
+            log.error("sink store error on %s: %s", topic, e)
             self.counters["db_errors"] += 1
             return
         except Exception:  # never let a bug kill the network thread
@@ -330,13 +284,10 @@ class PlatformSink:
         self._emit("result", **result)
 
     def _reject(self, topic: str, payload: bytes, reason: str, detail: str = "") -> None:
+        self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
         with self._cond:
             self.counters["rejected"] += 1
             self.counters[f"rejected.{reason}"] += 1
-            self._db.execute(
-                "INSERT INTO rejects (received_ms, topic, reason, detail, size, sink) VALUES (?,?,?,?,?,?)",
-                (_now_ms(), topic[:200], reason, detail[:500], len(payload), self.client_id),
-            )
             self._cond.notify_all()
         self._emit("reject", topic=topic, reason=reason, detail=detail)
 
@@ -365,111 +316,46 @@ class PlatformSink:
         self._store(b, payload)
 
     def _store(self, b: batch.Batch, data: bytes) -> None:
-        now = _now_ms()
+        out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
         with self._cond:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO batches (gateway, seq, digest, prev_hash, lane, created_ms, count, "
-                    "new_records, received_ms, sink, data) VALUES (?,?,?,?,?,?,?,0,?,?,?)",
-                    (b.gateway_id, b.seq, b.digest, b.prev_hash, b.lane, b.created_ms, len(b.records), now,
-                     self.client_id, data),
-                )
-                redelivered = cur.rowcount == 0
-                new = 0
-                if not redelivered:
-                    for r in b.records:
-                        scope = b.gateway_id if r.record_type == batch.RECORD_EVENT else ""
-                        cur = db.execute(
-                            "INSERT OR IGNORE INTO records (scope, device, fcnt, record_type, kind, node_time, "
-                            "rx_ms, gateway, seq, lane, flags, priority, data_class, record_json, stored_ms, "
-                            "sink) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                            (scope, r.device_id, r.fcnt, r.record_type, r.kind, r.node_time, r.rx_ms,
-                             b.gateway_id, b.seq, b.lane, r.flags, r.priority, r.data_class,
-                             json.dumps(batch.record_to_json(r), separators=(",", ":")), now, self.client_id),
-                        )
-                        new += cur.rowcount
-                    db.execute("UPDATE batches SET new_records=? WHERE gateway=? AND seq=? AND digest=?",
-                               (new, b.gateway_id, b.seq, b.digest))
-                broken = [] if redelivered else self._check_links(b)
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
             tracker = self.trackers.setdefault(b.gateway_id, batch.ChainTracker())
             verdict = tracker.add_batch(b).verdict
-            if redelivered:
+            if out.redelivered:
                 self.counters["batches_redelivered"] += 1
             else:
                 self.counters["batches_stored"] += 1
-                self.counters["records_stored"] += new
-                self.counters["records_duplicate"] += len(b.records) - new
-            self.counters["broken_links"] += len(broken)
+                self.counters["records_stored"] += out.new_records
+                self.counters["records_duplicate"] += out.duplicate_records
+            self.counters["broken_links"] += len(out.broken_links)
             self._cond.notify_all()
         self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
-                   records=len(b.records), new=new, redelivered=redelivered, verdict=verdict)
-        for link in broken:
+                   records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
+        for link in out.broken_links:
             self._emit("broken_link", gateway=b.gateway_id, link=list(link))
-
-    def _check_links(self, b: batch.Batch) -> list[tuple[int, int]]:
-        """Links to the stored neighbours (any sink sharing the database stored them)."""
-        broken: list[tuple[int, int]] = []
-        if b.seq == 0 and b.prev_hash != batch.ZERO_HASH:
-            broken.append((-1, 0))
-        rows = self._db.execute(
-            "SELECT seq, digest, prev_hash FROM batches WHERE gateway=? AND seq IN (?, ?)",
-            (b.gateway_id, b.seq - 1, b.seq + 1),
-        ).fetchall()
-        for seq, digest, prev in rows:
-            if seq == b.seq - 1 and digest != b.prev_hash:
-                broken.append((seq, b.seq))
-            if seq == b.seq + 1 and prev != b.digest:
-                broken.append((b.seq, seq))
-        return broken
 
     # ---------------------------------------------------------------------------- queries
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
-
     def record_count(self) -> int:
-        """Records stored in the database (by every sink sharing it)."""
-        return int(self._query("SELECT COUNT(*) FROM records")[0][0])
+        """Records stored in the store (by every sink sharing it)."""
+        return self.store.record_count()
 
     def batch_count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM batches")[0][0])
+        return self.store.batch_count()
 
     def record_keys(self) -> list[tuple[bytes, int]]:
         """(device, fcnt) of every stored reading, in storage order (cheap: no JSON decoding)."""
-        return [(bytes(d), int(f)) for d, f in self._query(
-            "SELECT device, fcnt FROM records WHERE record_type=0 ORDER BY id")]
+        return self.store.record_keys()
 
     def records(self, device: bytes | None = None) -> list[StoredRecord]:
         """Stored records in storage order (optionally of one device)."""
-        sql = ("SELECT device, fcnt, record_type, kind, node_time, rx_ms, gateway, seq, lane, flags, priority, "
-               "record_json FROM records")
-        args: tuple[Any, ...] = ()
-        if device is not None:
-            sql += " WHERE device=?"
-            args = (device,)
-        out = []
-        for row in self._query(sql + " ORDER BY id", args):
-            out.append(StoredRecord(
-                device=bytes(row[0]), fcnt=row[1], record_type=row[2], kind=row[3], node_time=row[4],
-                rx_ms=row[5], gateway=row[6], seq=row[7], lane=row[8], flags=row[9], priority=row[10],
-                fields=json.loads(row[11])["fields"],
-            ))
-        return out
+        return self.store.records(device)
 
     def rejects(self) -> list[tuple[str, str, str]]:
-        """(topic, reason, detail) of every rejected message in the database."""
-        return [(r[0], r[1], r[2]) for r in self._query("SELECT topic, reason, detail FROM rejects ORDER BY id")]
+        """(topic, reason, detail) of every rejected message in the store."""
+        return self.store.rejects()
 
     def chain_report(self, gateway: str | None = None) -> list[ChainReport]:
-        return chain_report(self._db, gateway, lock=self._lock)
+        return self.store.chain_report(gateway)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -536,23 +422,6 @@ class PlatformSink:
                                               "fields": {"alarm_id": int(alarm_id), "alarm_state": 1}}, timeout_s)
 
 
-def chain_report(db: sqlite3.Connection, gateway: str | None = None,
-                 lock: threading.RLock | None = None) -> list[ChainReport]:
-    """Gaps, broken links and equivocations per gateway, from every batch in the database."""
-    with lock if lock is not None else contextlib.nullcontext():
-        gateways = [gateway] if gateway else [r[0] for r in db.execute("SELECT DISTINCT gateway FROM batches")]
-        out = []
-        for gw in sorted(gateways):
-            rows = db.execute("SELECT seq, prev_hash, digest FROM batches WHERE gateway=? ORDER BY seq, received_ms",
-                              (gw,)).fetchall()
-            tracker = batch.ChainTracker(window=max(2, len(rows) + 1))
-            for seq, prev, digest in rows:
-                tracker.add(int(seq), bytes(prev), bytes(digest))
-            out.append(ChainReport(gw, len(rows), tracker.highest, tracker.gaps, tracker.broken_links,
-                                   tracker.equivocations))
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -580,10 +449,13 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 
 @click.command("platform-sink")
 @click.option("--broker", "broker", metavar="HOST:PORT", help="MQTT broker of the platform.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="SQLite database (created if missing; several sinks may share it).")
+@click.option("--store", "store_url", metavar="URL",
+              help="Where batches are stored: sqlite:PATH or postgresql://USER@HOST:PORT/DB "
+                   "(created/upgraded if needed; several sinks may share it).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite database: the same as --store sqlite:PATH.")
 @click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE",
-              help="Trusted gateway key (hex, raw or PEM Ed25519 public key). Repeatable.")
+              help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key). Repeatable.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
@@ -603,17 +475,21 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 @click.option("--report", is_flag=True, help="Print the chain report of --db and exit (no broker needed).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of the live count.")
 def platform_sink_cmd(
-    broker: str | None, db_path: Path, trust: tuple[str, ...], tls_ca: Path | None, tls_cert: Path | None,
-    tls_key: Path | None, client_id: str | None, share_group: str, session_expiry: int, stop_after: int | None,
-    timeout_s: float | None, commands: tuple[str, ...], acks: tuple[str, ...], report: bool, as_json: bool,
+    broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...], tls_ca: Path | None,
+    tls_cert: Path | None, tls_key: Path | None, client_id: str | None, share_group: str, session_expiry: int,
+    stop_after: int | None, timeout_s: float | None, commands: tuple[str, ...], acks: tuple[str, ...], report: bool,
+    as_json: bool,
 ) -> None:
     """Reference city-platform sink: verify, dedupe and store signed gateway batches.
 
     Exit codes: 0 ok, 1 --count not reached within --timeout, a broken link or equivocation in a chain
     (or with --report any gap), 2 usage error, 3 broker/key/database error.
     """
+    if (store_url is None) == (db_path is None):
+        raise click.UsageError("give exactly one of --store URL and --db FILE")
+    url = store_url if store_url is not None else f"sqlite:{db_path}"
     if report:
-        _report(db_path, as_json)
+        _report(url, as_json)
         return
     if broker is None:
         raise click.UsageError("--broker is required (unless --report)")
@@ -646,10 +522,10 @@ def platform_sink_cmd(
 
     on_event = (lambda ev: _echo_json({"event": ev.kind, **ev.data})) if as_json else None
     try:
-        sink = PlatformSink(host, port, db=db_path, trust=keys_by_gw, tls=tls, client_id=client_id,
+        sink = PlatformSink(host, port, store=url, trust=keys_by_gw, tls=tls, client_id=client_id,
                             share_group=share_group or None, session_expiry_s=session_expiry, on_event=on_event)
-    except sqlite3.Error as e:
-        click.echo(f"error: database {db_path}: {e}", err=True)
+    except SinkError as e:
+        click.echo(f"error: {e}", err=True)
         sys.exit(3)
     try:
         sink.start()
@@ -737,17 +613,21 @@ def _run(sink: PlatformSink, as_json: bool, stop_after: int | None, timeout_s: f
     return 0
 
 
-def _report(db_path: Path, as_json: bool) -> None:
-    if not db_path.exists():
-        click.echo(f"error: {db_path} does not exist", err=True)
-        sys.exit(3)
-    db = open_db(db_path)
+def _report(url: str, as_json: bool) -> None:
     try:
-        reports = chain_report(db)
-        records = int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
-        rejects = dict(db.execute("SELECT reason, COUNT(*) FROM rejects GROUP BY reason").fetchall())
+        store = open_store(url, create=False)
+    except StoreError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    try:
+        reports = store.chain_report()
+        records = store.record_count()
+        rejects = store.reject_counts()
+    except StoreError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
     finally:
-        db.close()
+        store.close()
     out = {"records": records, "rejects": rejects, "chains": [r.to_json() for r in reports]}
     if as_json:
         _echo_json(out)

@@ -21,6 +21,9 @@ import pytest
 
 from lifeline.tools.broker import MosquittoBroker, TestPKI
 from lifeline.tools.natsserver import NatsCluster
+from lifeline.tools.softhsm import SoftHsm, make_softhsm
+
+SOFTHSM_TOKENS = {"lifeline-test": "24681357", "lifeline-spare": "11223344"}
 
 
 def _gone(pid: int) -> bool:
@@ -88,3 +91,18 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 def nats_single(tmp_path: Path) -> Iterator[NatsCluster]:
     """One real nats-server (JetStream + MQTT listener), stopped after the test."""
     yield from _run_nats(NatsCluster(1, workdir=tmp_path / "nats1"))
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """SoftHSM2 with the tokens of SOFTHSM_TOKENS initialised; SOFTHSM2_CONF set for this process."""
+    hsm = make_softhsm(tmp_path_factory.mktemp("softhsm"), SOFTHSM_TOKENS)
+    old = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    try:
+        yield hsm
+    finally:
+        if old is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = old

@@ -176,7 +176,7 @@ def test_two_sinks_split_the_load_and_store_each_record_once(
         assert s1.counters["batches_stored"] + s2.counters["batches_stored"] == 40
         assert s1.counters["batches_stored"] > 0 and s2.counters["batches_stored"] > 0
         assert s1.counters["records_duplicate"] + s2.counters["records_duplicate"] == 0
-        sinks = dict(s1._query("SELECT sink, COUNT(*) FROM records GROUP BY sink"))
+        sinks = s1.store.records_by_sink()
         assert sinks.keys() == {"sink-1", "sink-2"} and sum(sinks.values()) == 80
         (rep,) = s2.chain_report()  # from the shared database: covers both sinks' batches
         assert rep.intact and rep.batches == 40
