@@ -107,11 +107,14 @@ def check_config(file: Path, as_json: bool) -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the private key (PEM, mode 0600).")
 @click.option("--force", is_flag=True, help="Replace an existing key file (the platform must learn the new key).")
-def keygen(out: Path, force: bool) -> None:
-    """Create the gateway's Ed25519 signing key; prints the public key (hex) for the platform."""
+@click.option("--suite", type=click.Choice(["intl", "sm"]), default="intl", show_default=True,
+              help="intl: Ed25519; sm: SM2 (with SM3). Set the same [gateway] suite in gateway.toml.")
+def keygen(out: Path, force: bool, suite: str) -> None:
+    """Create the gateway's signing key; prints the public key (hex) for the platform (Ed25519: 32 bytes;
+    SM2: 65 bytes 04||x||y)."""
     from lifeline.protocols import keys
 
-    key = keys.generate()
+    key = keys.generate_for(suite)
     try:
         keys.save_private_key(key, out, overwrite=force)
     except FileExistsError as e:

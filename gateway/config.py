@@ -43,6 +43,8 @@ class GatewaySection:
     buffer_db: Path
     trusted_technicians: Path | None
     log_level: str
+    suite: str = "intl"  # batch signature suite: "intl" (Ed25519) or "sm" (SM2-SM3)
+    certificate_file: Path | None = None  # PEM chain from the city CA: leaf first; sent as x5chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +287,8 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
         buffer_db=g.pathname("buffer_db", "buffer.db", base=state_dir),
         trusted_technicians=g.pathname("trusted_technicians", None),
         log_level=g.text("log_level", "info", choices=("debug", "info", "warning", "error")),
+        suite=g.text("suite", "intl", choices=("intl", "sm")),
+        certificate_file=g.pathname("certificate_file", None),
     )
     g.done()
 

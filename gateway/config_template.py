@@ -45,7 +45,10 @@ class Section:
 SECTIONS: tuple[Section, ...] = (
     Section("gateway", "who this gateway is and where it keeps its state", (
         Key("id", "REQUIRED: [A-Za-z0-9._-]{1,64}; MQTT topic level and batch kid", example=EXAMPLE_ID),
-        Key("key_file", "Ed25519 signing key (PEM, 0600, owned by the daemon user)"),
+        Key("key_file", "batch signing key (PEM, 0600, owned by the daemon user): Ed25519 or SM2, per suite"),
+        Key("suite", "batch signature suite: intl (Ed25519) | sm (SM2 with SM3); the key must match"),
+        Key("certificate_file", "gateway certificate chain from the city CA (PEM, leaf first), sent in each "
+            "batch (x5chain); `lifeline gateway csr` makes the request", example="/etc/lifeline/gateway.crt"),
         Key("state_dir", "created 0700; relative database paths are under it"),
         Key("registry_db", "device registry (0600)", relative=True),
         Key("buffer_db", "durable buffer, counters, outbox, command queue (0600)", relative=True),

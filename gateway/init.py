@@ -2,12 +2,12 @@
 
 In ``--dir`` (default /etc/lifeline): ``gateway.toml`` (the annotated starter config from
 :mod:`config_template`, validated before it is written; an existing one is kept unless ``force``),
-``gateway.key`` (Ed25519, 0600; never replaced: that is ``keygen --force``'s job), ``status.token``
-(the status page token, 0600; never replaced) and ``registry.kek`` (the registry's key-encryption key, 0600,
-AES-256-GCM; never replaced: the root keys in the registry are wrapped under it). With ``owner`` (root
-only; the Debian package's postinst passes ``lifeline``) the keys, the token and the state directory
-belong to that user and the config is
-``root:<owner's group> 0640``. Running it again creates only what is missing.
+``gateway.key`` (Ed25519 or SM2 per the config's suite, 0600; never replaced: that is ``keygen --force``'s
+job), ``status.token`` (the status page token, 0600; never replaced) and ``registry.kek`` (the registry's
+key-encryption key, 0600, AES-256-GCM; never replaced: the root keys in the registry are wrapped under it).
+With ``owner`` (root only; the Debian package's postinst passes ``lifeline``) the keys, the token and the
+state directory belong to that user and the config is ``root:<owner's group> 0640``. Running it again
+creates only what is missing.
 """
 
 from __future__ import annotations
@@ -128,10 +128,11 @@ def init(directory: Path = DEFAULT_DIR, *, gateway_id: str | None = None, state_
             effective_id, effective_state = gateway_id or NOT_SET, state_dir or Path("/var/lib/lifeline")
 
         key_created = False
+        suite = cfg.gateway.suite if cfg is not None else "intl"
         if key_path.exists():
-            key = keys.load_private_key(key_path)
+            key = keys.load_signing_key(key_path, suite)
         else:
-            key = keys.generate()
+            key = keys.generate_for(suite)
             keys.save_private_key(key, key_path)
             key_created = True
         token_created = statuspage.create_token_file(token_path)

@@ -2,7 +2,8 @@
 
 * registry KEK: ``[keys] kek_file`` (0600 file, ``gateway/kek.py``), or ``[keys.pkcs11] kek_label`` (an
   AES-256 key in the token), or neither (root keys in plaintext: a warning at start, ``plaintext`` in status);
-* signing key: ``[keys.pkcs11] signing_key_label`` (Ed25519 in the token) or ``gateway.key_file`` (PEM).
+* signing key: ``[keys.pkcs11] signing_key_label`` (Ed25519 in the token) or ``gateway.key_file`` (PEM,
+  Ed25519 or SM2); either way it must be of ``gateway.suite``.
 
 Every error names the file, module, token or label and why; never a key or the PIN (docs/keys.md).
 """
@@ -61,8 +62,11 @@ def open_keys(cfg: GatewayConfig, *, signer: bool = True, kek: bool = True) -> G
                 the_signer = token.signer(tcfg.signing_key_label)
                 source = f"PKCS#11 token {tcfg.token_label!r}, key {tcfg.signing_key_label!r}"
             else:
-                the_signer = signing_key(keyfile.load_private_key(cfg.gateway.key_file))
+                the_signer = signing_key(keyfile.load_signing_key(cfg.gateway.key_file, cfg.gateway.suite))
                 source = f"file {cfg.gateway.key_file}"
+            if the_signer.suite != cfg.gateway.suite:
+                raise keyfile.KeyFileError("wrong_suite", f"{source}: the signing key is of suite "
+                                           f"{the_signer.suite}, but gateway.suite is {cfg.gateway.suite}")
     except (hsm.TokenError, keywrap.KekError, keyfile.KeyFileError) as e:
         if token is not None:
             token.close()

@@ -43,6 +43,7 @@ from paho.mqtt.properties import Properties
 
 from lifeline.gateway.mqtt_async import TlsFiles
 from lifeline.protocols import batch, keys
+from lifeline.protocols.sm2 import SM2PublicKey
 from lifeline.tools.platform import trust as gateway_trust
 from lifeline.tools.platform.sqlite_store import chain_report, open_db
 from lifeline.tools.platform.store import (
@@ -91,8 +92,9 @@ class SinkEvent:
 
 def load_trust(pairs: Mapping[str, Path] | Sequence[tuple[str, Path, int | None, int | None]],
                ) -> dict[str, list[TrustedKey]]:
-    """Gateway id -> trusted keys, from files holding 32 raw bytes, 64 hex characters or a PEM; entries are
-    ``{gw: path}`` or ``(gw, path, not_before_ms, not_after_ms)`` (several per gateway: a rotation's overlap)."""
+    """Gateway id -> trusted keys (Ed25519 or SM2) from files holding raw bytes (32 Ed25519, 65 SM2 04||x||y),
+    hex, or a PEM; entries are ``{gw: path}`` or ``(gw, path, not_before_ms, not_after_ms)`` (several per
+    gateway: a rotation's overlap)."""
     entries = [(gw, p, None, None) for gw, p in pairs.items()] if isinstance(pairs, Mapping) else list(pairs)
     out: dict[str, list[TrustedKey]] = {}
     for gw, path, not_before, not_after in entries:
@@ -101,7 +103,8 @@ def load_trust(pairs: Mapping[str, Path] | Sequence[tuple[str, Path, int | None,
         except OSError as e:
             raise SinkError(f"trust {gw}: cannot read {path}: {e.strerror or e}") from None
         try:
-            key = keys.load_public_key(data if len(data) == 32 else data.decode("ascii", "replace"))
+            raw = len(data) == 32 or (len(data) == 65 and data[0] == 4)  # hex text never starts with 0x04
+            key = keys.load_verify_key(data if raw else data.decode("ascii", "replace"))
         except (keys.KeyFileError, ValueError) as e:
             raise SinkError(f"trust {gw}: {path}: {e}") from None
         out.setdefault(gw, []).append(TrustedKey(key, not_before, not_after))
@@ -130,7 +133,7 @@ class PlatformSink:
         *,
         db: Path | None = None,
         store: Store | str | None = None,
-        trust: Mapping[str, Ed25519PublicKey | bytes | TrustedKey | Sequence[TrustedKey]],
+        trust: Mapping[str, keys.PublicKey | bytes | TrustedKey | Sequence[TrustedKey]],
         tls: TlsFiles | None = None,
         client_id: str | None = None,
         share_group: str | None = SHARE_GROUP,
@@ -147,8 +150,9 @@ class PlatformSink:
             raise SinkError("give the sink one store: db=PATH (SQLite) or store=URL/Store")
         # several keys per gateway with validity windows (a key rotation's overlap, tools/platform/trust.py)
         self.trusted_keys = gateway_trust.normalise(
-            {gw: [TrustedKey(keys.load_public_key(t.key) if isinstance(t.key, bytes) else t.key, t.not_before_ms,
-                             t.not_after_ms) for t in gateway_trust.normalise({gw: v})[gw]]
+            {gw: [TrustedKey(t.key if isinstance(t.key, Ed25519PublicKey | SM2PublicKey)
+                             else keys.load_verify_key(t.key), t.not_before_ms, t.not_after_ms)
+                  for t in gateway_trust.normalise({gw: v})[gw]]
              for gw, v in trust.items()})
         self.trust: dict[str, Any] = {gw: ks[0].key for gw, ks in self.trusted_keys.items()}  # the first key
         self.clock = clock or _now_ms
@@ -474,8 +478,8 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite database: the same as --store sqlite:PATH.")
 @click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE[,from=TIME][,until=TIME]",
-              help="Trusted gateway key (hex, raw or PEM Ed25519 public key), optionally valid only from/until an "
-                   "ISO 8601 time (UTC). Repeatable, also for one gateway: a key rotation's overlap.")
+              help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key), optionally valid only "
+                   "from/until an ISO 8601 time (UTC). Repeatable, also for one gateway: a key rotation's overlap.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")

@@ -158,6 +158,8 @@ def test_gaps_and_broken_links_are_reported(mosquitto: MosquittoBroker, pub: Pub
         lost = batch.BatchSigner(gw.key, "gw-1", next_seq=3)
         pub.publish(gw.topic(), lost.sign([gw.record(DEV[0])], batch.LANE_LIVE, 1).data)
         sink.wait_for(lambda s: s.batch_count() == 4, 10)
+        # the events are emitted after the store commits: wait for the event, not only for the count
+        sink.wait_for(lambda s: any(kind == "broken_link" for kind, _ in events), 10)
         (rep,) = sink.chain_report()
         assert rep.broken_links == ((2, 3),)
         assert ("broken_link", {"gateway": "gw-1", "link": [2, 3]}) in events
