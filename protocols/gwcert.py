@@ -292,6 +292,10 @@ class CaTrust:
             self.revoked = frozenset((issuer_der, r.serial_number) for r in crl)
             self.crl_next_update = crl.next_update_utc
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Judge validity periods with ``clock`` (Unix seconds)."""
+        self._clock = clock
+
     def _now(self) -> datetime:
         import time
 

@@ -5,6 +5,9 @@
 - ``mosquitto_tls``: a broker whose TLS listener (``tls_port``) requires client certificates from
   ``test_pki``; the plain listener (``port``) stays available for test helpers.
 
+- ``nats_cluster``: a 3-node NATS cluster (JetStream, routes, MQTT listener) on free loopback ports.
+- ``nats_single``: one NATS node with JetStream and the MQTT listener.
+
 Each broker is stopped after its test and the test fails if the process is still alive.
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lifeline.tools.broker import MosquittoBroker, TestPKI
+from lifeline.tools.natsserver import NatsCluster
 from lifeline.tools.softhsm import SoftHsm, make_softhsm
 
 SOFTHSM_TOKENS = {"lifeline-test": "24681357", "lifeline-spare": "11223344"}
@@ -64,6 +68,29 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 def mosquitto_tls(tmp_path: Path, test_pki: TestPKI) -> Iterator[MosquittoBroker]:
     """Mosquitto with a TLS listener on ``tls_port`` that requires client certificates."""
     yield from _run(MosquittoBroker(workdir=tmp_path / "mosquitto-tls", pki=test_pki))
+
+
+def _run_nats(cluster: NatsCluster) -> Iterator[NatsCluster]:
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        pids = [n.pid for n in cluster.nodes if n.pid is not None]
+        cluster.close()
+    leftover = [pid for pid in pids if not _gone(pid)]
+    assert not leftover, f"nats-server still running after the test: {leftover}"
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three real nats-server nodes (routes, JetStream, MQTT listener each), stopped after the test."""
+    yield from _run_nats(NatsCluster(3, workdir=tmp_path / "nats"))
+
+
+@pytest.fixture
+def nats_single(tmp_path: Path) -> Iterator[NatsCluster]:
+    """One real nats-server (JetStream + MQTT listener), stopped after the test."""
+    yield from _run_nats(NatsCluster(1, workdir=tmp_path / "nats1"))
 
 
 @pytest.fixture(scope="session")
