@@ -107,11 +107,14 @@ def check_config(file: Path, as_json: bool) -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the private key (PEM, mode 0600).")
 @click.option("--force", is_flag=True, help="Replace an existing key file (the platform must learn the new key).")
-def keygen(out: Path, force: bool) -> None:
-    """Create the gateway's Ed25519 signing key; prints the public key (hex) for the platform."""
+@click.option("--suite", type=click.Choice(["intl", "sm"]), default="intl", show_default=True,
+              help="intl: Ed25519; sm: SM2 (with SM3). Set the same [gateway] suite in gateway.toml.")
+def keygen(out: Path, force: bool, suite: str) -> None:
+    """Create the gateway's signing key; prints the public key (hex) for the platform (Ed25519: 32 bytes;
+    SM2: 65 bytes 04||x||y)."""
     from lifeline.protocols import keys
 
-    key = keys.generate()
+    key = keys.generate_for(suite)
     try:
         keys.save_private_key(key, out, overwrite=force)
     except FileExistsError as e:
@@ -119,6 +122,25 @@ def keygen(out: Path, force: bool) -> None:
     except OSError as e:
         _err(f"cannot write {out}: {e.strerror}", EXIT_CONFIG)
     click.echo(keys.public_key_hex(key))
+
+
+@gateway.command()
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the key-encryption key (mode 0600).")
+@click.option("--suite", type=click.Choice(["intl", "sm"]), default="intl", show_default=True,
+              help="intl: AES-256-GCM; sm: SM4-GCM.")
+@click.option("--force", is_flag=True, help="Replace an existing file (root keys wrapped under it become unreadable).")
+def kekgen(out: Path, suite: str, force: bool) -> None:
+    """Create a registry key-encryption key file; set [keys] kek_file to it (docs/keys.md)."""
+    from lifeline.gateway import kek as keywrap
+
+    try:
+        keywrap.generate_file(out, suite, overwrite=force)
+    except FileExistsError as e:
+        _err(str(e), EXIT_FAILED)
+    except OSError as e:
+        _err(f"cannot write {out}: {e.strerror}", EXIT_CONFIG)
+    click.echo(f"{out}: {keywrap.CIPHER_NAMES[keywrap.SUITES[suite]]} key-encryption key (0600)")
 
 
 @gateway.command("init")
@@ -405,6 +427,23 @@ def _registry_path(config_path: Path, db: Path | None) -> tuple[Path, Path | Non
 
 _db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
                           help="Registry database (default: from the config).")
+_kek_option = click.option("--kek-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                           help="Registry key-encryption key file (default: from the config; with --db: none).")
+
+
+def _registry_keys(config_path: Path, db: Path | None, kek_file: Path | None) -> Any:
+    """The registry KEK (a GatewayKeys whose ``kek`` may be None: plaintext registry); errors exit 3."""
+    from lifeline.gateway import kek as keywrap
+    from lifeline.gateway.keystore import GatewayKeys, KeyStoreError, load_registry_kek
+
+    try:
+        if kek_file is not None:
+            return GatewayKeys(keywrap.load_file(kek_file), None)
+        if db is not None:
+            return GatewayKeys(None, None)
+        return load_registry_kek(_load(config_path))
+    except (KeyStoreError, keywrap.KekError) as e:
+        _err(str(e), EXIT_CONFIG)
 
 
 @devices.command("import")
@@ -415,8 +454,9 @@ _db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path
 @click.option("--trusted", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Trusted technician keys (JSON name -> Ed25519 public key hex); default from the config.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@_kek_option
 def import_cmd(file: Path, config_path: Path, db: Path | None, rekey: bool, trusted: Path | None,
-               as_json: bool) -> None:
+               as_json: bool, kek_file: Path | None) -> None:
     """Import provisioning records (JSON lines) from FILE. Exit 1 if any record was rejected."""
     from lifeline.gateway.registry import Registry, RegistryError, load_trusted_technicians
 
@@ -429,11 +469,16 @@ def import_cmd(file: Path, config_path: Path, db: Path | None, rekey: bool, trus
         _err(str(e), EXIT_CONFIG)
     except (OSError, UnicodeDecodeError) as e:
         _err(f"cannot read {file}: {getattr(e, 'strerror', None) or type(e).__name__}", EXIT_CONFIG)
+    keys = _registry_keys(config_path, db, kek_file)
     try:
-        with Registry(path) as reg:
+        with Registry(path, keys.kek) as reg:
             report = reg.import_lines(lines, now_ms=time.time_ns() // 1_000_000, rekey=rekey, trusted=tech)
+    except RegistryError as e:
+        _err(str(e), EXIT_CONFIG)
     except (OSError, sqlite3.Error) as e:
         _err(f"registry {path}: {e}", EXIT_CONFIG)
+    finally:
+        keys.close()
     counts = {k: report.count(k) for k in ("added", "updated", "rekeyed", "unchanged", "rejected")}
     if as_json:
         click.echo(json.dumps({"counts": counts, "records": [
@@ -458,7 +503,7 @@ def list_cmd(config_path: Path, db: Path | None, as_json: bool) -> None:
     path, _ = _registry_path(config_path, db)
     if not path.exists():
         _err(f"registry {path} does not exist (import devices first)", EXIT_CONFIG)
-    with Registry(path) as reg:
+    with Registry(path, metadata_only=True) as reg:  # never needs (or touches) the root keys
         rows = [d.public_dict() for d in reg.all()]
     if as_json:
         click.echo(json.dumps(rows))
@@ -487,7 +532,7 @@ def revoke_cmd(device_id: str, config_path: Path, db: Path | None) -> None:
     if len(dev) != 16 or any(c not in "0123456789abcdef" for c in dev):
         raise click.BadParameter("expected 16 hex characters", param_hint="DEVICE_ID")
     path, _ = _registry_path(config_path, db)
-    with Registry(path) as reg:
+    with Registry(path, metadata_only=True) as reg:
         found = reg.revoke(bytes.fromhex(dev), now_ms=time.time_ns() // 1_000_000)
     if not found:
         _err(f"device {dev} is not registered", EXIT_FAILED)

@@ -43,6 +43,8 @@ class GatewaySection:
     buffer_db: Path
     trusted_technicians: Path | None
     log_level: str
+    suite: str = "intl"  # batch signature suite: "intl" (Ed25519) or "sm" (SM2-SM3)
+    certificate_file: Path | None = None  # PEM chain from the city CA: leaf first; sent as x5chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,23 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Pkcs11Config:
+    """A PKCS#11 token (HSM, TPM, cipher machine; SoftHSM2 in tests) holding gateway keys (docs/keys.md)."""
+
+    module: Path  # the vendor's PKCS#11 library (.so)
+    token_label: str
+    pin_file: Path  # the user PIN, one line (0600); never logged
+    signing_key_label: str | None  # batch signing key in the token (replaces gateway.key_file)
+    kek_label: str | None  # registry key-encryption key: an AES-256 key in the token (replaces keys.kek_file)
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    kek_file: Path | None  # registry key-encryption key file (0600); None and no token KEK = plaintext registry
+    pkcs11: Pkcs11Config | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class IngressSpec:
     type: str
     name: str
@@ -149,6 +168,7 @@ class GatewayConfig:
     ingress: tuple[IngressSpec, ...]
     status_page: StatusPageConfig = StatusPageConfig("127.0.0.1", 9110, None)
     rules: RulesConfig = RulesConfig((), Path("/var/lib/lifeline/rules.db"))
+    keys: KeysConfig = KeysConfig(None)
 
 
 class _Table:
@@ -267,6 +287,8 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
         buffer_db=g.pathname("buffer_db", "buffer.db", base=state_dir),
         trusted_technicians=g.pathname("trusted_technicians", None),
         log_level=g.text("log_level", "info", choices=("debug", "info", "warning", "error")),
+        suite=g.text("suite", "intl", choices=("intl", "sm")),
+        certificate_file=g.pathname("certificate_file", None),
     )
     g.done()
 
@@ -371,6 +393,8 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
                         state_db=r.pathname("state_db", "rules.db", base=state_dir))
     r.done()
 
+    keys_cfg = _keys(top.table("keys"))
+
     known = _known_adapter_types()
     specs: list[IngressSpec] = []
     for t in top.tables("ingress"):
@@ -384,7 +408,28 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
     top.done()
     return GatewayConfig(source=file, gateway=gw, buffer=buf, dedupe=dd, forwarder=fw, uplink=up,
                          downlinks=down, metrics=met, pipeline=pipe, ingress=tuple(specs),
-                         status_page=status_page, rules=rules)
+                         status_page=status_page, rules=rules, keys=keys_cfg)
+
+
+_LABEL = re.compile(r"^[\x20-\x7e]{1,64}$")
+
+
+def _keys(k: _Table) -> KeysConfig:
+    kek_file = k.pathname("kek_file", None)
+    t = k.table("pkcs11")
+    token: Pkcs11Config | None = None
+    if t.data:
+        token = Pkcs11Config(module=t.pathname("module"), token_label=t.text("token_label", pattern=_LABEL),
+                             pin_file=t.pathname("pin_file"),
+                             signing_key_label=t.text("signing_key_label", None, pattern=_LABEL),
+                             kek_label=t.text("kek_label", None, pattern=_LABEL))
+        if token.signing_key_label is None and token.kek_label is None:
+            t.fail("signing_key_label", "the token is configured but holds neither signing_key_label nor kek_label")
+        if token.kek_label is not None and kek_file is not None:
+            t.fail("kek_label", "keys.kek_file and keys.pkcs11.kek_label both name a key-encryption key; keep one")
+    t.done()
+    k.done()
+    return KeysConfig(kek_file=kek_file, pkcs11=token)
 
 
 def load(path: str | Path = DEFAULT_PATH) -> GatewayConfig:

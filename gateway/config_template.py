@@ -20,6 +20,7 @@ from lifeline.gateway.config import PRIORITY_KEYS, GatewayConfig, IngressSpec, U
 
 EXAMPLE_ID = "gw-0001"
 DEFAULT_TOKEN_FILE = Path("/etc/lifeline/status.token")  # where init and the package put it
+DEFAULT_KEK_FILE = Path("/etc/lifeline/registry.kek")  # where init puts the registry key-encryption key
 COLUMN = 36  # where the comments start
 DOC_BEGIN, DOC_END = "<!-- gateway-config:begin -->\n", "<!-- gateway-config:end -->"
 
@@ -44,7 +45,10 @@ class Section:
 SECTIONS: tuple[Section, ...] = (
     Section("gateway", "who this gateway is and where it keeps its state", (
         Key("id", "REQUIRED: [A-Za-z0-9._-]{1,64}; MQTT topic level and batch kid", example=EXAMPLE_ID),
-        Key("key_file", "Ed25519 signing key (PEM, 0600, owned by the daemon user)"),
+        Key("key_file", "batch signing key (PEM, 0600, owned by the daemon user): Ed25519 or SM2, per suite"),
+        Key("suite", "batch signature suite: intl (Ed25519) | sm (SM2 with SM3); the key must match"),
+        Key("certificate_file", "gateway certificate chain from the city CA (PEM, leaf first), sent in each "
+            "batch (x5chain); `lifeline gateway csr` makes the request", example="/etc/lifeline/gateway.crt"),
         Key("state_dir", "created 0700; relative database paths are under it"),
         Key("registry_db", "device registry (0600)", relative=True),
         Key("buffer_db", "durable buffer, counters, outbox, command queue (0600)", relative=True),
@@ -116,6 +120,19 @@ SECTIONS: tuple[Section, ...] = (
         Key("files", "rule files; relative paths are next to this config file"),
         Key("state_db", "alarm life cycle, mode, active firings (0600)", relative=True),
     )),
+    Section("keys", "where key material lives (docs/keys.md)", (
+        Key("kek_file", "registry key-encryption key (0600, `gateway kekgen`); unset: plaintext root keys",
+            example="/etc/lifeline/registry.kek"),
+    )),
+    Section("keys.pkcs11", "a PKCS#11 token (HSM, TPM, cipher machine) holding keys that never leave it", (
+        Key("module", "the vendor's PKCS#11 library", example="/usr/lib/softhsm/libsofthsm2.so"),
+        Key("token_label", "token label", example="lifeline"),
+        Key("pin_file", "user PIN, one line (0600, never logged)", example="/etc/lifeline/token.pin"),
+        Key("signing_key_label", "Ed25519 batch signing key in the token (instead of gateway.key_file)",
+            example="gateway-signing"),
+        # no example: it excludes keys.kek_file, and every example line must validate uncommented
+        Key("kek_label", "AES-256 registry key-encryption key in the token (instead of keys.kek_file)"),
+    )),
     Section("pipeline", "internal queues (rarely changed)", (
         Key("queue_batches", "bounded queues between stages, in batches"),
         Key("batch_max", "frames per ingest batch"),
@@ -167,6 +184,7 @@ def defaults() -> dict[str, dict[str, Any]]:
         "gateway": cfg.gateway, "buffer": cfg.buffer, "dedupe": cfg.dedupe, "forwarder": cfg.forwarder,
         "uplink": cfg.uplink, "uplink.endpoints": ep, "downlinks": cfg.downlinks, "metrics": cfg.metrics,
         "status_page": cfg.status_page, "rules": cfg.rules, "pipeline": cfg.pipeline, "ingress": ing,
+        "keys": cfg.keys, "keys.pkcs11": cfg.keys.pkcs11,
     }
     out: dict[str, dict[str, Any]] = {}
     for sec in SECTIONS:
@@ -174,7 +192,7 @@ def defaults() -> dict[str, dict[str, Any]]:
             out[sec.name] = dict(zip(PRIORITY_KEYS, cfg.buffer.ttl_s, strict=True))
             continue
         obj = objects[sec.name]
-        out[sec.name] = {k.name: getattr(obj, k.name) for k in sec.keys}
+        out[sec.name] = {k.name: getattr(obj, k.name, None) for k in sec.keys}
         for k in sec.keys:  # as the default is written: relative to state_dir
             if k.relative:
                 out[sec.name][k.name] = out[sec.name][k.name].relative_to(cfg.gateway.state_dir)
@@ -237,7 +255,7 @@ HEADER = (
 
 
 def starter(gateway_id: str | None, *, key_file: Path | None = None, state_dir: Path | None = None,
-            token_file: Path | None = None) -> str:
+            token_file: Path | None = None, kek_file: Path | None = None) -> str:
     """What ``lifeline gateway init`` writes (and the package ships, with no id: it must be set)."""
     gw: dict[str, Any] = {"id": gateway_id}
     if key_file is not None:
@@ -247,12 +265,15 @@ def starter(gateway_id: str | None, *, key_file: Path | None = None, state_dir: 
     values: dict[str, dict[str, Any]] = {"gateway": gw}
     if token_file is not None:
         values["status_page"] = {"token_file": token_file}
+    if kek_file is not None:
+        values["keys"] = {"kek_file": kek_file}
     return render(values, header=HEADER)
 
 
 def reference() -> str:
     """The docs/operations.md block: every key, array tables filled with examples."""
-    return render({"gateway": {"id": EXAMPLE_ID}, "status_page": {"token_file": DEFAULT_TOKEN_FILE}}, examples=True)
+    return render({"gateway": {"id": EXAMPLE_ID}, "status_page": {"token_file": DEFAULT_TOKEN_FILE},
+                   "keys": {"kek_file": DEFAULT_KEK_FILE}}, examples=True)
 
 
 def doc_block(text: str) -> str | None:

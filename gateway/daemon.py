@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from lifeline.gateway import log as logmod
 from lifeline.gateway import statusinfo, statuspage
 from lifeline.gateway.buffer import Buffer, BufferError
@@ -34,6 +32,7 @@ from lifeline.gateway.forwarder import Forwarder
 from lifeline.gateway.health import HEARTBEAT_S, Heartbeats
 from lifeline.gateway.ingress import registry as adapter_registry
 from lifeline.gateway.ingress.base import IngressAdapter
+from lifeline.gateway.keystore import GatewayKeys, KeyStoreError, open_keys
 from lifeline.gateway.metrics import Metrics, MetricsServer
 from lifeline.gateway.pipeline import Barrier, Pipeline
 from lifeline.gateway.registry import Registry, RegistryError
@@ -49,9 +48,8 @@ from lifeline.gateway.uplink_api import (
     UplinkService,
     UplinkUnavailable,
 )
-from lifeline.protocols import keys as keyfile
 from lifeline.protocols import schema
-from lifeline.protocols.cose_sign import SigningKey
+from lifeline.protocols.cose_sign import PrivateKeyLike
 
 _log = logmod.Log("daemon")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 3
@@ -103,7 +101,7 @@ class Watchdog:
 class Gateway:
     def __init__(self, config: GatewayConfig, *, publisher: AckedPublisher | None = None,
                  adapters: Sequence[IngressAdapter] | None = None, clock: Clock | None = None,
-                 rules: RulesHook | None = None, signing_key: SigningKey | Ed25519PrivateKey | None = None,
+                 rules: RulesHook | None = None, signing_key: PrivateKeyLike | None = None,
                  serve_metrics: bool = True, run_forwarder: bool = True, fast_alarms: bool | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
@@ -132,6 +130,7 @@ class Gateway:
         self._status_server: statuspage.StatusServer | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._registry: Registry | None = None
+        self.gateway_keys = GatewayKeys(None, None)
         self._db: StateDB | None = None
         self._metrics_server: MetricsServer | None = None
         self._started_adapters: list[IngressAdapter] = []
@@ -158,9 +157,16 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         try:
-            key = self._signing_key or keyfile.load_private_key(cfg.gateway.key_file)
-        except keyfile.KeyFileError as e:
+            self.gateway_keys = open_keys(cfg, signer=self._signing_key is None)
+        except KeyStoreError as e:
             raise StartupError(str(e)) from None
+        if self._signing_key is not None:
+            self.gateway_keys.signer_source = "given"
+        key = self._signing_key or self.gateway_keys.signer
+        assert key is not None
+        if self.gateway_keys.kek is None:
+            _log.warning("registry root keys are stored in plaintext: set [keys] kek_file or [keys.pkcs11] "
+                         "kek_label (docs/keys.md)", registry=cfg.gateway.registry_db)
         if self._rules_from_config and cfg.rules.files:
             from lifeline.gateway.rules_engine.loader import RulesError
             from lifeline.gateway.rules_engine.service import RulesService
@@ -170,10 +176,12 @@ class Gateway:
             except RulesError as e:
                 raise StartupError(f"rules: {e}") from None
         try:
-            self._registry = await asyncio.to_thread(Registry, cfg.gateway.registry_db)
+            self._registry = await asyncio.to_thread(Registry, cfg.gateway.registry_db, self.gateway_keys.kek)
             self._db = StateDB(cfg.gateway.buffer_db)
         except OSError as e:
             raise StartupError(f"state database: {e}") from None
+        except RegistryError as e:
+            raise StartupError(str(e)) from None
         reg = self._registry
         devices, generation = await asyncio.to_thread(
             lambda: ([DeviceInfo.of(d) for d in reg.all()], reg.generation()))
@@ -418,6 +426,7 @@ class Gateway:
             self._db.close()
         if self._registry is not None:
             self._registry.close()
+        self.gateway_keys.close()
         _log.info("stopped", gateway=self.config.gateway.id)
 
     # ------------------------------------------------------------------ metrics

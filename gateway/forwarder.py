@@ -24,8 +24,6 @@ import contextlib
 import sqlite3
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from lifeline.gateway import records as rec
 from lifeline.gateway.buffer import Buffer, OutboxEntry, PendingRow, with_flags
 from lifeline.gateway.clock import Clock
@@ -36,7 +34,7 @@ from lifeline.gateway.statedb import StateDB, Transaction
 from lifeline.gateway.stats import Stats
 from lifeline.gateway.uplink_api import AckedPublisher, UplinkUnavailable, topic_up
 from lifeline.protocols import batch, schema
-from lifeline.protocols.cose_sign import SigningKey
+from lifeline.protocols.cose_sign import PrivateKeyLike
 
 _log = Log("forwarder")
 LIVE = batch.LANE_LIVE
@@ -55,7 +53,7 @@ class Signed:
 
 class Forwarder:
     def __init__(self, *, db: StateDB, buffer: Buffer, publisher: AckedPublisher,
-                 signing_key: SigningKey | Ed25519PrivateKey, gateway_id: str, config: ForwarderConfig,
+                 signing_key: PrivateKeyLike, gateway_id: str, config: ForwarderConfig,
                  collect_ms: int, clock: Clock, stats: Stats) -> None:
         self.db = db
         self.buffer = buffer

@@ -2,10 +2,12 @@
 
 In ``--dir`` (default /etc/lifeline): ``gateway.toml`` (the annotated starter config from
 :mod:`config_template`, validated before it is written; an existing one is kept unless ``force``),
-``gateway.key`` (Ed25519, 0600; never replaced: that is ``keygen --force``'s job) and ``status.token``
-(the status page token, 0600; never replaced). With ``owner`` (root only; the Debian package's postinst
-passes ``lifeline``) the key, the token and the state directory belong to that user and the config is
-``root:<owner's group> 0640``. Running it again creates only what is missing.
+``gateway.key`` (Ed25519 or SM2 per the config's suite, 0600; never replaced: that is ``keygen --force``'s
+job), ``status.token`` (the status page token, 0600; never replaced) and ``registry.kek`` (the registry's
+key-encryption key, 0600, AES-256-GCM; never replaced: the root keys in the registry are wrapped under it).
+With ``owner`` (root only; the Debian package's postinst passes ``lifeline``) the keys, the token and the
+state directory belong to that user and the config is ``root:<owner's group> 0640``. Running it again
+creates only what is missing.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lifeline.gateway import config_template, statuspage
+from lifeline.gateway import kek as keywrap
 from lifeline.gateway.config import ConfigError, GatewayConfig, parse
 from lifeline.protocols import keys
 
 DEFAULT_DIR = Path("/etc/lifeline")
-CONFIG_NAME, KEY_NAME, TOKEN_NAME = "gateway.toml", "gateway.key", "status.token"
+CONFIG_NAME, KEY_NAME, TOKEN_NAME, KEK_NAME = "gateway.toml", "gateway.key", "status.token", "registry.kek"
 NOT_SET = "(not set)"  # the id of a config that has none yet (the package's)
 
 
@@ -47,11 +50,14 @@ class InitResult:
     token_created: bool
     state_dir: Path
     status_url: str  # without the token
+    kek: Path | None = None
+    kek_created: bool = False
 
     def as_json(self) -> dict[str, object]:
         return {"gateway_id": self.gateway_id, "config": str(self.config), "config_written": self.config_written,
                 "key": str(self.key), "key_created": self.key_created, "public_key": self.public_key_hex,
                 "token": str(self.token), "token_created": self.token_created, "state_dir": str(self.state_dir),
+                "kek": str(self.kek) if self.kek else None, "kek_created": self.kek_created,
                 "status_url": self.status_url}
 
 
@@ -93,13 +99,14 @@ def init(directory: Path = DEFAULT_DIR, *, gateway_id: str | None = None, state_
             raise InitError("--owner needs root (it changes file ownership)")
     directory = directory.absolute()
     cfg_path, key_path, token_path = directory / CONFIG_NAME, directory / KEY_NAME, directory / TOKEN_NAME
+    kek_path: Path | None = directory / KEK_NAME
     try:
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         written = False
         if force or not cfg_path.exists():
             new_id = gateway_id or default_gateway_id()
             text = config_template.starter(new_id, key_file=key_path, token_file=token_path,
-                                           state_dir=state_dir)
+                                           state_dir=state_dir, kek_file=kek_path)
             try:
                 parse(text, str(cfg_path))  # what we write must be what `run` accepts
             except ConfigError as e:
@@ -116,25 +123,35 @@ def init(directory: Path = DEFAULT_DIR, *, gateway_id: str | None = None, state_
         if cfg is not None:  # make the files the config names
             effective_id, effective_state, key_path = cfg.gateway.id, cfg.gateway.state_dir, cfg.gateway.key_file
             token_path = cfg.status_page.token_file or token_path
+            kek_path = cfg.keys.kek_file
         else:
             effective_id, effective_state = gateway_id or NOT_SET, state_dir or Path("/var/lib/lifeline")
 
         key_created = False
+        suite = cfg.gateway.suite if cfg is not None else "intl"
         if key_path.exists():
-            key = keys.load_private_key(key_path)
+            key = keys.load_signing_key(key_path, suite)
         else:
-            key = keys.generate()
+            key = keys.generate_for(suite)
             keys.save_private_key(key, key_path)
             key_created = True
         token_created = statuspage.create_token_file(token_path)
         statuspage.load_token(token_path)  # an existing one must be usable too
+        kek_created = False
+        if kek_path is not None:
+            if not kek_path.exists():
+                keywrap.generate_file(kek_path, "intl")
+                kek_created = True
+            keywrap.load_file(kek_path)  # an existing one must be usable too
         effective_state.mkdir(mode=0o700, parents=True, exist_ok=True)
         if uid is not None and gid is not None:
-            for p in (key_path, token_path, effective_state):
+            for p in (key_path, token_path, effective_state, *((kek_path,) if kek_path else ())):
                 os.chown(p, uid, gid)
     except keys.KeyFileError as e:
         raise InitError(str(e)) from None
     except statuspage.StatusPageError as e:
+        raise InitError(str(e)) from None
+    except keywrap.KekError as e:
         raise InitError(str(e)) from None
     except OSError as e:
         raise InitError(f"{e.filename or directory}: {e.strerror or e}") from None
@@ -145,7 +162,7 @@ def init(directory: Path = DEFAULT_DIR, *, gateway_id: str | None = None, state_
     return InitResult(gateway_id=effective_id, config=cfg_path, config_written=written, key=key_path,
                       key_created=key_created, public_key_hex=keys.public_key_hex(key), token=token_path,
                       token_created=token_created, state_dir=effective_state,
-                      status_url=f"http://{host}:{port}/")
+                      status_url=f"http://{host}:{port}/", kek=kek_path, kek_created=kek_created)
 
 
 def next_steps(r: InitResult, user: str = "lifeline") -> list[str]:

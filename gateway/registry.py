@@ -1,8 +1,11 @@
 """Device registry: which nodes this gateway accepts, with their root keys (SQLite, file mode 0600).
 
 Root keys are read by the daemon and by ``devices import`` only; they never appear in ``repr``, logs,
-``devices list`` or error messages. Records come from provisioning as JSON lines (docs/operations.md,
-"Device registry"); when a trusted technician key list is configured, each record must carry a valid
+``devices list`` or error messages. With a key-encryption key (``gateway/kek.py``: a 0600 file or a PKCS#11
+token key) they are stored wrapped (AES-256-GCM or SM4-GCM, bound to the device id); a plaintext registry
+opened with a KEK is migrated in place, once, and the plaintext is wiped from the file (docs/keys.md).
+Records come from provisioning as JSON lines (docs/operations.md, "Device registry"); when a trusted
+technician key list is configured, each record must carry a valid
 Ed25519 signature by a listed technician.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,6 +24,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from lifeline.gateway import kek as keywrap
 from lifeline.gateway.log import Log
 from lifeline.gateway.statedb import Transaction, connect
 from lifeline.protocols import schema
@@ -56,7 +61,11 @@ CREATE TABLE IF NOT EXISTS devices(
   signature TEXT,
   updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keystore(name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
+# keystore row 'check': a random key wrapped under the KEK for this id; present = root keys are wrapped.
+_CHECK_ID = b"kek-check"  # 9 bytes: no device id (8 bytes) can collide with it
+ROOT_KEY_BYTES = 32
 
 
 class RegistryError(Exception):
@@ -240,10 +249,10 @@ def parse_record(rec: Any, trusted: Mapping[str, Ed25519PublicKey] | None) -> De
         tags=tuple(tags), technician=technician, signature=signature)
 
 
-def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> DeviceRecord:
-    (dev, key, epoch, kind, address, lat, lon, unit, dc, install, life, status, tags, tech, sig) = row
+def _row_to_record(row: sqlite3.Row | tuple[Any, ...], root_key: bytes) -> DeviceRecord:
+    (dev, _key, epoch, kind, address, lat, lon, unit, dc, install, life, status, tags, tech, sig) = row
     return DeviceRecord(
-        device_id=bytes(dev), root_key=bytes(key), key_epoch=epoch, kind=kind,
+        device_id=bytes(dev), root_key=root_key, key_epoch=epoch, kind=kind,
         location=Location(address, lat, lon, unit), data_class=dc, install_date=install,
         design_life_years=life, status=status, tags=tuple(json.loads(tags)), technician=tech, signature=sig)
 
@@ -259,12 +268,89 @@ def _same_metadata(a: DeviceRecord, b: DeviceRecord) -> bool:
 
 
 class Registry:
-    """Synchronous access to the registry database (the daemon calls it from a worker thread)."""
+    """Synchronous access to the registry database (the daemon calls it from a worker thread).
 
-    def __init__(self, path: Path) -> None:
+    ``kek``: the key-encryption key root keys are (or are to be) wrapped under; a plaintext registry is
+    migrated on open. Without one, an encrypted registry opens only with ``metadata_only`` (records then
+    carry an empty ``root_key``: for listings and device attributes, never for the radio path).
+    """
+
+    def __init__(self, path: Path, kek: keywrap.Kek | None = None, *, metadata_only: bool = False) -> None:
         self.path = path
+        self.kek = kek
+        self.metadata_only = metadata_only
         self.conn = connect(path)
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn.executescript(SCHEMA)
+            self._open_keys()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @property
+    def encrypted(self) -> bool:
+        return self._check_blob() is not None
+
+    def _check_blob(self) -> bytes | None:
+        row = self.conn.execute("SELECT value FROM keystore WHERE name='check'").fetchone()
+        return bytes(row[0]) if row else None
+
+    def _open_keys(self) -> None:
+        check = self._check_blob()
+        if self.kek is None:
+            if check is not None and not self.metadata_only:
+                raise RegistryError(f"registry {self.path}: root keys are encrypted at rest and no key-encryption "
+                                    "key is configured ([keys] kek_file or [pkcs11] kek_label)")
+            return
+        if check is None:
+            self._migrate(self.kek)
+            return
+        try:
+            keywrap.unwrap(self.kek, _CHECK_ID, check)
+        except keywrap.KekError as e:
+            raise RegistryError(f"registry {self.path}: root keys are not wrapped under the configured "
+                                f"key-encryption key: {e}") from None
+
+    def _migrate(self, kek: keywrap.Kek) -> None:
+        """Plaintext registry -> wrapped root keys, in one transaction; then wipe the old pages."""
+        self.conn.execute("PRAGMA secure_delete=ON")
+        n = 0
+        with Transaction(self.conn) as conn:
+            rows = conn.execute("SELECT device_id, root_key FROM devices").fetchall()
+            for dev, key in rows:
+                key = bytes(key)
+                if len(key) != ROOT_KEY_BYTES:
+                    raise RegistryError(f"registry {self.path}: device {bytes(dev).hex()}: root key column holds "
+                                        f"{len(key)} bytes, neither a plaintext key nor known to this registry")
+                conn.execute("UPDATE devices SET root_key=? WHERE device_id=?",
+                             (keywrap.wrap(kek, bytes(dev), key), dev))
+                n += 1
+            conn.execute("INSERT INTO keystore(name, value) VALUES ('check', ?)",
+                         (keywrap.wrap(kek, _CHECK_ID, os.urandom(ROOT_KEY_BYTES)),))
+        # the old plaintext pages: out of the WAL, then out of the file's free pages
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _log.info("registry root keys encrypted at rest", devices=n, kek=keywrap.describe(kek))
+
+    def _root_key(self, device_id: bytes, stored: bytes) -> bytes:
+        if self.kek is None:
+            if len(stored) == ROOT_KEY_BYTES:
+                return stored
+            if self.metadata_only:
+                return b""
+            raise RegistryError(f"registry {self.path}: device {device_id.hex()}: root key is encrypted and no "
+                                "key-encryption key is configured")
+        try:
+            return keywrap.unwrap(self.kek, device_id, stored)
+        except keywrap.KekError as e:
+            raise RegistryError(f"registry {self.path}: device {device_id.hex()}: root key {e}") from None
+
+    def _stored_key(self, device_id: bytes, root_key: bytes) -> bytes:
+        return root_key if self.kek is None else keywrap.wrap(self.kek, device_id, root_key)
+
+    def _record(self, row: sqlite3.Row | tuple[Any, ...]) -> DeviceRecord:
+        return _row_to_record(row, self._root_key(bytes(row[0]), bytes(row[1])))
 
     def close(self) -> None:
         self.conn.close()
@@ -281,11 +367,11 @@ class Registry:
 
     def get(self, device_id: bytes) -> DeviceRecord | None:
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE device_id=?", (device_id,)).fetchone()
-        return _row_to_record(row) if row else None
+        return self._record(row) if row else None
 
     def all(self) -> Iterator[DeviceRecord]:
         for row in self.conn.execute(f"SELECT {_COLUMNS} FROM devices ORDER BY device_id"):
-            yield _row_to_record(row)
+            yield self._record(row)
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM devices").fetchone()[0])
@@ -293,6 +379,9 @@ class Registry:
     def import_lines(self, lines: Iterable[str], *, now_ms: int, rekey: bool = False,
                      trusted: Mapping[str, Ed25519PublicKey] | None = None) -> ImportReport:
         """Import provisioning records in one transaction; bad lines are rejected with a reason."""
+        if self.metadata_only:
+            raise RegistryError(f"registry {self.path}: opened for metadata only; importing needs the "
+                                "key-encryption key")
         outcomes: list[ImportOutcome] = []
         seen: set[bytes] = set()
         changed = False
@@ -348,9 +437,9 @@ class Registry:
         loc = rec.location
         conn.execute(
             f"INSERT OR REPLACE INTO devices({_COLUMNS}, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rec.device_id, rec.root_key, epoch, rec.kind, loc.address, loc.lat_udeg, loc.lon_udeg,
-             loc.spatial_unit, rec.data_class, rec.install_date, rec.design_life_years, ACTIVE,
-             json.dumps(list(rec.tags)), rec.technician, rec.signature, now_ms))
+            (rec.device_id, self._stored_key(rec.device_id, rec.root_key), epoch, rec.kind, loc.address,
+             loc.lat_udeg, loc.lon_udeg, loc.spatial_unit, rec.data_class, rec.install_date,
+             rec.design_life_years, ACTIVE, json.dumps(list(rec.tags)), rec.technician, rec.signature, now_ms))
         return outcome
 
     def revoke(self, device_id: bytes, *, now_ms: int) -> bool:

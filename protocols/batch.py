@@ -26,10 +26,10 @@ from typing import Any, Final, TypeAlias
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lifeline.protocols import cose_sign, render, schema
-from lifeline.protocols.cose_sign import SigningKey, VerifyKey
+from lifeline.protocols import cose_sign, render, schema, sm2
+from lifeline.protocols.cose_sign import PrivateKeyLike, SigningKey, VerifyKey
 
 FORMAT_VERSION: Final = 1
 COSE_SIGN1_TAG: Final = 18
@@ -110,11 +110,11 @@ _LIFELINE_LABELS: Final = frozenset((_H_ALG, _H_CRIT, _H_CONTENT_TYPE, _H_KID))
 _SIG_NAMES: Final = {cose_sign.ALG_EDDSA: "Ed25519", cose_sign.ALG_SM2_SM3: "SM2"}
 _ACCEPTED: Final = ", ".join(cose_sign.alg_label(a) for a in cose_sign.ALG_SUITES)
 
-# Who verifies a batch: a public key (Ed25519PublicKey, 32 raw bytes, a cose_sign.VerifyKey), or a resolver
+# Who verifies a batch: a public key (Ed25519PublicKey, SM2PublicKey, 32/65 raw bytes, a VerifyKey), or a resolver
 # called with (protected header map, unprotected header map) that returns the VerifyKey to use (e.g. the key
 # of an x5chain certificate after its chain is checked) or raises BatchError with its own reason.
 KeyResolver: TypeAlias = Callable[[Mapping[Any, Any], Mapping[Any, Any]], VerifyKey]
-PublicKeyLike: TypeAlias = Ed25519PublicKey | bytes | VerifyKey | KeyResolver
+PublicKeyLike: TypeAlias = Ed25519PublicKey | sm2.SM2PublicKey | bytes | VerifyKey | KeyResolver
 
 _U64: Final = (1 << 64) - 1
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # also an MQTT topic level
@@ -412,7 +412,7 @@ def payload_from_encoded(
     return b"\xa7" + head[1:] + b"\x07" + _array_head(len(encoded)) + b"".join(encoded)
 
 
-def protected_header(gateway_id: str, key: SigningKey | Ed25519PrivateKey | None = None) -> bytes:
+def protected_header(gateway_id: str, key: PrivateKeyLike | None = None) -> bytes:
     """The serialized protected header: alg (the signer's; EdDSA if no signer is given), content type,
     kid = gateway id, and the signer's extra entries (e.g. 33 x5chain). Deterministic CBOR."""
     if key is None:
@@ -433,7 +433,7 @@ def _sig_structure(protected: bytes, payload: bytes) -> bytes:
     return cbor2.dumps(["Signature1", protected, b"", payload])
 
 
-def sign_payload(private_key: SigningKey | Ed25519PrivateKey, gateway_id: str, payload: bytes,
+def sign_payload(private_key: PrivateKeyLike, gateway_id: str, payload: bytes,
                  protected: bytes | None = None) -> bytes:
     """Wrap ``payload`` in a COSE_Sign1 signed by ``private_key`` (no checks on the payload). ``protected``
     is :func:`protected_header` for this key and gateway, if the caller has it at hand."""
@@ -454,7 +454,7 @@ class BatchSigner:
 
     def __init__(
         self,
-        private_key: SigningKey | Ed25519PrivateKey,
+        private_key: PrivateKeyLike,
         gateway_id: str,
         next_seq: int = 0,
         prev_hash: bytes = ZERO_HASH,
@@ -547,7 +547,8 @@ def _decode_item(data: bytes, pos: int, max_depth: int) -> tuple[Any, int]:
 
 
 def _key_source(public_key: PublicKeyLike) -> VerifyKey | KeyResolver:
-    if not isinstance(public_key, Ed25519PublicKey | bytes | bytearray | VerifyKey) and callable(public_key):
+    if not isinstance(public_key, Ed25519PublicKey | sm2.SM2PublicKey | bytes | bytearray | VerifyKey) \
+            and callable(public_key):
         return public_key
     return cose_sign.verify_key(public_key)
 

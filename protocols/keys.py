@@ -1,5 +1,6 @@
-"""The gateway's Ed25519 signing key on disk: generate, save (0600, atomically), load (refusing loose
-permissions), export the public half.
+"""The gateway's signing key on disk: generate, save (0600, atomically), load (refusing loose permissions),
+export the public half. Suite ``intl`` keys are Ed25519, suite ``sm`` keys SM2 (:mod:`lifeline.protocols.sm2`);
+``load_private_key`` stays Ed25519-only (technician keys use it), ``load_signing_key`` takes either.
 
 The private key file is PKCS#8 PEM, unencrypted: the gateway must start unattended, so the protection is
 the file mode (0600, owner only) and the disk. Errors name the file and the problem, never key material.
@@ -11,9 +12,17 @@ import contextlib
 import os
 import stat
 from pathlib import Path
+from typing import overload
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from lifeline.protocols import sm2
+
+SUITES = ("intl", "sm")
+PrivateKey = Ed25519PrivateKey | sm2.SM2PrivateKey
+PublicKey = Ed25519PublicKey | sm2.SM2PublicKey
 
 MAX_KEY_FILE = 64 * 1024  # a PEM Ed25519 key is ~120 bytes; refuse to read anything absurd
 
@@ -31,7 +40,22 @@ def generate() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def private_pem(key: Ed25519PrivateKey) -> bytes:
+def generate_for(suite: str) -> PrivateKey:
+    """A fresh signing key of ``suite`` ("intl": Ed25519, "sm": SM2) from the OS CSPRNG."""
+    if suite == "intl":
+        return Ed25519PrivateKey.generate()
+    if suite == "sm":
+        return sm2.SM2PrivateKey.generate()
+    raise ValueError(f"unknown suite {suite!r}; expected one of {', '.join(SUITES)}")
+
+
+def suite_of(key: PrivateKey | PublicKey) -> str:
+    return "sm" if isinstance(key, sm2.SM2PrivateKey | sm2.SM2PublicKey) else "intl"
+
+
+def private_pem(key: PrivateKey) -> bytes:
+    if isinstance(key, sm2.SM2PrivateKey):
+        return sm2.private_pem(key)
     return key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
@@ -40,7 +64,7 @@ def private_pem(key: Ed25519PrivateKey) -> bytes:
 
 
 def save_private_key(
-    key: Ed25519PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False
+    key: PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
     """Write ``key`` to ``path`` as PEM, mode 0600, atomically.
 
@@ -85,6 +109,45 @@ def save_private_key(
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Read an Ed25519 private key PEM, refusing a file that group or others may read or write."""
     p = Path(path)
+    pem = _read_key_file(p)
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # The library's message could quote the file; say only what is wrong.
+        raise KeyFileError("bad_key", f"key file {p} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError("not_ed25519", f"key file {p} holds a {type(key).__name__}, not an Ed25519 key")
+    return key
+
+
+def load_signing_key(path: str | os.PathLike[str], suite: str | None = None) -> PrivateKey:
+    """Read the gateway's signing key (Ed25519 or SM2 PEM), with the permission checks of
+    :func:`load_private_key`; if ``suite`` is given the key must belong to it."""
+    p = Path(path)
+    pem = _read_key_file(p)
+    key: PrivateKey
+    try:
+        loaded = serialization.load_pem_private_key(pem, password=None)
+    except UnsupportedAlgorithm:  # cryptography has no SM2 curve
+        try:
+            key = sm2.SM2PrivateKey.from_pem(pem)
+        except sm2.Sm2Error:
+            raise KeyFileError("bad_key", f"key file {p} is neither an Ed25519 nor an SM2 private key") from None
+    except (ValueError, TypeError):
+        raise KeyFileError("bad_key", f"key file {p} is not an unencrypted PEM private key") from None
+    else:
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise KeyFileError("wrong_type", f"key file {p} holds a {type(loaded).__name__}; a gateway key "
+                               "is Ed25519 (suite intl) or SM2 (suite sm)")
+        key = loaded
+    if suite is not None and suite_of(key) != suite:
+        kind = "an SM2" if suite_of(key) == "sm" else "an Ed25519"
+        raise KeyFileError("wrong_suite", f"key file {p} holds {kind} key (suite {suite_of(key)}), but the "
+                           f"configured suite is {suite}; run `lifeline gateway keygen --suite {suite}`")
+    return key
+
+
+def _read_key_file(p: Path) -> bytes:
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
@@ -114,34 +177,65 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
                 raise KeyFileError("bad_key", f"key file {p} is too large for a key")
     finally:
         os.close(fd)
-    try:
-        key = serialization.load_pem_private_key(b"".join(chunks), password=None)
-    except (ValueError, TypeError):
-        # The library's message could quote the file; say only what is wrong.
-        raise KeyFileError("bad_key", f"key file {p} is not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError("not_ed25519", f"key file {p} holds a {type(key).__name__}, not an Ed25519 key")
-    return key
+    return b"".join(chunks)
 
 
-def public_key(key: Ed25519PrivateKey | Ed25519PublicKey) -> Ed25519PublicKey:
-    return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+@overload
+def public_key(key: Ed25519PrivateKey | Ed25519PublicKey) -> Ed25519PublicKey: ...
+@overload
+def public_key(key: sm2.SM2PrivateKey | sm2.SM2PublicKey) -> sm2.SM2PublicKey: ...
+@overload
+def public_key(key: PrivateKey | PublicKey) -> PublicKey: ...
+def public_key(key: PrivateKey | PublicKey) -> PublicKey:
+    return key.public_key() if isinstance(key, Ed25519PrivateKey | sm2.SM2PrivateKey) else key
 
 
-def public_key_raw(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    """The 32-byte raw public key (RFC 8032 encoding), as platforms configure it."""
-    return public_key(key).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def public_key_raw(key: PrivateKey | PublicKey) -> bytes:
+    """The raw public key as platforms configure it: Ed25519 32 bytes (RFC 8032), SM2 65 bytes 04||x||y."""
+    pub = public_key(key)
+    if isinstance(pub, sm2.SM2PublicKey):
+        return pub.point()
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+def public_key_hex(key: PrivateKey | PublicKey) -> str:
     return public_key_raw(key).hex()
 
 
-def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+def public_key_pem(key: PrivateKey | PublicKey) -> bytes:
     """SubjectPublicKeyInfo PEM of the public key."""
-    return public_key(key).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pub = public_key(key)
+    if isinstance(pub, sm2.SM2PublicKey):
+        return pub.pem()
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_verify_key(data: bytes | str) -> PublicKey:
+    """A gateway public key of either suite: Ed25519 (32 raw bytes, 64 hex, PEM) or SM2 (65 raw bytes
+    04||x||y, 130 hex, PEM with the SM2 curve)."""
+    if isinstance(data, str):
+        text = data.strip()
+        if text.startswith("-----BEGIN"):
+            data = text.encode("ascii", "replace")
+        else:
+            try:
+                data = bytes.fromhex(text)
+            except ValueError:
+                raise KeyFileError("bad_key", "public key is neither hex nor PEM") from None
+    if len(data) == 65 and data[:1] == b"\x04":
+        try:
+            return sm2.SM2PublicKey.from_point(data)
+        except sm2.Sm2Error as e:
+            raise KeyFileError("bad_key", f"65-byte public key is not an SM2 point: {e}") from None
+    try:
+        return load_public_key(data)
+    except KeyFileError:
+        if not data.lstrip().startswith(b"-----BEGIN"):
+            raise
+    try:
+        return sm2.SM2PublicKey.from_pem(data)
+    except sm2.Sm2Error:
+        raise KeyFileError("bad_key", "public key PEM is neither Ed25519 nor SM2") from None
 
 
 def load_public_key(data: bytes | str) -> Ed25519PublicKey:
@@ -159,7 +253,7 @@ def load_public_key(data: bytes | str) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(data)
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise KeyFileError("bad_key", "public key is not 32 raw bytes, 64 hex characters or PEM") from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError("not_ed25519", f"public key is a {type(key).__name__}, not Ed25519")

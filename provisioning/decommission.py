@@ -95,7 +95,7 @@ def decommission(port: str, *, technician_key: Ed25519PrivateKey, audit: AuditLo
     if registry is not None:
         from lifeline.gateway.registry import Registry
 
-        with Registry(registry) as reg:
+        with Registry(registry, metadata_only=True) as reg:
             revoked = reg.revoke(bytes.fromhex(dev), now_ms=int(time.time() * 1000))
     registry_note = "not given" if revoked is None else ("revoked" if revoked else "unknown device")
     audit.write("decommission", device_id=dev, result="done", reason=reason,

@@ -260,9 +260,9 @@ def packaged_unit() -> str:
 
 
 def packaged_config() -> str:
-    from lifeline.gateway.config_template import DEFAULT_TOKEN_FILE, starter
+    from lifeline.gateway.config_template import DEFAULT_KEK_FILE, DEFAULT_TOKEN_FILE, starter
 
-    return starter(None, token_file=DEFAULT_TOKEN_FILE)
+    return starter(None, token_file=DEFAULT_TOKEN_FILE, kek_file=DEFAULT_KEK_FILE)
 
 
 def control(version: str, arch: str, installed_kib: int, python: str, offline: bool) -> str:

@@ -43,6 +43,7 @@ from paho.mqtt.properties import Properties
 
 from lifeline.gateway.mqtt_async import TlsFiles
 from lifeline.protocols import batch, keys
+from lifeline.protocols.sm2 import SM2PublicKey
 from lifeline.tools.platform.cli import COMMANDS as PLATFORM_COMMANDS
 from lifeline.tools.platform.sqlite_store import chain_report, open_db
 from lifeline.tools.platform.store import (
@@ -89,16 +90,18 @@ class SinkEvent:
     data: Mapping[str, Any]
 
 
-def load_trust(pairs: Mapping[str, Path]) -> dict[str, Ed25519PublicKey]:
-    """Gateway id -> public key from files holding 32 raw bytes, 64 hex characters or a PEM."""
-    out: dict[str, Ed25519PublicKey] = {}
+def load_trust(pairs: Mapping[str, Path]) -> dict[str, keys.PublicKey]:
+    """Gateway id -> public key (Ed25519 or SM2) from files holding raw bytes (32 Ed25519, 65 SM2 04||x||y),
+    hex, or a PEM."""
+    out: dict[str, keys.PublicKey] = {}
     for gw, path in pairs.items():
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise SinkError(f"trust {gw}: cannot read {path}: {e.strerror or e}") from None
         try:
-            out[gw] = keys.load_public_key(data if len(data) == 32 else data.decode("ascii", "replace"))
+            raw = len(data) == 32 or (len(data) == 65 and data[0] == 4)  # hex text never starts with 0x04
+            out[gw] = keys.load_verify_key(data if raw else data.decode("ascii", "replace"))
         except (keys.KeyFileError, ValueError) as e:
             raise SinkError(f"trust {gw}: {path}: {e}") from None
     return out
@@ -126,7 +129,7 @@ class PlatformSink:
         *,
         db: Path | None = None,
         store: Store | str | None = None,
-        trust: Mapping[str, Ed25519PublicKey | bytes],
+        trust: Mapping[str, keys.PublicKey | bytes],
         tls: TlsFiles | None = None,
         client_id: str | None = None,
         share_group: str | None = SHARE_GROUP,
@@ -141,8 +144,9 @@ class PlatformSink:
         self.port = port
         if (db is None) == (store is None):
             raise SinkError("give the sink one store: db=PATH (SQLite) or store=URL/Store")
-        self.trust: dict[str, Ed25519PublicKey] = {
-            gw: (k if isinstance(k, Ed25519PublicKey) else keys.load_public_key(k)) for gw, k in trust.items()
+        self.trust: dict[str, keys.PublicKey] = {
+            gw: (k if isinstance(k, Ed25519PublicKey | SM2PublicKey) else keys.load_verify_key(k))
+            for gw, k in trust.items()
         }
         self.client_id = client_id or f"lifeline-sink-{uuid.uuid4().hex[:12]}"
         self.share_group = share_group
@@ -286,12 +290,12 @@ class PlatformSink:
         self._emit("result", **result)
 
     def _reject(self, topic: str, payload: bytes, reason: str, detail: str = "") -> None:
-        self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
         with self._cond:
+            self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
             self.counters["rejected"] += 1
             self.counters[f"rejected.{reason}"] += 1
+            self._emit("reject", topic=topic, reason=reason, detail=detail)
             self._cond.notify_all()
-        self._emit("reject", topic=topic, reason=reason, detail=detail)
 
     def _on_batch(self, topic: str, payload: bytes) -> None:
         self.counters["batches_received"] += 1
@@ -326,8 +330,8 @@ class PlatformSink:
         delay, deadline = 0.05, time.monotonic() + self.store_retry_s
         while True:  # a store that is restarting or failing over: hold this message and retry in place
             try:
-                out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
-                break
+                self._store_once(b, data)
+                return
             except StoreUnavailable as e:
                 self.counters["store_retries"] += 1
                 if time.monotonic() + delay > deadline or self._stopping.is_set():
@@ -336,7 +340,11 @@ class PlatformSink:
                 if self._stopping.wait(delay):
                     raise
                 delay = min(delay * 2, 1.0)
+
+    def _store_once(self, b: batch.Batch, data: bytes) -> None:
+        # under the sink's lock: a waiter sees the stored rows, the counters and the events together
         with self._cond:
+            out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
             tracker = self.trackers.setdefault(b.gateway_id, batch.ChainTracker())
             verdict = tracker.add_batch(b).verdict
             if out.redelivered:
@@ -346,11 +354,11 @@ class PlatformSink:
                 self.counters["records_stored"] += out.new_records
                 self.counters["records_duplicate"] += out.duplicate_records
             self.counters["broken_links"] += len(out.broken_links)
+            self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
+                       records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
+            for link in out.broken_links:
+                self._emit("broken_link", gateway=b.gateway_id, link=list(link))
             self._cond.notify_all()
-        self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
-                   records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
-        for link in out.broken_links:
-            self._emit("broken_link", gateway=b.gateway_id, link=list(link))
 
     # ---------------------------------------------------------------------------- queries
 
@@ -475,7 +483,7 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite database: the same as --store sqlite:PATH.")
 @click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE",
-              help="Trusted gateway key (hex, raw or PEM Ed25519 public key). Repeatable.")
+              help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key). Repeatable.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")

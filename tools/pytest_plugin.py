@@ -19,6 +19,9 @@ import pytest
 
 from lifeline.tools.broker import MosquittoBroker, TestPKI
 from lifeline.tools.pgserver import PgServer
+from lifeline.tools.softhsm import SoftHsm, make_softhsm
+
+SOFTHSM_TOKENS = {"lifeline-test": "24681357", "lifeline-spare": "11223344"}
 
 
 def _gone(pid: int) -> bool:
@@ -75,3 +78,18 @@ def pg_server(tmp_path: Path) -> Iterator[PgServer]:
     finally:
         server.close()
     assert pid is None or _gone(pid), f"postgres still running after the test: {pid}"
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """SoftHSM2 with the tokens of SOFTHSM_TOKENS initialised; SOFTHSM2_CONF set for this process."""
+    hsm = make_softhsm(tmp_path_factory.mktemp("softhsm"), SOFTHSM_TOKENS)
+    old = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    try:
+        yield hsm
+    finally:
+        if old is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = old

@@ -63,7 +63,7 @@ def attrs_from_registry(path: Path) -> dict[bytes, DeviceAttrs]:
 
     if not path.exists():
         return {}
-    with Registry(path) as reg:
+    with Registry(path, metadata_only=True) as reg:  # attributes only: no key-encryption key needed
         return {d.device_id: DeviceAttrs(d.kind, d.location.spatial_unit, d.data_class, frozenset(d.tags),
                                          d.location.address) for d in reg.all() if d.active}
 

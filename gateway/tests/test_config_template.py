@@ -20,8 +20,9 @@ SECTION_OF = {
     cfgmod.ForwarderConfig: "forwarder", cfgmod.UplinkConfig: "uplink", cfgmod.UplinkEndpoint: "uplink.endpoints",
     cfgmod.DownlinkConfig: "downlinks", cfgmod.MetricsConfig: "metrics", cfgmod.StatusPageConfig: "status_page",
     cfgmod.PipelineConfig: "pipeline", cfgmod.IngressSpec: "ingress", cfgmod.RulesConfig: "rules",
+    cfgmod.KeysConfig: "keys", cfgmod.Pkcs11Config: "keys.pkcs11",
 }
-SUBTABLES = {("buffer", "ttl_s"), ("uplink", "endpoints"), ("ingress", "options")}
+SUBTABLES = {("buffer", "ttl_s"), ("uplink", "endpoints"), ("ingress", "options"), ("keys", "pkcs11")}
 
 
 def _keys(section: str) -> set[str]:

@@ -49,13 +49,15 @@ class GatewayProcess:
     """One gateway: state dir, key, config, registry; started and stopped as ``lifeline gateway run``."""
 
     def __init__(self, tmp: Path, platform: MosquittoBroker, nodes_broker: MosquittoBroker, *,
-                 tls: tuple[TestPKI, CertPair] | None = None, dedupe_window_ms: int | None = None) -> None:
+                 tls: tuple[TestPKI, CertPair] | None = None, dedupe_window_ms: int | None = None,
+                 suite: str = "intl", gateway_lines: tuple[str, ...] = ()) -> None:
         self.state = tmp / "state"
         self.state.mkdir(parents=True)
         self.config = tmp / "gateway.toml"
         self.log = tmp / "gateway.log"
         lines = [
             "[gateway]", f'id = "{GW}"', f'state_dir = "{self.state}"', f'key_file = "{self.state / "gateway.key"}"',
+            f'suite = "{suite}"', *gateway_lines,
             "[metrics]", 'listen = "127.0.0.1"', "port = 0",
             "[buffer]", "maintenance_s = 1",
             "[uplink]", "keepalive_s = 5", "connect_timeout_s = 2", "publish_timeout_s = 3",
@@ -76,7 +78,7 @@ class GatewayProcess:
         ]
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
-        r = self.cli("keygen", "--out", str(self.state / "gateway.key"))
+        r = self.cli("keygen", "--suite", suite, "--out", str(self.state / "gateway.key"))
         self.public_key_hex = r.stdout.strip()
         self.public_key_file = tmp / "gateway.pub"
         self.public_key_file.write_text(self.public_key_hex + "\n")
@@ -433,3 +435,36 @@ def test_bad_frames_through_nbiot_are_rejected_and_nothing_is_forwarded(
 
 def smoke_for(node: TestNode) -> bytes:
     return frame.encode(node.keys, node.device_id, 99, 1000, schema.K_SMOKE, {1: 0, 5: 200, 15: 3000})
+
+
+def test_sm_suite_batches_are_verified_at_the_sink_end_to_end(
+    tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
+) -> None:
+    """Suite sm: the gateway signs with SM2 (key from `keygen --suite sm`), the sink verifies with the pinned
+    65-byte SM2 public key; an Ed25519 pin for the same gateway refuses the batches as the wrong suite."""
+    nodes = make_nodes(2, prefix="sm")
+    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker, suite="sm")
+    assert len(bytes.fromhex(gw.public_key_hex)) == 65
+    gw.import_devices(nodes)
+    from lifeline.protocols import keys
+
+    wrong = {GW: keys.public_key_raw(keys.generate_for("intl"))}
+    with PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink, \
+            PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "wrong.db", trust=wrong,
+                         share_group=None) as wrong_sink:
+        gw.start()
+        try:
+            sims = [sim(nodes_broker, n).connect() for n in nodes]
+            sent = [(s.device_id, (smoke(s, 210 + i), s.fcnt - 1)[1]) for i in range(5) for s in sims]
+            with explained(gw):
+                sink.wait_records(len(sent), 60)
+            assert sorted(sink_keys(sink)) == sorted(sent)
+            (chain,) = sink.chain_report()
+            assert chain.intact and sink.counters["rejected"] == 0
+            wrong_sink.wait_for(lambda s: s.counters["rejected"] > 0, 30, "wrong-suite rejection")
+            assert wrong_sink.record_count() == 0
+            assert {r for _, r, _ in wrong_sink.rejects()} == {"bad_alg"}
+            for s in sims:
+                s.disconnect()
+        finally:
+            gw.stop()

@@ -31,10 +31,13 @@ def test_init_writes_config_key_and_token(tmp_path: Path) -> None:
     code, out = _init("--dir", str(d), "--id", "gw-0042", "--state-dir", str(state))
     assert code == 0, out
     cfg_file, key_file, token_file = d / "gateway.toml", d / "gateway.key", d / "status.token"
+    kek_file = d / "registry.kek"
     assert (_mode(cfg_file), _mode(key_file), _mode(token_file), _mode(state)) == (0o640, 0o600, 0o600, 0o700)
+    assert _mode(kek_file) == 0o600
     cfg = load(cfg_file)  # round-trips through the validator
     assert cfg.gateway.id == "gw-0042" and cfg.gateway.key_file == key_file and cfg.gateway.state_dir == state
     assert cfg.status_page.token_file == token_file and cfg.status_page.listen == "127.0.0.1"
+    assert cfg.keys.kek_file == kek_file  # a new gateway's registry is encrypted at rest from the start
     text = cfg_file.read_text()
     assert text.startswith("# Lifeline gateway configuration") and "# [[uplink.endpoints]]" in text
     key = keys.load_private_key(key_file)
@@ -42,19 +45,21 @@ def test_init_writes_config_key_and_token(tmp_path: Path) -> None:
     pem = key_file.read_text()
     assert keys.public_key_hex(key) in out  # the public half is for the platform operator
     assert token not in out and pem.splitlines()[1] not in out  # secrets are never printed
+    assert kek_file.read_text().split()[2] not in out
     assert "Next steps:" in out and f"check-config {cfg_file}" in out and "systemctl enable --now" in out
     r = CliRunner().invoke(gateway, ["check-config", str(cfg_file)])
     assert r.exit_code == 0, r.output
 
     # again: everything kept, byte for byte
-    before = {p: p.read_bytes() for p in (cfg_file, key_file, token_file)}
+    before = {p: p.read_bytes() for p in (cfg_file, key_file, token_file, kek_file)}
     code, out = _init("--dir", str(d), "--id", "gw-other", "--json")
     assert code == 0, out
     res = json.loads(out)
     assert (res["config_written"], res["key_created"], res["token_created"]) == (False, False, False)
     assert res["gateway_id"] == "gw-0042" and res["public_key"] == keys.public_key_hex(key)
     assert set(res) == {"gateway_id", "config", "config_written", "key", "key_created", "public_key", "token",
-                        "token_created", "state_dir", "status_url"}
+                        "token_created", "state_dir", "status_url", "kek", "kek_created"}
+    assert res["kek_created"] is False
     assert token not in out
     assert {p: p.read_bytes() for p in before} == before
 
