@@ -45,7 +45,8 @@ RADIO_FILES = {
     "ble": (),
 }
 
-PROTOCOL_MODULES = ("schema", "cbor", "aes", "crypto", "frame")  # lifeline.protocols.DEVICE_MODULES
+# lifeline.protocols.DEVICE_MODULES
+PROTOCOL_MODULES = ("schema", "cbor", "aes", "crypto", "frame", "sm3", "sm4", "crypto_sm", "suites")
 
 
 def files_for(kind, radio, device=True):

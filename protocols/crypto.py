@@ -19,8 +19,8 @@ except ImportError:
 
 
 SUITE_1 = 1
-SUITE_NAMES = {1: "LL1-HS256/64-A128CTR"}
-
+SUITE_2 = 2  # LL2-HSM3/64-SM4CTR, protocols/crypto_sm.py
+SUITE_NAMES = {1: "LL1-HS256/64-A128CTR"}  # suite 2's name: crypto_sm.NAME; all names: suites.NAMES
 LABEL_MIC_UP = b"lifeline/1/mic-up"
 LABEL_MIC_DOWN = b"lifeline/1/mic-down"
 LABEL_ENC = b"lifeline/1/enc"
@@ -59,14 +59,16 @@ def ct_equal(a: bytes, b: bytes) -> bool:
     return r == 0
 
 
-def ctr_xor(enc_key: bytes, downlink: bool, dev_id: bytes, fcnt: int, data: bytes) -> bytes:
+def ctr_xor(enc_key: bytes, downlink: bool, dev_id: bytes, fcnt: int, data: bytes, cipher: object = None) -> bytes:
     """AES-128-CTR keystream XOR; encryption and decryption are the same operation.
 
-    Counter block i: 0x01 | dir | device id (8) | fcnt (4, BE) | 0x00 | i.
+    Counter block i: 0x01 | dir | device id (8) | fcnt (4, BE) | 0x00 | i. Suite 2 passes its SM4 ``cipher``
+    (any object with ``encrypt(block)``): the counter blocks are the same for both suites.
     """
     if len(data) > 255 * 16:
         raise ValueError("CTR input too long")
-    cipher = _ecb(enc_key)
+    if cipher is None:
+        cipher = _ecb(enc_key)
     prefix = bytes((1, 1 if downlink else 0)) + dev_id + fcnt.to_bytes(4, "big") + b"\x00"
     out = bytearray(len(data))
     i = 0

@@ -1,7 +1,8 @@
 """Gateway fast path for frame decoding (CPython only).
 
 Same contract and result as :func:`lifeline.protocols.frame.decode`, with C implementations underneath:
-``hmac.digest`` for the MIC, ``cryptography`` AES-CTR for the body and ``cbor2`` for the map. The device-side
+``hashlib``/``hmac`` SHA-256 (suite intl) or ``cryptography``'s HMAC-SM3 (suite sm) for the MIC,
+``cryptography`` AES-CTR or SM4-CTR for the body and ``cbor2`` for the map. The device-side
 decoder stays the reference: cbor2 accepts more than the Lifeline subset (tags, floats, indefinite lengths,
 duplicate keys), so a body is taken from cbor2 only when re-encoding it deterministically gives back the
 same bytes; anything else goes through the reference decoder, which produces the canonical rejection.
@@ -15,46 +16,68 @@ import hmac
 from typing import Any
 
 import cbor2
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from . import crypto, frame, schema
+from . import crypto, crypto_sm, frame, schema, sm4
 
 _HL = frame.HEADER_LEN
 _ML = frame.MIC_LEN
 
 
-_ECB_CACHE: dict[bytes, Any] = {}
+_ECB_CACHE: dict[tuple[int, bytes], Any] = {}
 _ECB_CACHE_MAX = 256  # ~1.2 KiB per OpenSSL context: only hot devices keep one
 
 
-def _ecb(enc_key: bytes) -> Any:
-    ctx = _ECB_CACHE.get(enc_key)
+def _ecb(enc_key: bytes, suite: int = frame.SUITE_INTL) -> Any:
+    ctx = _ECB_CACHE.get((suite, enc_key))
     if ctx is None:
         if len(_ECB_CACHE) >= _ECB_CACHE_MAX:
             _ECB_CACHE.pop(next(iter(_ECB_CACHE)))
-        ctx = _ECB_CACHE[enc_key] = Cipher(algorithms.AES(enc_key), modes.ECB()).encryptor()
+        algorithm = algorithms.SM4(enc_key) if suite == frame.SUITE_SM else algorithms.AES(enc_key)
+        ctx = _ECB_CACHE[(suite, enc_key)] = Cipher(algorithm, modes.ECB()).encryptor()
     return ctx
 
 
-def ctr_xor(enc_key: bytes, downlink: bool, dev_id: bytes, fcnt: int, data: bytes) -> bytes:
-    """AES-128-CTR as in crypto.ctr_xor, from a cached ECB context (one per device key)."""
+def ctr_xor(enc_key: bytes, downlink: bool, dev_id: bytes, fcnt: int, data: bytes,
+            suite: int = frame.SUITE_INTL) -> bytes:
+    """AES-128-CTR (suite intl) or SM4-CTR (suite sm) as in the device code, from a cached ECB context
+    (one per device key)."""
     n = len(data)
     prefix = bytes((1, 1 if downlink else 0)) + dev_id + fcnt.to_bytes(4, "big") + b"\x00"
     blocks = b"".join(prefix + bytes((i,)) for i in range((n + 15) // 16))
-    stream = _ecb(enc_key).update(blocks)
+    stream = _ecb(enc_key, suite).update(blocks)
     return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
 
 
-def derive_keys(root: bytes, dev_id: bytes) -> frame.Keys:
-    """Same keys as frame.derive_keys, with the stdlib's C HMAC (the gateway derives one set per device
-    it has not seen recently; the pure-Python HMAC of the device code costs ~10x more)."""
+def hmac_sm3(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SM3 from OpenSSL (through `cryptography`)."""
+    h = chmac.HMAC(key, hashes.SM3())
+    h.update(msg)
+    return h.finalize()
+
+
+def derive_keys(root: bytes, dev_id: bytes, suite: int = frame.SUITE_INTL) -> frame.Keys:
+    """Same keys as frame.derive_keys, with C HMACs (the gateway derives one set per device it has not seen
+    recently; the pure-Python HMAC of the device code costs ~10x more, HMAC-SM3 far more)."""
     if len(dev_id) != 8:
         raise ValueError("device id must be 8 bytes")
     keys = frame.Keys.__new__(frame.Keys)
     keys.dev_id = bytes(dev_id)
-    keys.mic_up = hmac.digest(root, crypto.LABEL_MIC_UP + dev_id, "sha256")
-    keys.mic_down = hmac.digest(root, crypto.LABEL_MIC_DOWN + dev_id, "sha256")
-    keys.enc = hmac.digest(root, crypto.LABEL_ENC + dev_id, "sha256")[:16]
+    keys.suite = suite
+    keys.cipher = None
+    if suite == frame.SUITE_INTL:
+        keys.mic_up = hmac.digest(root, crypto.LABEL_MIC_UP + dev_id, "sha256")
+        keys.mic_down = hmac.digest(root, crypto.LABEL_MIC_DOWN + dev_id, "sha256")
+        keys.enc = hmac.digest(root, crypto.LABEL_ENC + dev_id, "sha256")[:16]
+    elif suite == frame.SUITE_SM:
+        keys.mic_up = hmac_sm3(root, crypto_sm.LABEL_MIC_UP + dev_id)
+        keys.mic_down = hmac_sm3(root, crypto_sm.LABEL_MIC_DOWN + dev_id)
+        keys.enc = hmac_sm3(root, crypto_sm.LABEL_ENC + dev_id)[:16]
+        keys.cipher = sm4.Sm4Ecb(keys.enc)  # for the reference decoder; the fast path uses OpenSSL's SM4
+    else:
+        raise ValueError(f"unknown crypto suite {suite!r}")
     return keys
 
 
@@ -90,6 +113,26 @@ def _states(keys: frame.Keys, downlink: bool) -> tuple[Any, Any]:
     return states
 
 
+def _sm3_ctx(keys: frame.Keys, downlink: bool) -> Any:
+    """A keyed HMAC-SM3 context kept on the Keys object; each frame works on a copy of it."""
+    attr = "_fp_sm_down" if downlink else "_fp_sm_up"
+    ctx = getattr(keys, attr, None)
+    if ctx is None:
+        ctx = chmac.HMAC(keys.mic_down if downlink else keys.mic_up, hashes.SM3())
+        setattr(keys, attr, ctx)
+    return ctx
+
+
+def mic_for(keys: frame.Keys, downlink: bool, msg: bytes) -> bytes:
+    """The 8-byte MIC of ``msg`` under the keys' suite, from C code."""
+    if keys.suite == frame.SUITE_SM:
+        h = _sm3_ctx(keys, downlink).copy()
+        h.update(msg)
+        digest: bytes = h.finalize()
+        return digest[:_ML]
+    return mic_with(_states(keys, downlink), msg)
+
+
 def _rules() -> dict[int, tuple[dict[int, tuple[int, int, bool]], frozenset[int]]]:
     out = {}
     for kind_id, (_n, _c, _p, fields) in schema.KINDS.items():
@@ -123,22 +166,26 @@ def _plainly_valid(kind: int, fields: dict[Any, Any]) -> bool:
     return required.issubset(fields)
 
 
-def decode(data: bytes, keys: frame.Keys, downlink: bool = False) -> frame.Frame:
+def decode(data: bytes, keys: frame.Keys, downlink: bool = False,
+           allowed: frozenset[int] | None = None) -> frame.Frame:
     """Verify, decrypt and decode; raises frame.FrameError only."""
-    return decode_parsed(frame.parse_header(data), data, keys, downlink)
+    return decode_parsed(frame.parse_header(data), data, keys, downlink, allowed)
 
 
-def decode_parsed(header: frame.Header, data: bytes, keys: frame.Keys, downlink: bool = False) -> frame.Frame:
-    """:func:`decode` for a caller that already has ``header = frame.parse_header(data)``."""
+def decode_parsed(header: frame.Header, data: bytes, keys: frame.Keys, downlink: bool = False,
+                  allowed: frozenset[int] | None = None) -> frame.Frame:
+    """:func:`decode` for a caller that already has ``header = frame.parse_header(data)``. ``allowed``: the
+    suite ids the gateway config accepts (None: every known suite)."""
     frame.check_direction(header, downlink)
     if header.dev_id != keys.dev_id:
         raise frame.FrameError("bad_mic", "frame is for another device")
-    if not hmac.compare_digest(mic_with(_states(keys, downlink), data[:-_ML]), data[-_ML:]):
+    frame.check_suite(header, keys, allowed)
+    if not hmac.compare_digest(mic_for(keys, downlink, data[:-_ML]), data[-_ML:]):
         raise frame.FrameError("bad_mic")
     frame.check_policy(header, downlink)
     body = data[_HL:-_ML]
     if header.encrypted:
-        body = ctr_xor(keys.enc, downlink, header.dev_id, header.fcnt, body)
+        body = ctr_xor(keys.enc, downlink, header.dev_id, header.fcnt, body, keys.suite)
     try:
         fields = cbor2.loads(body)
         fast = (type(fields) is dict and _plainly_valid(header.kind, fields)

@@ -4,7 +4,10 @@
 from . import cbor, crypto, schema
 
 VERSION = 1
-SUITE = crypto.SUITE_1
+SUITE = crypto.SUITE_1  # the default suite (intl); a node's suite is keys.suite
+SUITE_INTL = crypto.SUITE_1
+SUITE_SM = crypto.SUITE_2
+SUITES = (SUITE_INTL, SUITE_SM)  # the suite ids this codec knows; any other is bad_suite
 HEADER_LEN = 19
 MIC_LEN = 8
 MAX_FRAME = 51  # LoRa application payload at SF10..SF12 in CN470 and EU868
@@ -22,7 +25,7 @@ _FLAGS_RESERVED = 0x70
 REASONS = (
     "truncated", "too_long", "bad_version", "bad_suite", "bad_flags", "bad_direction", "bad_mic",
     "bad_cbor", "too_deep", "trailing_bytes", "unknown_kind", "unknown_field", "bad_type",
-    "out_of_range", "missing_field", "not_encrypted",
+    "out_of_range", "missing_field", "not_encrypted", "wrong_suite", "suite_not_allowed",
 )
 
 
@@ -36,22 +39,41 @@ class FrameError(ValueError):
 
 
 class Keys:
-    """Per-device keys of suite 1, derived from the 32-byte root key. Never printed."""
+    """Per-device keys of one suite (a node has exactly one), derived from the 32-byte root key with that
+    suite's KDF. Never printed."""
 
-    def __init__(self, root: bytes, dev_id: bytes) -> None:
+    def __init__(self, root: bytes, dev_id: bytes, suite: int = SUITE_INTL) -> None:
         if len(dev_id) != 8:
             raise ValueError("device id must be 8 bytes")
         self.dev_id = bytes(dev_id)
-        self.mic_up = crypto.derive(root, crypto.LABEL_MIC_UP, dev_id)
-        self.mic_down = crypto.derive(root, crypto.LABEL_MIC_DOWN, dev_id)
-        self.enc = crypto.derive(root, crypto.LABEL_ENC, dev_id, 16)
+        self.suite = suite
+        self.cipher = None  # type: object  # suite 2: SM4 of K_enc (suite 1: crypto's AES)
+        if suite == SUITE_SM:
+            from . import crypto_sm  # loaded by sm nodes only: an intl node's RAM stays as it was
+
+            crypto_sm.derive_keys(self, root)
+        elif suite == SUITE_INTL:
+            self.mic_up = crypto.derive(root, crypto.LABEL_MIC_UP, dev_id)
+            self.mic_down = crypto.derive(root, crypto.LABEL_MIC_DOWN, dev_id)
+            self.enc = crypto.derive(root, crypto.LABEL_ENC, dev_id, 16)
+        else:
+            raise ValueError("unknown crypto suite")
 
     def __repr__(self) -> str:
         return "Keys(<redacted>)"
 
 
-def derive_keys(root: bytes, dev_id: bytes) -> Keys:
-    return Keys(root, dev_id)
+def derive_keys(root: bytes, dev_id: bytes, suite: int = SUITE_INTL) -> Keys:
+    return Keys(root, dev_id, suite)
+
+
+def compute_mic(keys: Keys, downlink: bool, msg: bytes) -> bytes:
+    """The 8-byte MIC of ``msg`` under the keys' suite (HMAC-SHA256/64 or HMAC-SM3/64)."""
+    if keys.suite == SUITE_SM:
+        from . import crypto_sm
+
+        return crypto_sm.mic(keys, downlink, msg)[:MIC_LEN]
+    return crypto.hmac_sha256(keys.mic_down if downlink else keys.mic_up, msg)[:MIC_LEN]
 
 
 class Header:
@@ -141,13 +163,12 @@ def encode(keys: Keys, dev_id: bytes, fcnt: int, time: int, kind: int, fields: d
         flags |= FLAG_ENC
     body = cbor.dumps(fields)
     if flags & FLAG_ENC:
-        body = crypto.ctr_xor(keys.enc, down, dev_id, fcnt, body)
-    msg = (bytes(((VERSION << 4) | SUITE, kind, flags)) + dev_id + fcnt.to_bytes(4, "big")
+        body = crypto.ctr_xor(keys.enc, down, dev_id, fcnt, body, keys.cipher)
+    msg = (bytes(((VERSION << 4) | keys.suite, kind, flags)) + dev_id + fcnt.to_bytes(4, "big")
            + time.to_bytes(4, "big") + body)
     if len(msg) + MIC_LEN > MAX_FRAME:
         raise FrameError("too_long", "%d bytes > %d" % (len(msg) + MIC_LEN, MAX_FRAME))
-    mic = crypto.hmac_sha256(keys.mic_down if down else keys.mic_up, msg)[:MIC_LEN]
-    return msg + mic
+    return msg + compute_mic(keys, down, msg)
 
 
 def parse_header(data: bytes) -> Header:
@@ -160,18 +181,18 @@ def parse_header(data: bytes) -> Header:
     b0 = data[0]
     if b0 >> 4 != VERSION:
         raise FrameError("bad_version", str(b0 >> 4))
-    if b0 & 0x0F != SUITE:
-        raise FrameError("bad_suite", str(b0 & 0x0F))
+    suite = b0 & 0x0F
+    if suite not in SUITES:
+        raise FrameError("bad_suite", str(suite))
     flags = data[2]
     if flags & _FLAGS_RESERVED:
         raise FrameError("bad_flags", "0x%02x" % flags)
-    return Header(VERSION, SUITE, data[1], flags, bytes(data[3:11]), int.from_bytes(data[11:15], "big"),
+    return Header(VERSION, suite, data[1], flags, bytes(data[3:11]), int.from_bytes(data[11:15], "big"),
                   int.from_bytes(data[15:19], "big"))
 
 
 def verify_mic(data: bytes, keys: Keys, downlink: bool) -> None:
-    mic = crypto.hmac_sha256(keys.mic_down if downlink else keys.mic_up, data[:-MIC_LEN])[:MIC_LEN]
-    if not crypto.ct_equal(mic, data[-MIC_LEN:]):
+    if not crypto.ct_equal(compute_mic(keys, downlink, data[:-MIC_LEN]), data[-MIC_LEN:]):
         raise FrameError("bad_mic")
 
 
@@ -179,6 +200,16 @@ def check_direction(header: Header, downlink: bool) -> None:
     """Cheap check before any key work: the DOWN flag must match what the receiver expects."""
     if header.downlink != downlink:
         raise FrameError("bad_direction")
+
+
+def check_suite(header: Header, keys: Keys, allowed: object = None) -> None:
+    """Before any key work: the header's suite must be one the receiver's config allows (``allowed``: suite
+    ids, None = every known suite), then the device's own suite (a node has exactly one, so the verifier
+    never tries a second algorithm)."""
+    if allowed is not None and header.suite not in allowed:  # type: ignore[operator]
+        raise FrameError("suite_not_allowed", str(header.suite))
+    if header.suite != keys.suite:
+        raise FrameError("wrong_suite", "%d, device has %d" % (header.suite, keys.suite))
 
 
 def check_policy(header: Header, downlink: bool) -> None:
@@ -198,34 +229,23 @@ def decode_body(header: Header, body: bytes) -> Frame:
     return Frame(header, validate_fields(header.kind, fields))
 
 
-def decode(data: bytes, keys: Keys, downlink: bool = False) -> Frame:
-    """Verify, decrypt and decode a frame. Raises FrameError (and nothing else) on any input."""
+def decode(data: bytes, keys: Keys, downlink: bool = False, allowed: object = None) -> Frame:
+    """Verify, decrypt and decode a frame. Raises FrameError (and nothing else) on any input.
+
+    ``allowed``: the suite ids the receiver accepts (gateway config); None accepts every known suite."""
     try:
         header = parse_header(data)
         check_direction(header, downlink)
         if header.dev_id != keys.dev_id:
             raise FrameError("bad_mic", "frame is for another device")
+        check_suite(header, keys, allowed)
         verify_mic(data, keys, downlink)
         check_policy(header, downlink)
         body = data[HEADER_LEN:-MIC_LEN]
         if header.encrypted:
-            body = crypto.ctr_xor(keys.enc, downlink, header.dev_id, header.fcnt, body)
+            body = crypto.ctr_xor(keys.enc, downlink, header.dev_id, header.fcnt, body, keys.cipher)
         return decode_body(header, body)
     except FrameError:
         raise
     except Exception as e:  # defensive: the contract is one exception type
         raise FrameError("bad_cbor", "unexpected " + type(e).__name__) from None
-
-
-def max_fields(kind: int) -> dict:  # type: ignore[type-arg]
-    """Every field of ``kind`` at the value whose encoding is longest (for the size budget)."""
-    packed = schema.info(kind)[2]  # type: ignore[index]
-    out = {}
-    for off in range(0, len(packed), 12):
-        lo, hi = schema.lo_hi(packed, off)
-        if packed[off + 1] & 1:
-            out[packed[off]] = bytes(hi)
-        else:
-            # the wire length of a CBOR int grows with its magnitude: the longer of the two ends
-            out[packed[off]] = lo if len(cbor.dumps(lo)) > len(cbor.dumps(hi)) else hi
-    return out

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from lifeline.protocols import frame, lora_phy, schema
+from lifeline.protocols import frame, frame_sizes, lora_phy, schema
 
 CODING_RATES = {"4/5": 1, "4/6": 2, "4/7": 3, "4/8": 4, "1": 1, "2": 2, "3": 3, "4": 4}
 SFS = tuple(range(lora_phy.SF_MIN, lora_phy.SF_MAX + 1))
@@ -49,7 +49,7 @@ def kind_budgets(region: lora_phy.Region, bw_khz: int, cr: int, duty_percent: fl
     for kind in sorted(schema.KINDS):
         down = schema.is_downlink_kind(kind)
         flags = frame.FLAG_DOWN | frame.FLAG_ACK_REQ if down else frame.FLAG_ACK_REQ
-        data = frame.encode(keys, bytes(8), 0xFFFFFFFF, 0xFFFFFFFF, kind, frame.max_fields(kind), flags)
+        data = frame.encode(keys, bytes(8), 0xFFFFFFFF, 0xFFFFFFFF, kind, frame_sizes.max_fields(kind), flags)
         n = len(data)
         air = {sf: lora_phy.time_on_air_ms(n, sf, bw_khz, cr) for sf in SFS}
         fits = {sf: n <= (region.max_payload(sf, bw_khz) or 0) for sf in SFS}

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import click
 
-from lifeline.protocols import frame, lora_phy, schema
+from lifeline.protocols import frame, frame_sizes, lora_phy, schema
 
 KIND_IDS = {"smoke": schema.K_SMOKE, "tilt": schema.K_TILT, "water_level": schema.K_WATER_LEVEL,
             "water_meter": schema.K_WATER_METER, "gas_meter": schema.K_GAS_METER,
@@ -72,7 +72,7 @@ def frame_bytes(kind: str) -> int:
     """Size of the kind's report with every field at its longest encoding (conservative)."""
     kid = KIND_IDS[kind]
     keys = frame.derive_keys(bytes(32), bytes(8))
-    return len(frame.encode(keys, bytes(8), 0xFFFFFFFF, 0xFFFFFFFF, kid, frame.max_fields(kid)))
+    return len(frame.encode(keys, bytes(8), 0xFFFFFFFF, 0xFFFFFFFF, kid, frame_sizes.max_fields(kid)))
 
 
 def estimate(kind: str, interval_s: int, sf: int, *, bw_khz: int = 125, cr: int = 1, preamble: int = 8,
@@ -127,7 +127,7 @@ def estimate(kind: str, interval_s: int, sf: int, *, bw_khz: int = 125, cr: int 
 def frame_bytes_heartbeat() -> int:
     keys = frame.derive_keys(bytes(32), bytes(8))
     k = schema.K_HEARTBEAT
-    return len(frame.encode(keys, bytes(8), 0xFFFFFFFF, 0xFFFFFFFF, k, frame.max_fields(k)))
+    return len(frame.encode(keys, bytes(8), 0xFFFFFFFF, 0xFFFFFFFF, k, frame_sizes.max_fields(k)))
 
 
 @click.command("battery")

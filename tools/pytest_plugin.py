@@ -6,6 +6,9 @@
 - ``mosquitto_tls``: a broker whose TLS listener (``tls_port``) requires client certificates from
   ``test_pki``; the plain listener (``port``) stays available for test helpers.
 
+- ``nats_cluster``: a 3-node NATS cluster (JetStream, routes, MQTT listener) on free loopback ports.
+- ``nats_single``: one NATS node with JetStream and the MQTT listener.
+
 Each broker is stopped after its test and the test fails if the process is still alive.
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from lifeline.tools.broker import MosquittoBroker, TestPKI
+from lifeline.tools.natsserver import NatsCluster
 from lifeline.tools.pgserver import PgServer
 from lifeline.tools.softhsm import SoftHsm, make_softhsm
 
@@ -78,6 +82,29 @@ def pg_server(tmp_path: Path) -> Iterator[PgServer]:
     finally:
         server.close()
     assert pid is None or _gone(pid), f"postgres still running after the test: {pid}"
+
+
+def _run_nats(cluster: NatsCluster) -> Iterator[NatsCluster]:
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        pids = [n.pid for n in cluster.nodes if n.pid is not None]
+        cluster.close()
+    leftover = [pid for pid in pids if not _gone(pid)]
+    assert not leftover, f"nats-server still running after the test: {leftover}"
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three real nats-server nodes (routes, JetStream, MQTT listener each), stopped after the test."""
+    yield from _run_nats(NatsCluster(3, workdir=tmp_path / "nats"))
+
+
+@pytest.fixture
+def nats_single(tmp_path: Path) -> Iterator[NatsCluster]:
+    """One real nats-server (JetStream + MQTT listener), stopped after the test."""
+    yield from _run_nats(NatsCluster(1, workdir=tmp_path / "nats1"))
 
 
 @pytest.fixture(scope="session")

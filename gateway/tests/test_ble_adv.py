@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lifeline.gateway.ingress import ble_adv
 from lifeline.gateway.ingress.ble_adv import AdvExtractor, encode_adv, parse_ad
-from lifeline.protocols import frame, schema
+from lifeline.protocols import frame, frame_sizes, schema
 
 ADDR = "C0:11:22:33:44:55"
 KEYS = frame.derive_keys(bytes(range(32)), bytes.fromhex("70b3d57ed0000001"))
@@ -22,7 +22,7 @@ def real_frames() -> list[bytes]:
     out = []
     for kind in sorted(schema.KINDS):
         flags = frame.FLAG_DOWN if schema.is_downlink_kind(kind) else 0
-        out.append(frame.encode(KEYS, KEYS.dev_id, 7, 9, kind, frame.max_fields(kind), flags))
+        out.append(frame.encode(KEYS, KEYS.dev_id, 7, 9, kind, frame_sizes.max_fields(kind), flags))
     out.append(frame.encode(KEYS, KEYS.dev_id, 8, 9, 3, {1: 0}))
     return out
 

@@ -1,4 +1,4 @@
-"""Regenerate protocols/vectors/{frames,rejections,cbor}.json.
+"""Regenerate protocols/vectors/{frames,rejections,cbor,sm}.json.
 
 Run only when the protocol changes on purpose (the vectors are normative; tests compare against the
 committed files): .venv/bin/python protocols/tests/gen_vectors.py
@@ -10,7 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lifeline.protocols import cbor, crypto, frame, schema
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as chmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from lifeline.protocols import cbor, crypto, crypto_sm, frame, frame_sizes, schema, suites
 
 OUT = Path(__file__).resolve().parent.parent / "vectors"
 ROOT_A = bytes(range(32))
@@ -47,33 +51,114 @@ def flags_for(kind: int, extra: int = 0) -> int:
     return (frame.FLAG_DOWN if schema.is_downlink_kind(kind) else 0) | extra
 
 
+INTL = frame.SUITE_INTL
+SM = frame.SUITE_SM
+
+
 def frame_vector(name: str, root: bytes, dev: bytes, fcnt: int, time: int, kind: int,
-                 fields: dict[int, Any], flags: int) -> dict[str, Any]:
-    data = frame.encode(frame.derive_keys(root, dev), dev, fcnt, time, kind, fields, flags)
-    return {"name": name, "root_key": root.hex(), "dev_id": dev.hex(), "fcnt": fcnt, "time": time, "kind": kind,
-            "flags": flags, "fields": jfields(fields), "frame": data.hex()}
+                 fields: dict[int, Any], flags: int, suite: int = INTL) -> dict[str, Any]:
+    data = frame.encode(frame.derive_keys(root, dev, suite), dev, fcnt, time, kind, fields, flags)
+    out = {"name": name, "root_key": root.hex(), "dev_id": dev.hex(), "fcnt": fcnt, "time": time, "kind": kind,
+           "flags": flags, "fields": jfields(fields), "frame": data.hex()}
+    if suite != INTL:
+        out["suite"] = suites.LABELS[suite]
+    return out
 
 
 def seal(root: bytes, dev: bytes, kind: int, flags: int, body: bytes, fcnt: int = 9, time: int = 1000,
-         first: int = 0x11, encrypt: bool = False) -> bytes:
-    keys = frame.derive_keys(root, dev)
+         first: int = 0x11, encrypt: bool = False, suite: int = INTL, mic_suite: int | None = None) -> bytes:
+    """A frame built by hand: header byte ``first``, body encrypted under ``suite`` if asked, MIC'd with the
+    algorithm and keys of ``mic_suite`` (default: ``suite``)."""
+    keys = frame.derive_keys(root, dev, suite)
     down = bool(flags & frame.FLAG_DOWN)
     if encrypt:
-        body = crypto.ctr_xor(keys.enc, down, dev, fcnt, body)
+        body = crypto.ctr_xor(keys.enc, down, dev, fcnt, body, keys.cipher)
     msg = bytes((first, kind, flags)) + dev + fcnt.to_bytes(4, "big") + time.to_bytes(4, "big") + body
-    return msg + crypto.hmac_sha256(keys.mic_down if down else keys.mic_up, msg)[:8]
+    mic_keys = keys if mic_suite is None else frame.derive_keys(root, dev, mic_suite)
+    return msg + frame.compute_mic(mic_keys, down, msg)
 
 
-def rejection(name: str, data: bytes, reason: str, downlink: bool = False) -> dict[str, Any]:
-    keys = frame.derive_keys(ROOT_A, DEV_A)
+def rejection(name: str, data: bytes, reason: str, downlink: bool = False, suite: int = INTL,
+              allowed: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """A frame the receiver (device A of ``suite``, allowing ``allowed`` suites) must reject with ``reason``.
+    The vector names the device's suite and the allowed list only when they differ from the defaults."""
+    keys = frame.derive_keys(ROOT_A, DEV_A, suite)
     try:
-        frame.decode(data, keys, downlink)
+        frame.decode(data, keys, downlink, allowed)
     except frame.FrameError as e:
         assert e.reason == reason, (name, e.reason, reason)
     else:
         raise AssertionError(name + " was accepted")
-    return {"name": name, "root_key": ROOT_A.hex(), "dev_id": DEV_A.hex(), "downlink": downlink,
-            "frame": data.hex(), "reason": reason}
+    out: dict[str, Any] = {"name": name, "root_key": ROOT_A.hex(), "dev_id": DEV_A.hex(), "downlink": downlink,
+                           "frame": data.hex(), "reason": reason}
+    if suite != INTL:
+        out["suite"] = suites.LABELS[suite]
+    if allowed is not None:
+        out["allowed"] = [suites.LABELS[a] for a in allowed]
+    return out
+
+
+# The standards' own examples (GB/T 32905-2016 appendix A, GB/T 32907-2016 appendix A).
+SM3_ABC = "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"
+SM3_ABCD16 = "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732"
+SM4_KEY = "0123456789abcdeffedcba9876543210"
+SM4_CT = "681edf34d206965e86b3e94f536e4246"
+
+
+def _sm3(data: bytes) -> bytes:
+    h = hashes.Hash(hashes.SM3())
+    h.update(data)
+    return h.finalize()
+
+
+def _hmac_sm3(key: bytes, msg: bytes) -> bytes:
+    h = chmac.HMAC(key, hashes.SM3())
+    h.update(msg)
+    return h.finalize()
+
+
+def _sm4(key: bytes, data: bytes) -> bytes:
+    return Cipher(algorithms.SM4(key), modes.ECB()).encryptor().update(data)
+
+
+def sm_vectors() -> dict[str, list[dict[str, Any]]]:
+    """SM3, SM4, HMAC-SM3, the suite-2 KDF and SM4-CTR, expected values from the standards and from OpenSSL
+    (through `cryptography`), never from Lifeline's own code: the device code is checked against these."""
+    assert _sm3(b"abc").hex() == SM3_ABC and _sm3(b"abcd" * 16).hex() == SM3_ABCD16
+    assert _sm4(bytes.fromhex(SM4_KEY), bytes.fromhex(SM4_KEY)).hex() == SM4_CT
+    sm3v = [{"name": "gbt32905-a1-abc", "msg": b"abc".hex(), "digest": SM3_ABC},
+            {"name": "gbt32905-a2-abcd*16", "msg": (b"abcd" * 16).hex(), "digest": SM3_ABCD16}]
+    for n in (0, 1, 55, 56, 63, 64, 65, 119, 120, 200):  # every padding case
+        msg = bytes((i * 7 + n) & 0xFF for i in range(n))
+        sm3v.append({"name": "openssl-len-%d" % n, "msg": msg.hex(), "digest": _sm3(msg).hex()})
+    sm4v = [{"name": "gbt32907-a1", "key": SM4_KEY, "plaintext": SM4_KEY, "ciphertext": SM4_CT}]
+    for i in range(4):
+        key = bytes((i * 31 + j * 17) & 0xFF for j in range(16))
+        pt = bytes((i * 13 + j * 101) & 0xFF for j in range(16 * (i + 1)))
+        sm4v.append({"name": "openssl-%d" % i, "key": key.hex(), "plaintext": pt.hex(),
+                     "ciphertext": _sm4(key, pt).hex()})
+    hmacv = []
+    for klen, mlen in ((0, 0), (16, 3), (32, 43), (64, 64), (65, 100), (100, 1)):
+        key = bytes((j * 3 + klen) & 0xFF for j in range(klen))
+        msg = bytes((j * 5 + mlen) & 0xFF for j in range(mlen))
+        hmacv.append({"name": "openssl-k%d-m%d" % (klen, mlen), "key": key.hex(), "msg": msg.hex(),
+                      "mac": _hmac_sm3(key, msg).hex()})
+    kdfv = []
+    for root, dev in ((ROOT_A, DEV_A), (ROOT_B, DEV_B)):
+        row = {"name": "kdf-" + dev.hex(), "root_key": root.hex(), "dev_id": dev.hex()}
+        for purpose, label, n in (("mic_up", crypto_sm.LABEL_MIC_UP, 32), ("mic_down", crypto_sm.LABEL_MIC_DOWN, 32),
+                                  ("enc", crypto_sm.LABEL_ENC, 16), ("ota", crypto_sm.LABEL_OTA, 32)):
+            row[purpose] = _hmac_sm3(root, label + dev)[:n].hex()
+        kdfv.append(row)
+    ctrv = []
+    for down, fcnt, n in ((False, 0, 1), (True, 0xFFFFFFFF, 16), (False, 4242, 33)):
+        key = _hmac_sm3(ROOT_A, crypto_sm.LABEL_ENC + DEV_A)[:16]
+        data = bytes((j * 11) & 0xFF for j in range(n))
+        nonce = bytes((1, int(down))) + DEV_A + fcnt.to_bytes(4, "big") + b"\x00\x00"
+        out = Cipher(algorithms.SM4(key), modes.CTR(nonce)).encryptor().update(data)
+        ctrv.append({"name": "ctr-%s-%d-%d" % ("down" if down else "up", fcnt, n), "key": key.hex(),
+                     "downlink": down, "dev_id": DEV_A.hex(), "fcnt": fcnt, "data": data.hex(), "out": out.hex()})
+    return {"sm3": sm3v, "sm4": sm4v, "hmac_sm3": hmacv, "kdf": kdfv, "sm4_ctr": ctrv}
 
 
 def main() -> None:
@@ -83,11 +168,21 @@ def main() -> None:
         frames.append(frame_vector(name + "/typical", ROOT_A, DEV_A, 4242, 218000000, kind, fields,
                                    flags_for(kind, frame.FLAG_ACK_REQ if kind == schema.K_ALARM_RAISED else 0)))
         frames.append(frame_vector(name + "/max", ROOT_B, DEV_B, 0xFFFFFFFF, 0xFFFFFFFF, kind,
-                                   frame.max_fields(kind), flags_for(kind)))
+                                   frame_sizes.max_fields(kind), flags_for(kind)))
     frames.append(frame_vector("water_level/queued+test", ROOT_B, DEV_B, 0, 0, schema.K_WATER_LEVEL,
                                {1: 0}, frame.FLAG_QUEUED | frame.FLAG_TEST))
     frames.append(frame_vector("heartbeat/encrypted-by-choice", ROOT_A, DEV_A, 77, 5, schema.K_HEARTBEAT,
                                {1: 2}, frame.FLAG_ENC))
+    # suite 2 (sm): every kind typical and at its maximum, same devices and counters as suite 1
+    for kind, fields in TYPICAL.items():
+        name = "sm/" + schema.KINDS[kind][0]
+        frames.append(frame_vector(name + "/typical", ROOT_A, DEV_A, 4242, 218000000, kind, fields,
+                                   flags_for(kind, frame.FLAG_ACK_REQ if kind == schema.K_ALARM_RAISED else 0),
+                                   SM))
+        frames.append(frame_vector(name + "/max", ROOT_B, DEV_B, 0xFFFFFFFF, 0xFFFFFFFF, kind,
+                                   frame_sizes.max_fields(kind), flags_for(kind), SM))
+    frames.append(frame_vector("sm/heartbeat/encrypted-by-choice", ROOT_A, DEV_A, 77, 5, schema.K_HEARTBEAT,
+                               {1: 2}, frame.FLAG_ENC, SM))
 
     good = bytes.fromhex(frames[0]["frame"])  # smoke/typical, root A
     level = frame.encode(frame.derive_keys(ROOT_A, DEV_A), DEV_A, 9, 1000, schema.K_WATER_LEVEL, {1: 5})
@@ -98,6 +193,9 @@ def main() -> None:
     tampered = bytearray(good)
     tampered[frame.HEADER_LEN] ^= 0x40
     w = schema.K_WATER_LEVEL
+    sm_level = frame.encode(frame.derive_keys(ROOT_A, DEV_A, SM), DEV_A, 9, 1000, w, {1: 5})
+    sm_forged = bytearray(sm_level)
+    sm_forged[-1] ^= 1
     rejections = [
         rejection("empty", b"", "truncated"),
         rejection("header-only", good[:19], "truncated"),
@@ -128,6 +226,20 @@ def main() -> None:
         rejection("missing-field", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x02\x05"), "missing_field"),
         rejection("meter-in-clear", seal(ROOT_A, DEV_A, schema.K_WATER_METER, 0, b"\xa1\x01\x05"),
                   "not_encrypted"),
+        # suite 2 (sm) and the suite checks
+        rejection("suite-3", bytes((0x13,)) + good[1:], "bad_suite"),
+        rejection("sm-frame-for-intl-device", sm_level, "wrong_suite"),
+        rejection("intl-frame-for-sm-device", level, "wrong_suite", suite=SM),
+        rejection("sm-frame-sm-not-allowed", sm_level, "suite_not_allowed", suite=SM, allowed=(INTL,)),
+        rejection("intl-frame-intl-not-allowed", level, "suite_not_allowed", allowed=(SM,)),
+        rejection("sm-forged-mic", bytes(sm_forged), "bad_mic", suite=SM),
+        rejection("sm-header-hmac-sha256-mic", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\x05", first=0x12,
+                                                     suite=SM, mic_suite=INTL), "bad_mic", suite=SM),
+        rejection("sm-meter-in-clear", seal(ROOT_A, DEV_A, schema.K_WATER_METER, 0, b"\xa1\x01\x05", first=0x12,
+                                            suite=SM), "not_encrypted", suite=SM),
+        rejection("sm-encrypted-trailing-bytes", seal(ROOT_A, DEV_A, w, frame.FLAG_ENC, b"\xa1\x01\x05\x00",
+                                                      first=0x12, encrypt=True, suite=SM),
+                  "trailing_bytes", suite=SM),
     ]
 
     values: list[tuple[str, Any]] = [
@@ -150,7 +262,8 @@ def main() -> None:
 
     cbor_vectors = [{"name": n, "value": jval(v), "hex": cbor.dumps(v).hex()} for n, v in values]
 
-    for name, obj in (("frames", frames), ("rejections", rejections), ("cbor", cbor_vectors)):
+    for name, obj in (("frames", frames), ("rejections", rejections), ("cbor", cbor_vectors),
+                      ("sm", sm_vectors())):
         (OUT / (name + ".json")).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 

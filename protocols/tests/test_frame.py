@@ -13,13 +13,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifeline.protocols import cbor, crypto, fastpath, frame, schema
+from lifeline.protocols import cbor, crypto, fastpath, frame, frame_sizes, schema, suites
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 
 
 def load(name: str) -> list[dict[str, Any]]:
     return json.loads((VECTORS / name).read_text())  # type: ignore[no-any-return]
+
+
+def suite_of(v: dict[str, Any]) -> int:
+    return suites.suite_id(v.get("suite", "intl"))
+
+
+def allowed_of(v: dict[str, Any]) -> frozenset[int] | None:
+    return None if "allowed" not in v else frozenset(suites.suite_id(a) for a in v["allowed"])
 
 
 def fields_of(v: dict[str, Any]) -> dict[int, Any]:
@@ -29,7 +37,10 @@ def fields_of(v: dict[str, Any]) -> dict[int, Any]:
 @pytest.mark.parametrize("vec", load("frames.json"), ids=lambda v: v["name"])
 def test_frame_vectors_byte_for_byte(vec: dict[str, Any]) -> None:
     root, dev = bytes.fromhex(vec["root_key"]), bytes.fromhex(vec["dev_id"])
-    keys = frame.derive_keys(root, dev)
+    keys = frame.derive_keys(root, dev, suite_of(vec))
+    fast = fastpath.derive_keys(root, dev, suite_of(vec))
+    assert (fast.suite, fast.dev_id, fast.mic_up, fast.mic_down, fast.enc) == (
+        keys.suite, keys.dev_id, keys.mic_up, keys.mic_down, keys.enc)
     data = frame.encode(keys, dev, vec["fcnt"], vec["time"], vec["kind"], fields_of(vec), vec["flags"])
     assert data.hex() == vec["frame"]
     down = bool(vec["flags"] & frame.FLAG_DOWN)
@@ -38,15 +49,21 @@ def test_frame_vectors_byte_for_byte(vec: dict[str, Any]) -> None:
         assert f.fields == fields_of(vec)
         assert (f.header.kind, f.header.fcnt, f.header.time, f.header.dev_id) == (
             vec["kind"], vec["fcnt"], vec["time"], dev)
+        assert f.header.suite == suite_of(vec) == data[0] & 0x0F
+
+
+def test_both_suites_have_frame_vectors_for_every_kind() -> None:
+    seen = {(suite_of(v), v["kind"]) for v in load("frames.json")}
+    assert seen == {(s, k) for s in frame.SUITES for k in schema.KINDS}
 
 
 @pytest.mark.parametrize("vec", load("rejections.json"), ids=lambda v: v["name"])
 def test_rejection_vectors(vec: dict[str, Any]) -> None:
-    keys = frame.derive_keys(bytes.fromhex(vec["root_key"]), bytes.fromhex(vec["dev_id"]))
+    keys = frame.derive_keys(bytes.fromhex(vec["root_key"]), bytes.fromhex(vec["dev_id"]), suite_of(vec))
     data = bytes.fromhex(vec["frame"])
     for decode in (frame.decode, fastpath.decode):
         with pytest.raises(frame.FrameError) as info:
-            decode(data, keys, vec["downlink"])
+            decode(data, keys, vec["downlink"], allowed_of(vec))
         assert info.value.reason == vec["reason"]
         assert info.value.reason in frame.REASONS
 
@@ -56,21 +73,24 @@ def test_every_reason_has_a_vector() -> None:
     assert covered == set(frame.REASONS)
 
 
+@pytest.mark.parametrize("suite", frame.SUITES, ids=lambda s: suites.LABELS[s])
 @pytest.mark.parametrize("kind", sorted(schema.KINDS), ids=lambda k: schema.KINDS[k][0])
-def test_size_budget_every_kind_at_maximum(kind: int) -> None:
-    """Every kind, every field at the value that encodes longest, fits the 51-byte LoRa budget."""
-    keys = frame.derive_keys(os.urandom(32), os.urandom(8))
+def test_size_budget_every_kind_at_maximum(kind: int, suite: int) -> None:
+    """Every kind, every field at the value that encodes longest, fits the 51-byte LoRa budget, in both
+    suites (they differ in algorithms only, never in length)."""
+    keys = frame.derive_keys(os.urandom(32), os.urandom(8), suite)
     flags = frame.FLAG_DOWN if schema.is_downlink_kind(kind) else 0
     flags |= frame.FLAG_ENC | frame.FLAG_ACK_REQ if not flags else 0
-    data = frame.encode(keys, keys.dev_id, 0xFFFFFFFF, 0xFFFFFFFF, kind, frame.max_fields(kind), flags)
+    data = frame.encode(keys, keys.dev_id, 0xFFFFFFFF, 0xFFFFFFFF, kind, frame_sizes.max_fields(kind), flags)
     assert len(data) <= frame.MAX_FRAME == 51
-    assert frame.decode(data, keys, bool(flags & frame.FLAG_DOWN)).fields == frame.max_fields(kind)
+    assert data[0] == 0x10 | suite
+    assert frame.decode(data, keys, bool(flags & frame.FLAG_DOWN)).fields == frame_sizes.max_fields(kind)
 
 
 def test_max_fields_really_is_the_longest() -> None:
     """max_fields must pick, for each field, the range end with the longest encoding."""
     for kind, k in schema.KINDS.items():
-        mf = frame.max_fields(kind)
+        mf = frame_sizes.max_fields(kind)
         for spec in k[3]:
             if spec[6] == schema.T_BYTES:
                 assert len(mf[spec[0]]) == spec[5]
@@ -96,7 +116,8 @@ def value_of(spec: tuple[Any, ...]) -> st.SearchStrategy[Any]:
 @st.composite
 def frames(draw: st.DrawFn) -> tuple[frame.Keys, int, int, int, dict[int, Any], int]:
     kind = draw(st.sampled_from(sorted(schema.KINDS)))
-    keys = frame.derive_keys(draw(st.binary(min_size=32, max_size=32)), draw(st.binary(min_size=8, max_size=8)))
+    keys = frame.derive_keys(draw(st.binary(min_size=32, max_size=32)), draw(st.binary(min_size=8, max_size=8)),
+                             draw(st.sampled_from(frame.SUITES)))
     flags = frame.FLAG_DOWN if schema.is_downlink_kind(kind) else 0
     flags |= draw(st.sampled_from([0, frame.FLAG_ENC, frame.FLAG_ACK_REQ, frame.FLAG_QUEUED, frame.FLAG_TEST, 0x0F]))
     return (keys, kind, draw(st.integers(0, 0xFFFFFFFF)), draw(st.integers(0, 0xFFFFFFFF)),
@@ -136,12 +157,23 @@ def test_encoder_refuses_what_the_decoder_would_reject() -> None:
         assert info.value.reason == reason
 
 
-def test_keys_never_show_in_repr() -> None:
+@pytest.mark.parametrize("suite", frame.SUITES)
+def test_keys_never_show_in_repr(suite: int) -> None:
     root = bytes.fromhex("ab" * 32)
-    keys = frame.derive_keys(root, bytes(8))
+    keys = frame.derive_keys(root, bytes(8), suite)
+    frame.encode(keys, bytes(8), 1, 1, schema.K_WATER_METER, {1: 1})  # fills the suite-2 caches
     text = repr(keys) + str(keys)
     for secret in (root, keys.mic_up, keys.mic_down, keys.enc):
         assert secret.hex() not in text
+
+
+def test_suite_names() -> None:
+    assert (suites.suite_id("intl"), suites.suite_id("sm")) == (1, 2)
+    for bad in ("SM", "", None, 2, "aes"):
+        with pytest.raises(ValueError):
+            suites.suite_id(bad)
+    with pytest.raises(ValueError):
+        frame.derive_keys(bytes(32), bytes(8), 3)
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -179,23 +211,29 @@ def sealed(rng: random.Random, keys: frame.Keys) -> bytes:
         values = [0, 1, -1, 3, 24, 255, 65535, 65536, 2**32 - 1, -(2**31) - 1, 20001, b"\x00", True]
         body = cbor.dumps({rng.randrange(1, 17): rng.choice(values) for _ in range(rng.randrange(0, 5))})
     if flags & frame.FLAG_ENC:
-        body = crypto.ctr_xor(keys.enc, bool(flags & frame.FLAG_DOWN), keys.dev_id, 3, body)
-    msg = bytes((0x11, kind, flags)) + keys.dev_id + (3).to_bytes(4, "big") + (9).to_bytes(4, "big") + body
-    key = keys.mic_down if flags & frame.FLAG_DOWN else keys.mic_up
-    return msg + crypto.hmac_sha256(key, msg)[:8]
+        body = crypto.ctr_xor(keys.enc, bool(flags & frame.FLAG_DOWN), keys.dev_id, 3, body, keys.cipher)
+    msg = bytes((0x10 | keys.suite, kind, flags)) + keys.dev_id + (3).to_bytes(4, "big") + (9).to_bytes(4, "big")
+    msg += body
+    return msg + frame.compute_mic(keys, bool(flags & frame.FLAG_DOWN), msg)
 
 
-def test_fuzz_random_and_mutated_frames() -> None:
-    """At least 100,000 random and mutated frames: only FrameError with a known reason, same verdict from
-    both decoders. LIFELINE_FUZZ_N raises the count for longer campaigns."""
+ALLOWED_CHOICES: list[frozenset[int] | None] = [None, None, None, frozenset(frame.SUITES),
+                                                frozenset({frame.SUITE_INTL}), frozenset({frame.SUITE_SM})]
+
+
+@pytest.mark.parametrize("suite", frame.SUITES, ids=lambda s: suites.LABELS[s])
+def test_fuzz_random_and_mutated_frames(suite: int) -> None:
+    """At least 100,000 random and mutated frames per suite: only FrameError with a known reason, same
+    verdict from both decoders, also under a gateway allow-list. LIFELINE_FUZZ_N raises the count for longer
+    campaigns."""
     n = int(os.environ.get("LIFELINE_FUZZ_N", "100000"))
-    rng = random.Random(20261122)
-    keys = frame.derive_keys(bytes(range(32)), bytes.fromhex("70b3d57ed0000001"))
+    rng = random.Random(20261122 + suite)
+    keys = frame.derive_keys(bytes(range(32)), bytes.fromhex("70b3d57ed0000001"), suite)
     seeds = [bytes.fromhex(v["frame"]) for v in load("frames.json") + load("rejections.json")]
     # frames under the fuzz key so that mutations get past the MIC check sometimes
     for kind in sorted(schema.KINDS):
         flags = frame.FLAG_DOWN if schema.is_downlink_kind(kind) else 0
-        seeds.append(frame.encode(keys, keys.dev_id, 7, 7, kind, frame.max_fields(kind), flags))
+        seeds.append(frame.encode(keys, keys.dev_id, 7, 7, kind, frame_sizes.max_fields(kind), flags))
     reasons: dict[str, int] = {}
     accepted = 0
     for i in range(n):
@@ -208,10 +246,11 @@ def test_fuzz_random_and_mutated_frames() -> None:
         down = bool(len(data) > 2 and data[2] & frame.FLAG_DOWN)
         if rng.random() < 0.05:
             down = not down  # the receiver expects the other direction
+        allowed = rng.choice(ALLOWED_CHOICES)
         verdicts: list[tuple[str, object]] = []
         for decode in (frame.decode, fastpath.decode) if i % 10 == 0 else (fastpath.decode,):
             try:
-                f = decode(data, keys, down)
+                f = decode(data, keys, down, allowed)
                 verdicts.append(("ok", tuple(sorted(f.fields.items()))))
             except frame.FrameError as e:
                 assert e.reason in frame.REASONS
@@ -226,7 +265,7 @@ def test_fuzz_random_and_mutated_frames() -> None:
     # the campaign must reach deep into the decoder, not stop at the length check
     for reason in ("truncated", "too_long", "bad_version", "bad_mic", "bad_cbor", "too_deep", "unknown_kind",
                    "unknown_field", "bad_type", "out_of_range", "missing_field", "trailing_bytes",
-                   "not_encrypted", "bad_direction"):
+                   "not_encrypted", "bad_direction", "bad_suite", "wrong_suite", "suite_not_allowed"):
         assert reasons.get(reason, 0) > 0, (reason, reasons)
 
 

@@ -18,12 +18,13 @@ pytestmark = pytest.mark.micropython
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 KINDS = ("frames", "rejections", "cbor")
+SM_KINDS = ("sm3", "sm4", "hmac_sm3", "kdf", "sm4_ctr")  # the groups of sm.json
 
 # Runs inside MicroPython. Reads /vectors/*.json, checks each vector, prints one JSON line of results:
 # {"frames": {name: "ok" | problem}, "rejections": {...}, "cbor": {...}}.
 CHECKER = r"""
 import binascii, io, json, sys
-from lifeline.protocols import cbor, frame
+from lifeline.protocols import cbor, crypto_sm, frame, sm3, sm4, suites
 
 def unhex(s):
     return binascii.unhexlify(s)
@@ -57,9 +58,12 @@ def load(name):
 def show(x):
     return binascii.hexlify(x).decode() if isinstance(x, (bytes, bytearray)) else repr(x)
 
+def suite(v):
+    return suites.suite_id(v.get("suite", "intl"))
+
 def check_frame(v):
     dev = unhex(v["dev_id"])
-    keys = frame.derive_keys(unhex(v["root_key"]), dev)
+    keys = frame.derive_keys(unhex(v["root_key"]), dev, suite(v))
     fields = {int(k): value(x) for k, x in v["fields"].items()}
     want = unhex(v["frame"])
     got = frame.encode(keys, dev, v["fcnt"], v["time"], v["kind"], fields, v["flags"])
@@ -77,9 +81,12 @@ def check_frame(v):
     return "ok"
 
 def check_rejection(v):
-    keys = frame.derive_keys(unhex(v["root_key"]), unhex(v["dev_id"]))
+    keys = frame.derive_keys(unhex(v["root_key"]), unhex(v["dev_id"]), suite(v))
+    allowed = None
+    if "allowed" in v:
+        allowed = [suites.suite_id(a) for a in v["allowed"]]
     try:
-        f = frame.decode(unhex(v["frame"]), keys, v["downlink"])
+        f = frame.decode(unhex(v["frame"]), keys, v["downlink"], allowed)
     except frame.FrameError as e:
         if e.reason != v["reason"]:
             return "rejected with " + repr(e.reason) + ", expected " + repr(v["reason"])
@@ -97,10 +104,45 @@ def check_cbor(v):
         return "loads gave " + repr(back) + ", expected " + repr(obj)
     return "ok"
 
+def expect(what, got, want):
+    got = show(got)
+    return "ok" if got == want else what + " gave " + got + ", vector has " + want
+
+def check_sm3(v):
+    return expect("sm3", sm3.digest(unhex(v["msg"])), v["digest"])
+
+def check_sm4(v):
+    return expect("sm4", sm4.Sm4Ecb(unhex(v["key"])).encrypt(unhex(v["plaintext"])), v["ciphertext"])
+
+def check_hmac_sm3(v):
+    return expect("hmac_sm3", crypto_sm.hmac_sm3(unhex(v["key"]), unhex(v["msg"])), v["mac"])
+
+def check_kdf(v):
+    root = unhex(v["root_key"])
+    dev = unhex(v["dev_id"])
+    keys = frame.derive_keys(root, dev, frame.SUITE_SM)
+    for attr in ("mic_up", "mic_down", "enc"):
+        r = expect(attr, getattr(keys, attr), v[attr])
+        if r != "ok":
+            return r
+    return expect("ota", crypto_sm.derive(root, crypto_sm.LABEL_OTA, dev), v["ota"])
+
+def check_sm4_ctr(v):
+    got = crypto_sm.ctr_xor(unhex(v["key"]), v["downlink"], unhex(v["dev_id"]), v["fcnt"], unhex(v["data"]))
+    return expect("sm4-ctr", got, v["out"])
+
+def groups():
+    for name, check in (("frames", check_frame), ("rejections", check_rejection), ("cbor", check_cbor)):
+        yield name, check, load(name)
+    sm = load("sm")
+    for name, check in (("sm3", check_sm3), ("sm4", check_sm4), ("hmac_sm3", check_hmac_sm3),
+                        ("kdf", check_kdf), ("sm4_ctr", check_sm4_ctr)):
+        yield name, check, sm[name]
+
 results = {}
-for name, check in (("frames", check_frame), ("rejections", check_rejection), ("cbor", check_cbor)):
+for name, check, vectors in groups():
     out = results[name] = {}
-    for v in load(name):
+    for v in vectors:
         try:
             out[v["name"]] = check(v)
         except Exception as e:
@@ -112,13 +154,16 @@ print("@results " + json.dumps(results))
 
 
 def _vectors(kind: str) -> list[dict[str, Any]]:
-    data = json.loads((VECTORS / f"{kind}.json").read_text(encoding="utf-8"))
-    assert isinstance(data, list) and data, f"{kind}.json holds no vectors"
+    if kind in SM_KINDS:
+        data = json.loads((VECTORS / "sm.json").read_text(encoding="utf-8"))[kind]
+    else:
+        data = json.loads((VECTORS / f"{kind}.json").read_text(encoding="utf-8"))
+    assert isinstance(data, list) and data, f"{kind} holds no vectors"
     return data
 
 
 def _cases() -> list[tuple[str, str]]:
-    return [(kind, vector["name"]) for kind in KINDS for vector in _vectors(kind)]
+    return [(kind, vector["name"]) for kind in KINDS + SM_KINDS for vector in _vectors(kind)]
 
 
 @pytest.fixture(scope="module", params=["source", "mpy"])
@@ -127,7 +172,7 @@ def results(request: pytest.FixtureRequest) -> dict[str, dict[str, str]]:
     if request.param == "mpy":
         files = mpy_compile.compile_tree(files)
         assert not any(path.endswith(".py") for path in files)
-    for kind in KINDS:
+    for kind in (*KINDS, "sm"):
         files[f"/vectors/{kind}.json"] = (VECTORS / f"{kind}.json").read_bytes()
     out = mpy_runtime.run(CHECKER, files, timeout=120)
     lines = [line for line in out.stdout.splitlines() if line.startswith("@results ")]
@@ -137,7 +182,7 @@ def results(request: pytest.FixtureRequest) -> dict[str, dict[str, str]]:
 
 
 def test_every_vector_was_checked(results: dict[str, dict[str, str]]) -> None:
-    for kind in KINDS:
+    for kind in KINDS + SM_KINDS:
         assert sorted(results[kind]) == sorted(v["name"] for v in _vectors(kind)), kind
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lifeline.protocols import frame, lora_phy, schema
+from lifeline.protocols import frame, frame_sizes, lora_phy, schema
 from lifeline.tools.cli import cli
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -82,7 +82,7 @@ def test_all_kinds_json_matches_the_frame_codec(region: str) -> None:
     keys = frame.derive_keys(bytes(32), bytes(8))
     for kind, row in rows.items():
         down = schema.is_downlink_kind(kind)
-        data = frame.encode(keys, bytes(8), 0xFFFFFFFF, 0xFFFFFFFF, kind, frame.max_fields(kind),
+        data = frame.encode(keys, bytes(8), 0xFFFFFFFF, 0xFFFFFFFF, kind, frame_sizes.max_fields(kind),
                             frame.FLAG_DOWN if down else 0)
         assert row["frame_bytes"] == len(data) <= frame.MAX_FRAME
         assert row["name"] == schema.KINDS[kind][0] and row["direction"] == ("down" if down else "up")

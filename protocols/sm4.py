@@ -1,0 +1,99 @@
+# SM4 block cipher (GB/T 32907-2016), encryption direction only, pure Python in the MicroPython subset.
+#
+# Crypto suite 2 (LL2, "sm") builds SM4-CTR from single-block encryption exactly as suite 1 builds AES-CTR, so
+# decryption is never needed. Same shape as aes.AesEcb (``encrypt(block)``). The gateway uses OpenSSL's SM4
+# through `cryptography`; the tests cross-check both against the standard's examples.
+
+SBOX = bytes.fromhex(
+    "d690e9fecce13db716b614c228fb2c052b679a762abe04c3aa44132649860699"
+    "9c4250f491ef987a33540b43edcfac62e4b31ca9c908e89580df94fa758f3fa6"
+    "4707a7fcf37317ba83593c19e6854fa8686b81b27164da8bf8eb0f4b70569d35"
+    "1e240e5e6358d1a225227c3b01217887d40046579fd327524c3602e7a0c4c89e"
+    "eabf8ad240c738b5a3f7f2cef96115a1e0ae5da49b341a55ad933230f58cb1e3"
+    "1df6e22e8266ca60c02923ab0d534e6fd5db3745defd8e2f03ff6a726d6c5b51"
+    "8d1baf92bbddbc7f11d95c411f105ad80ac13188a5cd7bbd2d74d012b8e5b4b0"
+    "8969974a0c96777e65b9f109c56ec68418f07dec3adc4d2079ee5f3ed7cb3948"
+)
+
+_M = 0xFFFFFFFF
+_FK = (0xA3B1BAC6, 0x56AA3350, 0x677D9197, 0xB27022DC)
+
+
+def _ck() -> tuple:  # type: ignore[type-arg]
+    # CK[i] byte j = (4i + j) * 7 mod 256 (GB/T 32907 section 7.3)
+    out = []
+    for i in range(32):
+        x = 0
+        for j in range(4):
+            x = (x << 8) | (((4 * i + j) * 7) & 0xFF)
+        out.append(x)
+    return tuple(out)
+
+
+_CK = _ck()
+
+
+def _word(b: bytes, i: int) -> int:
+    return (b[i] << 24) | (b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]
+
+
+def expand_key(key: bytes) -> tuple:  # type: ignore[type-arg]
+    """The 32 round keys of a 16-byte key."""
+    if len(key) != 16:
+        raise ValueError("SM4 key must be 16 bytes")
+    M = _M
+    S = SBOX
+    k = [_word(key, 4 * i) ^ _FK[i] for i in range(4)]
+    rk = []
+    for i in range(32):
+        x = k[i + 1] ^ k[i + 2] ^ k[i + 3] ^ _CK[i]
+        t = (S[x >> 24] << 24) | (S[(x >> 16) & 0xFF] << 16) | (S[(x >> 8) & 0xFF] << 8) | S[x & 0xFF]
+        r = k[i] ^ t ^ (((t << 13) | (t >> 19)) & M) ^ (((t << 23) | (t >> 9)) & M)
+        k.append(r)
+        rk.append(r)
+    return tuple(rk)
+
+
+def encrypt_block(rk: tuple, block: bytes, off: int = 0) -> bytes:  # type: ignore[type-arg]
+    """Encrypt the 16 bytes at ``block[off:]`` with round keys ``rk``."""
+    M = _M
+    S = SBOX
+    x0 = _word(block, off)
+    x1 = _word(block, off + 4)
+    x2 = _word(block, off + 8)
+    x3 = _word(block, off + 12)
+    for i in range(32):
+        x = x1 ^ x2 ^ x3 ^ rk[i]
+        t = (S[x >> 24] << 24) | (S[(x >> 16) & 0xFF] << 16) | (S[(x >> 8) & 0xFF] << 8) | S[x & 0xFF]
+        x = (x0 ^ t ^ (((t << 2) | (t >> 30)) & M) ^ (((t << 10) | (t >> 22)) & M)
+             ^ (((t << 18) | (t >> 14)) & M) ^ (((t << 24) | (t >> 8)) & M))
+        x0 = x1
+        x1 = x2
+        x2 = x3
+        x3 = x
+    out = bytearray(16)
+    i = 0
+    for x in (x3, x2, x1, x0):
+        out[i] = x >> 24
+        out[i + 1] = (x >> 16) & 0xFF
+        out[i + 2] = (x >> 8) & 0xFF
+        out[i + 3] = x & 0xFF
+        i += 4
+    return bytes(out)
+
+
+class Sm4Ecb:
+    """Same shape as aes.AesEcb / ``cryptolib.aes(key, 1)``: ``encrypt(data)`` for whole blocks."""
+
+    def __init__(self, key: bytes) -> None:
+        self._rk = expand_key(key)
+
+    def encrypt(self, data: bytes) -> bytes:
+        if len(data) % 16:
+            raise ValueError("ECB input must be a multiple of 16 bytes")
+        if len(data) == 16:
+            return encrypt_block(self._rk, data)
+        out = bytearray()
+        for i in range(0, len(data), 16):
+            out.extend(encrypt_block(self._rk, data, i))
+        return bytes(out)
