@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 from lifeline.gateway.mqtt_async import TlsFiles
 from lifeline.protocols import batch, keys
 from lifeline.protocols.sm2 import SM2PublicKey
+from lifeline.tools.platform import trust as gateway_trust
 from lifeline.tools.platform.cli import COMMANDS as PLATFORM_COMMANDS
 from lifeline.tools.platform.sqlite_store import chain_report, open_db
 from lifeline.tools.platform.store import (
@@ -54,6 +55,7 @@ from lifeline.tools.platform.store import (
     StoreUnavailable,
     open_store,
 )
+from lifeline.tools.platform.trust import TrustedKey
 
 __all__ = ["ChainReport", "PlatformSink", "SinkError", "SinkEvent", "SinkTimeout", "StoredRecord", "chain_report",
            "load_trust", "open_db", "topic_parts"]
@@ -90,20 +92,24 @@ class SinkEvent:
     data: Mapping[str, Any]
 
 
-def load_trust(pairs: Mapping[str, Path]) -> dict[str, keys.PublicKey]:
-    """Gateway id -> public key (Ed25519 or SM2) from files holding raw bytes (32 Ed25519, 65 SM2 04||x||y),
-    hex, or a PEM."""
-    out: dict[str, keys.PublicKey] = {}
-    for gw, path in pairs.items():
+def load_trust(pairs: Mapping[str, Path] | Sequence[tuple[str, Path, int | None, int | None]],
+               ) -> dict[str, list[TrustedKey]]:
+    """Gateway id -> trusted keys (Ed25519 or SM2) from files holding raw bytes (32 Ed25519, 65 SM2 04||x||y),
+    hex, or a PEM; entries are ``{gw: path}`` or ``(gw, path, not_before_ms, not_after_ms)`` (several per
+    gateway: a rotation's overlap)."""
+    entries = [(gw, p, None, None) for gw, p in pairs.items()] if isinstance(pairs, Mapping) else list(pairs)
+    out: dict[str, list[TrustedKey]] = {}
+    for gw, path, not_before, not_after in entries:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise SinkError(f"trust {gw}: cannot read {path}: {e.strerror or e}") from None
         try:
             raw = len(data) == 32 or (len(data) == 65 and data[0] == 4)  # hex text never starts with 0x04
-            out[gw] = keys.load_verify_key(data if raw else data.decode("ascii", "replace"))
+            key = keys.load_verify_key(data if raw else data.decode("ascii", "replace"))
         except (keys.KeyFileError, ValueError) as e:
             raise SinkError(f"trust {gw}: {path}: {e}") from None
+        out.setdefault(gw, []).append(TrustedKey(key, not_before, not_after))
     return out
 
 
@@ -129,7 +135,7 @@ class PlatformSink:
         *,
         db: Path | None = None,
         store: Store | str | None = None,
-        trust: Mapping[str, keys.PublicKey | bytes],
+        trust: Mapping[str, keys.PublicKey | bytes | TrustedKey | Sequence[TrustedKey]],
         tls: TlsFiles | None = None,
         client_id: str | None = None,
         share_group: str | None = SHARE_GROUP,
@@ -139,15 +145,20 @@ class PlatformSink:
         on_event: Callable[[SinkEvent], None] | None = None,
         keepalive_s: int = 30,
         store_retry_s: float = 20.0,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         if (db is None) == (store is None):
             raise SinkError("give the sink one store: db=PATH (SQLite) or store=URL/Store")
-        self.trust: dict[str, keys.PublicKey] = {
-            gw: (k if isinstance(k, Ed25519PublicKey | SM2PublicKey) else keys.load_verify_key(k))
-            for gw, k in trust.items()
-        }
+        # several keys per gateway with validity windows (a key rotation's overlap, tools/platform/trust.py)
+        self.trusted_keys = gateway_trust.normalise(
+            {gw: [TrustedKey(t.key if isinstance(t.key, Ed25519PublicKey | SM2PublicKey)
+                             else keys.load_verify_key(t.key), t.not_before_ms, t.not_after_ms)
+                  for t in gateway_trust.normalise({gw: v})[gw]]
+             for gw, v in trust.items()})
+        self.trust: dict[str, Any] = {gw: ks[0].key for gw, ks in self.trusted_keys.items()}  # the first key
+        self.clock = clock or _now_ms
         self.client_id = client_id or f"lifeline-sink-{uuid.uuid4().hex[:12]}"
         self.share_group = share_group
         self.on_event = on_event
@@ -304,13 +315,13 @@ class PlatformSink:
             self._reject(topic, payload, R_BAD_TOPIC)
             return
         gw, lane_name = parts
-        key = self.trust.get(gw)
-        if key is None:
+        trusted = self.trusted_keys.get(gw)
+        if trusted is None:
             self._reject(topic, payload, R_UNTRUSTED, gw)
             return
         try:
-            b = batch.verify(payload, key)
-        except batch.BatchError as e:
+            b = gateway_trust.verify(trusted, payload, self.clock())
+        except (batch.BatchError, gateway_trust.NoValidKey) as e:
             self._reject(topic, payload, e.reason, e.detail)
             return
         if b.gateway_id != gw:
@@ -459,13 +470,25 @@ def _parse_broker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _parse_trust(values: tuple[str, ...]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+def _parse_trust(values: tuple[str, ...]) -> list[tuple[str, Path, int | None, int | None]]:
+    """``GW=FILE[,from=TIME][,until=TIME]`` (ISO 8601 times, UTC); a gateway may appear more than once."""
+    out: list[tuple[str, Path, int | None, int | None]] = []
     for v in values:
-        gw, sep, path = v.partition("=")
+        gw, sep, rest = v.partition("=")
+        path, *opts = rest.split(",")
         if not sep or not gw or not path:
-            raise click.BadParameter(f"{v!r} is not GATEWAY_ID=PUBKEYFILE", param_hint="--trust")
-        out[gw] = Path(path)
+            raise click.BadParameter(f"{v!r} is not GATEWAY_ID=PUBKEYFILE[,from=TIME][,until=TIME]",
+                                     param_hint="--trust")
+        window: dict[str, int] = {}
+        for o in opts:
+            name, eq, when = o.partition("=")
+            if not eq or name not in ("from", "until") or name in window:
+                raise click.BadParameter(f"{o!r}: expected from=TIME or until=TIME once each", param_hint="--trust")
+            try:
+                window[name] = gateway_trust.parse_time(when)
+            except ValueError:
+                raise click.BadParameter(f"{when!r} is not an ISO 8601 time", param_hint="--trust") from None
+        out.append((gw, Path(path), window.get("from"), window.get("until")))
     return out
 
 
@@ -482,8 +505,9 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
                    "(created/upgraded if needed; several sinks may share it).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite database: the same as --store sqlite:PATH.")
-@click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE",
-              help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key). Repeatable.")
+@click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE[,from=TIME][,until=TIME]",
+              help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key), optionally valid only "
+                   "from/until an ISO 8601 time (UTC). Repeatable, also for one gateway: a key rotation's overlap.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
