@@ -42,7 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from lifeline.gateway.mqtt_async import TlsFiles
-from lifeline.protocols import batch, keys
+from lifeline.protocols import batch, gwcert, keys
 from lifeline.protocols.sm2 import SM2PublicKey
 from lifeline.tools.platform import trust as gateway_trust
 from lifeline.tools.platform.cli import COMMANDS as PLATFORM_COMMANDS
@@ -113,6 +113,19 @@ def load_trust(pairs: Mapping[str, Path] | Sequence[tuple[str, Path, int | None,
     return out
 
 
+def load_ca(ca_file: Path, crl_file: Path | None = None) -> gwcert.CaTrust:
+    """The trust anchor (and CRL) for gateways that carry their certificate chain."""
+    try:
+        ca_pem = Path(ca_file).read_bytes()
+        crl = Path(crl_file).read_bytes() if crl_file is not None else None
+    except OSError as e:
+        raise SinkError(f"cannot read {e.filename}: {e.strerror or e}") from None
+    try:
+        return gwcert.CaTrust.from_files(ca_pem, crl, ca_name=str(ca_file), crl_name=str(crl_file))
+    except gwcert.CertError as e:
+        raise SinkError(str(e)) from None
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -145,9 +158,14 @@ class PlatformSink:
         on_event: Callable[[SinkEvent], None] | None = None,
         keepalive_s: int = 30,
         store_retry_s: float = 20.0,
+        ca: gwcert.CaTrust | None = None,
         clock: Callable[[], int] | None = None,
     ) -> None:
         self.host = host
+        self.ca = ca  # gateways without a pinned key are verified by their x5chain against this CA
+        self._ca_resolver = ca.resolver() if ca is not None else None
+        if ca is not None and clock is not None:
+            ca.use_clock(lambda: clock() / 1000)  # certificate validity on the sink's clock
         self.port = port
         if (db is None) == (store is None):
             raise SinkError("give the sink one store: db=PATH (SQLite) or store=URL/Store")
@@ -316,6 +334,8 @@ class PlatformSink:
             return
         gw, lane_name = parts
         trusted = self.trusted_keys.get(gw)
+        if trusted is None and self._ca_resolver is not None:  # no pinned key: the batch's x5chain and the CA
+            trusted = (gateway_trust.TrustedKey(self._ca_resolver),)
         if trusted is None:
             self._reject(topic, payload, R_UNTRUSTED, gw)
             return
@@ -508,6 +528,11 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 @click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE[,from=TIME][,until=TIME]",
               help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key), optionally valid only "
                    "from/until an ISO 8601 time (UTC). Repeatable, also for one gateway: a key rotation's overlap.")
+@click.option("--ca", "ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust anchor: the city CA certificate(s) (PEM). Gateways without --trust are verified by the "
+                   "certificate chain in their batches (x5chain).")
+@click.option("--crl", "crl_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA's CRL (PEM or DER): batches of revoked gateways are refused. Needs --ca.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
@@ -528,7 +553,7 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of the live count.")
 def platform_sink_cmd(
     ctx: click.Context, broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...],
-    tls_ca: Path | None,
+    ca_file: Path | None, crl_file: Path | None, tls_ca: Path | None,
     tls_cert: Path | None, tls_key: Path | None, client_id: str | None, share_group: str, session_expiry: int,
     stop_after: int | None, timeout_s: float | None, commands: tuple[str, ...], acks: tuple[str, ...], report: bool,
     as_json: bool,
@@ -549,8 +574,10 @@ def platform_sink_cmd(
         return
     if broker is None:
         raise click.UsageError("--broker is required (unless --report)")
-    if not trust:
-        raise click.UsageError("at least one --trust GATEWAY_ID=PUBKEYFILE is required")
+    if not trust and ca_file is None:
+        raise click.UsageError("at least one --trust GATEWAY_ID=PUBKEYFILE, or --ca FILE, is required")
+    if crl_file is not None and ca_file is None:
+        raise click.UsageError("--crl needs --ca")
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     host, port = _parse_broker(broker)
@@ -571,6 +598,7 @@ def platform_sink_cmd(
         parsed_acks.append((fields[0], fields[1], int(fields[2])))
     try:
         keys_by_gw = load_trust(_parse_trust(trust))
+        ca = load_ca(ca_file, crl_file) if ca_file is not None else None
     except SinkError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(3)
@@ -578,7 +606,7 @@ def platform_sink_cmd(
 
     on_event = (lambda ev: _echo_json({"event": ev.kind, **ev.data})) if as_json else None
     try:
-        sink = PlatformSink(host, port, store=url, trust=keys_by_gw, tls=tls, client_id=client_id,
+        sink = PlatformSink(host, port, store=url, trust=keys_by_gw, ca=ca, tls=tls, client_id=client_id,
                             share_group=share_group or None, session_expiry_s=session_expiry, on_event=on_event)
     except SinkError as e:
         click.echo(f"error: {e}", err=True)

@@ -468,3 +468,53 @@ def test_sm_suite_batches_are_verified_at_the_sink_end_to_end(
                 s.disconnect()
         finally:
             gw.stop()
+
+
+def test_gateway_identity_from_a_ca_over_mqtt(
+    tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
+) -> None:
+    """`gateway csr` -> the city CA issues -> certificate_file: the batches carry the chain (x5chain) and a sink
+    with only --ca verifies them; a sink trusting another CA refuses them (untrusted_certificate), and one with
+    the CA's CRL naming the gateway refuses them (revoked). Three sinks, one gateway, real Mosquitto."""
+    from lifeline.protocols import gwcert
+    from lifeline.tools.testca import TestCA
+
+    cert_file = tmp_path / "gateway.crt"
+    nodes = make_nodes(1, prefix="ca")
+    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker, suite="sm",
+                        gateway_lines=(f'certificate_file = "{cert_file}"',))
+    gw.import_devices(nodes)
+    csr = gw.cli("csr", "--config", str(gw.config)).stdout.encode()
+    city = TestCA(tmp_path / "city-ca", "sm")
+    rogue = TestCA(tmp_path / "rogue-ca", "sm")  # same CA name, another key
+    cert = city.issue(csr, GW)
+    cert_file.write_bytes(cert)
+    city.revoke(cert)
+    crl = city.crl()
+
+    def sink(name: str, ca: gwcert.CaTrust) -> PlatformSink:
+        return PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / f"{name}.db", trust={}, ca=ca,
+                            share_group=None, client_id=f"sink-{name}")
+
+    with sink("city", gwcert.CaTrust.from_files(city.cert.read_bytes())) as good, \
+            sink("rogue", gwcert.CaTrust.from_files(rogue.cert.read_bytes())) as other, \
+            sink("crl", gwcert.CaTrust.from_files(city.cert.read_bytes(), crl)) as revoked:
+        gw.start()
+        try:
+            s = sim(nodes_broker, nodes[0]).connect()
+            sent = []
+            for i in range(4):
+                smoke(s, 200 + i)
+                sent.append((s.device_id, s.fcnt - 1))
+            with explained(gw):
+                good.wait_records(len(sent), 60)
+                other.wait_for(lambda x: x.counters["rejected"] > 0, 30, "rogue-CA sink rejects")
+                revoked.wait_for(lambda x: x.counters["rejected"] > 0, 30, "CRL sink rejects")
+            assert sorted(sink_keys(good)) == sorted(sent) and good.counters["rejected"] == 0
+            assert other.record_count() == 0 and revoked.record_count() == 0
+            assert {r for _, r, _ in other.rejects()} == {"untrusted_certificate"}
+            assert {r for _, r, _ in revoked.rejects()} == {"revoked"}
+            assert other.counters["rejected.untrusted_certificate"] > 0 and revoked.counters["rejected.revoked"] > 0
+            s.disconnect()
+        finally:
+            gw.stop()
