@@ -45,6 +45,7 @@ from lifeline.gateway.mqtt_async import TlsFiles
 from lifeline.protocols import batch, gwcert, keys
 from lifeline.protocols.sm2 import SM2PublicKey
 from lifeline.tools.platform import trust as gateway_trust
+from lifeline.tools.platform.cli import COMMANDS as PLATFORM_COMMANDS
 from lifeline.tools.platform.sqlite_store import chain_report, open_db
 from lifeline.tools.platform.store import (
     ChainReport,
@@ -72,6 +73,7 @@ R_BAD_TOPIC = "bad_topic"
 R_UNTRUSTED = "untrusted_gateway"
 R_TOPIC_MISMATCH = "topic_mismatch"
 R_LANE_MISMATCH = "lane_mismatch"
+R_STORE_REFUSED = "store_refused"  # verified, but the store refused its content (not a transient failure)
 
 class SinkError(Exception):
     """The sink could not start (broker unreachable, bad key file) or a wait passed its deadline."""
@@ -155,6 +157,7 @@ class PlatformSink:
         password: str | None = None,
         on_event: Callable[[SinkEvent], None] | None = None,
         keepalive_s: int = 30,
+        store_retry_s: float = 20.0,
         ca: gwcert.CaTrust | None = None,
         clock: Callable[[], int] | None = None,
     ) -> None:
@@ -205,6 +208,8 @@ class PlatformSink:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._started = False
+        self._stopping = threading.Event()
+        self.store_retry_s = store_retry_s
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -234,6 +239,7 @@ class PlatformSink:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._started:
             self._client.disconnect()
             self._client.loop_stop()
@@ -313,12 +319,12 @@ class PlatformSink:
         self._emit("result", **result)
 
     def _reject(self, topic: str, payload: bytes, reason: str, detail: str = "") -> None:
-        self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
         with self._cond:
+            self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
             self.counters["rejected"] += 1
             self.counters[f"rejected.{reason}"] += 1
+            self._emit("reject", topic=topic, reason=reason, detail=detail)
             self._cond.notify_all()
-        self._emit("reject", topic=topic, reason=reason, detail=detail)
 
     def _on_batch(self, topic: str, payload: bytes) -> None:
         self.counters["batches_received"] += 1
@@ -344,11 +350,32 @@ class PlatformSink:
         if b.lane != LANES[lane_name]:
             self._reject(topic, payload, R_LANE_MISMATCH, f"lane {b.lane} on {lane_name}")
             return
-        self._store(b, payload)
+        try:
+            self._store(b, payload)
+        except StoreUnavailable:
+            raise
+        except StoreError as e:
+            self._reject(topic, payload, R_STORE_REFUSED, str(e))
 
     def _store(self, b: batch.Batch, data: bytes) -> None:
-        out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
+        delay, deadline = 0.05, time.monotonic() + self.store_retry_s
+        while True:  # a store that is restarting or failing over: hold this message and retry in place
+            try:
+                self._store_once(b, data)
+                return
+            except StoreUnavailable as e:
+                self.counters["store_retries"] += 1
+                if time.monotonic() + delay > deadline or self._stopping.is_set():
+                    raise
+                log.warning("store unavailable (%s); retrying batch %s/%d in %.2fs", e, b.gateway_id, b.seq, delay)
+                if self._stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, 1.0)
+
+    def _store_once(self, b: batch.Batch, data: bytes) -> None:
+        # under the sink's lock: a waiter sees the stored rows, the counters and the events together
         with self._cond:
+            out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
             tracker = self.trackers.setdefault(b.gateway_id, batch.ChainTracker())
             verdict = tracker.add_batch(b).verdict
             if out.redelivered:
@@ -358,11 +385,11 @@ class PlatformSink:
                 self.counters["records_stored"] += out.new_records
                 self.counters["records_duplicate"] += out.duplicate_records
             self.counters["broken_links"] += len(out.broken_links)
+            self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
+                       records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
+            for link in out.broken_links:
+                self._emit("broken_link", gateway=b.gateway_id, link=list(link))
             self._cond.notify_all()
-        self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
-                   records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
-        for link in out.broken_links:
-            self._emit("broken_link", gateway=b.gateway_id, link=list(link))
 
     # ---------------------------------------------------------------------------- queries
 
@@ -490,7 +517,8 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-@click.command("platform-sink")
+@click.group("platform-sink", invoke_without_command=True)
+@click.pass_context
 @click.option("--broker", "broker", metavar="HOST:PORT", help="MQTT broker of the platform.")
 @click.option("--store", "store_url", metavar="URL",
               help="Where batches are stored: sqlite:PATH or postgresql://USER@HOST:PORT/DB "
@@ -521,11 +549,11 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
               help="Publish a platform command after connecting. Repeatable.")
 @click.option("--ack-alarm", "acks", multiple=True, metavar="GATEWAY_ID:DEVICE:ALARM_ID",
               help="Acknowledge an alarm after connecting. Repeatable.")
-@click.option("--report", is_flag=True, help="Print the chain report of --db and exit (no broker needed).")
+@click.option("--report", is_flag=True, help="Print the chain report of the store and exit (no broker needed).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of the live count.")
 def platform_sink_cmd(
-    broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...], ca_file: Path | None,
-    crl_file: Path | None, tls_ca: Path | None,
+    ctx: click.Context, broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...],
+    ca_file: Path | None, crl_file: Path | None, tls_ca: Path | None,
     tls_cert: Path | None, tls_key: Path | None, client_id: str | None, share_group: str, session_expiry: int,
     stop_after: int | None, timeout_s: float | None, commands: tuple[str, ...], acks: tuple[str, ...], report: bool,
     as_json: bool,
@@ -534,7 +562,10 @@ def platform_sink_cmd(
 
     Exit codes: 0 ok, 1 --count not reached within --timeout, a broken link or equivocation in a chain
     (or with --report any gap), 2 usage error, 3 broker/key/database error.
+    Store maintenance: ``migrate``, ``devices import``, ``retention`` (see their --help).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     if (store_url is None) == (db_path is None):
         raise click.UsageError("give exactly one of --store URL and --db FILE")
     url = store_url if store_url is not None else f"sqlite:{db_path}"
@@ -695,3 +726,7 @@ def _report(url: str, as_json: bool) -> None:
                        f"{f', broken links {list(r.broken_links)}' if r.broken_links else ''}"
                        f"{f', equivocations {list(r.equivocations)}' if r.equivocations else ''}")
     sys.exit(0 if all(r.intact for r in reports) else 1)
+
+
+for _cmd in PLATFORM_COMMANDS:
+    platform_sink_cmd.add_command(_cmd)
