@@ -99,8 +99,8 @@ def test_three_gateways_three_sinks_faults_lose_nothing(rig: Rig) -> None:
         s.wait_ready()
     for gw in rig.gateways:
         gw.start()
-    for gw in rig.gateways:
-        wait_until(lambda g=gw: g.metric("uplink_connected") == 1, 30, f"{gw.id} connected", gw.log_tail)
+    wait_until(lambda: all(g.metric("uplink_connected") == 1 for g in rig.gateways), 30, "gateways connected",
+               lambda: "\n".join(g.log_tail(10) for g in rig.gateways))
     rig.connect_nodes()
     store = open_store(rig.store_url, create=False)
     stop = threading.Event()
@@ -146,9 +146,10 @@ def test_three_gateways_three_sinks_faults_lose_nothing(rig: Rig) -> None:
     assert not t.is_alive() and not errors, errors
 
     sent = rig.sent()
-    wait_until(lambda: set(stored_keys(store)) == sent, 120, "every reading the nodes published",
-               lambda: f"missing {len(sent - set(stored_keys(store)))} of {len(sent)}; "
-                       f"{[s.log_tail(5) for s in rig.sinks]}")
+    def missing() -> str:
+        return f"missing {len(sent - set(stored_keys(store)))} of {len(sent)}; {[s.log_tail(5) for s in rig.sinks]}"
+
+    wait_until(lambda: set(stored_keys(store)) == sent, 300, "every reading the nodes published", missing)
     keys = stored_keys(store)
     assert len(keys) == len(set(keys)) == len(sent)  # exactly once, by key
     for nodes in rig.nodes:  # every device complete, in counter order
