@@ -125,6 +125,38 @@ def keygen(out: Path, force: bool, suite: str) -> None:
 
 
 @gateway.command()
+@_config_option
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the request here (PEM) instead of standard output.")
+@click.option("--json", "as_json", is_flag=True, help="JSON: gateway id, suite, the request PEM.")
+def csr(config_path: Path, out: Path | None, as_json: bool) -> None:
+    """Write a certificate signing request (PKCS#10 PEM) for the gateway's signing key, for the city CA.
+
+    Subject CN and SAN dNSName are the gateway id; an SM2 key's request is signed with SM2-with-SM3
+    (1.2.156.10197.1.501). Install the issued chain as [gateway] certificate_file (docs/operations.md)."""
+    from lifeline.protocols import gwcert, keys
+
+    cfg = _load(config_path)
+    try:
+        key = keys.load_signing_key(cfg.gateway.key_file, cfg.gateway.suite)
+    except keys.KeyFileError as e:
+        _err(str(e), EXIT_CONFIG)
+    pem = gwcert.make_csr(key, cfg.gateway.id)
+    if out is not None:
+        try:
+            out.write_bytes(pem)
+        except OSError as e:
+            _err(f"cannot write {out}: {e.strerror}", EXIT_CONFIG)
+    if as_json:
+        click.echo(json.dumps({"gateway_id": cfg.gateway.id, "suite": cfg.gateway.suite,
+                               "out": str(out) if out else None, "csr": pem.decode("ascii")}))
+    elif out is None:
+        click.echo(pem.decode("ascii"), nl=False)
+    else:
+        click.echo(f"{out}: certificate request for {cfg.gateway.id} (suite {cfg.gateway.suite})")
+
+
+@gateway.command()
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the key-encryption key (mode 0600).")
 @click.option("--suite", type=click.Choice(["intl", "sm"]), default="intl", show_default=True,

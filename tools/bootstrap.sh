@@ -29,6 +29,8 @@ command -v dpkg-deb >/dev/null 2>&1 || need_apt+=(dpkg)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 # headless browser for the gateway status page test (gateway/tests/test_statuspage_browser.py)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# PostgreSQL server programs for the platform store tests (tools/pgserver.py starts its own cluster)
+command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing system packages: ${need_apt[*]}"
@@ -36,7 +38,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  # The Debian package starts a system broker; the tests start their own on free ports.
+  # The Debian packages start a system broker / PostgreSQL; the tests start their own on free ports.
 fi
 
 py=${PYTHON:-python3}

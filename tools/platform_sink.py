@@ -42,9 +42,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from lifeline.gateway.mqtt_async import TlsFiles
-from lifeline.protocols import batch, keys
+from lifeline.protocols import batch, gwcert, keys
 from lifeline.protocols.sm2 import SM2PublicKey
 from lifeline.tools.platform import trust as gateway_trust
+from lifeline.tools.platform.cli import COMMANDS as PLATFORM_COMMANDS
 from lifeline.tools.platform.sqlite_store import chain_report, open_db
 from lifeline.tools.platform.store import (
     ChainReport,
@@ -72,6 +73,7 @@ R_BAD_TOPIC = "bad_topic"
 R_UNTRUSTED = "untrusted_gateway"
 R_TOPIC_MISMATCH = "topic_mismatch"
 R_LANE_MISMATCH = "lane_mismatch"
+R_STORE_REFUSED = "store_refused"  # verified, but the store refused its content (not a transient failure)
 
 class SinkError(Exception):
     """The sink could not start (broker unreachable, bad key file) or a wait passed its deadline."""
@@ -111,6 +113,19 @@ def load_trust(pairs: Mapping[str, Path] | Sequence[tuple[str, Path, int | None,
     return out
 
 
+def load_ca(ca_file: Path, crl_file: Path | None = None) -> gwcert.CaTrust:
+    """The trust anchor (and CRL) for gateways that carry their certificate chain."""
+    try:
+        ca_pem = Path(ca_file).read_bytes()
+        crl = Path(crl_file).read_bytes() if crl_file is not None else None
+    except OSError as e:
+        raise SinkError(f"cannot read {e.filename}: {e.strerror or e}") from None
+    try:
+        return gwcert.CaTrust.from_files(ca_pem, crl, ca_name=str(ca_file), crl_name=str(crl_file))
+    except gwcert.CertError as e:
+        raise SinkError(str(e)) from None
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -142,9 +157,15 @@ class PlatformSink:
         password: str | None = None,
         on_event: Callable[[SinkEvent], None] | None = None,
         keepalive_s: int = 30,
+        store_retry_s: float = 20.0,
+        ca: gwcert.CaTrust | None = None,
         clock: Callable[[], int] | None = None,
     ) -> None:
         self.host = host
+        self.ca = ca  # gateways without a pinned key are verified by their x5chain against this CA
+        self._ca_resolver = ca.resolver() if ca is not None else None
+        if ca is not None and clock is not None:
+            ca.use_clock(lambda: clock() / 1000)  # certificate validity on the sink's clock
         self.port = port
         if (db is None) == (store is None):
             raise SinkError("give the sink one store: db=PATH (SQLite) or store=URL/Store")
@@ -187,6 +208,8 @@ class PlatformSink:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._started = False
+        self._stopping = threading.Event()
+        self.store_retry_s = store_retry_s
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -216,6 +239,7 @@ class PlatformSink:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._started:
             self._client.disconnect()
             self._client.loop_stop()
@@ -295,12 +319,12 @@ class PlatformSink:
         self._emit("result", **result)
 
     def _reject(self, topic: str, payload: bytes, reason: str, detail: str = "") -> None:
-        self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
         with self._cond:
+            self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
             self.counters["rejected"] += 1
             self.counters[f"rejected.{reason}"] += 1
+            self._emit("reject", topic=topic, reason=reason, detail=detail)
             self._cond.notify_all()
-        self._emit("reject", topic=topic, reason=reason, detail=detail)
 
     def _on_batch(self, topic: str, payload: bytes) -> None:
         self.counters["batches_received"] += 1
@@ -310,6 +334,8 @@ class PlatformSink:
             return
         gw, lane_name = parts
         trusted = self.trusted_keys.get(gw)
+        if trusted is None and self._ca_resolver is not None:  # no pinned key: the batch's x5chain and the CA
+            trusted = (gateway_trust.TrustedKey(self._ca_resolver),)
         if trusted is None:
             self._reject(topic, payload, R_UNTRUSTED, gw)
             return
@@ -324,11 +350,32 @@ class PlatformSink:
         if b.lane != LANES[lane_name]:
             self._reject(topic, payload, R_LANE_MISMATCH, f"lane {b.lane} on {lane_name}")
             return
-        self._store(b, payload)
+        try:
+            self._store(b, payload)
+        except StoreUnavailable:
+            raise
+        except StoreError as e:
+            self._reject(topic, payload, R_STORE_REFUSED, str(e))
 
     def _store(self, b: batch.Batch, data: bytes) -> None:
-        out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
+        delay, deadline = 0.05, time.monotonic() + self.store_retry_s
+        while True:  # a store that is restarting or failing over: hold this message and retry in place
+            try:
+                self._store_once(b, data)
+                return
+            except StoreUnavailable as e:
+                self.counters["store_retries"] += 1
+                if time.monotonic() + delay > deadline or self._stopping.is_set():
+                    raise
+                log.warning("store unavailable (%s); retrying batch %s/%d in %.2fs", e, b.gateway_id, b.seq, delay)
+                if self._stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, 1.0)
+
+    def _store_once(self, b: batch.Batch, data: bytes) -> None:
+        # under the sink's lock: a waiter sees the stored rows, the counters and the events together
         with self._cond:
+            out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
             tracker = self.trackers.setdefault(b.gateway_id, batch.ChainTracker())
             verdict = tracker.add_batch(b).verdict
             if out.redelivered:
@@ -338,11 +385,11 @@ class PlatformSink:
                 self.counters["records_stored"] += out.new_records
                 self.counters["records_duplicate"] += out.duplicate_records
             self.counters["broken_links"] += len(out.broken_links)
+            self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
+                       records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
+            for link in out.broken_links:
+                self._emit("broken_link", gateway=b.gateway_id, link=list(link))
             self._cond.notify_all()
-        self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
-                   records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
-        for link in out.broken_links:
-            self._emit("broken_link", gateway=b.gateway_id, link=list(link))
 
     # ---------------------------------------------------------------------------- queries
 
@@ -470,7 +517,8 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-@click.command("platform-sink")
+@click.group("platform-sink", invoke_without_command=True)
+@click.pass_context
 @click.option("--broker", "broker", metavar="HOST:PORT", help="MQTT broker of the platform.")
 @click.option("--store", "store_url", metavar="URL",
               help="Where batches are stored: sqlite:PATH or postgresql://USER@HOST:PORT/DB "
@@ -480,6 +528,11 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 @click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE[,from=TIME][,until=TIME]",
               help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key), optionally valid only "
                    "from/until an ISO 8601 time (UTC). Repeatable, also for one gateway: a key rotation's overlap.")
+@click.option("--ca", "ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust anchor: the city CA certificate(s) (PEM). Gateways without --trust are verified by the "
+                   "certificate chain in their batches (x5chain).")
+@click.option("--crl", "crl_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA's CRL (PEM or DER): batches of revoked gateways are refused. Needs --ca.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
@@ -496,10 +549,11 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
               help="Publish a platform command after connecting. Repeatable.")
 @click.option("--ack-alarm", "acks", multiple=True, metavar="GATEWAY_ID:DEVICE:ALARM_ID",
               help="Acknowledge an alarm after connecting. Repeatable.")
-@click.option("--report", is_flag=True, help="Print the chain report of --db and exit (no broker needed).")
+@click.option("--report", is_flag=True, help="Print the chain report of the store and exit (no broker needed).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of the live count.")
 def platform_sink_cmd(
-    broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...], tls_ca: Path | None,
+    ctx: click.Context, broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...],
+    ca_file: Path | None, crl_file: Path | None, tls_ca: Path | None,
     tls_cert: Path | None, tls_key: Path | None, client_id: str | None, share_group: str, session_expiry: int,
     stop_after: int | None, timeout_s: float | None, commands: tuple[str, ...], acks: tuple[str, ...], report: bool,
     as_json: bool,
@@ -508,7 +562,10 @@ def platform_sink_cmd(
 
     Exit codes: 0 ok, 1 --count not reached within --timeout, a broken link or equivocation in a chain
     (or with --report any gap), 2 usage error, 3 broker/key/database error.
+    Store maintenance: ``migrate``, ``devices import``, ``retention`` (see their --help).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     if (store_url is None) == (db_path is None):
         raise click.UsageError("give exactly one of --store URL and --db FILE")
     url = store_url if store_url is not None else f"sqlite:{db_path}"
@@ -517,8 +574,10 @@ def platform_sink_cmd(
         return
     if broker is None:
         raise click.UsageError("--broker is required (unless --report)")
-    if not trust:
-        raise click.UsageError("at least one --trust GATEWAY_ID=PUBKEYFILE is required")
+    if not trust and ca_file is None:
+        raise click.UsageError("at least one --trust GATEWAY_ID=PUBKEYFILE, or --ca FILE, is required")
+    if crl_file is not None and ca_file is None:
+        raise click.UsageError("--crl needs --ca")
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     host, port = _parse_broker(broker)
@@ -539,6 +598,7 @@ def platform_sink_cmd(
         parsed_acks.append((fields[0], fields[1], int(fields[2])))
     try:
         keys_by_gw = load_trust(_parse_trust(trust))
+        ca = load_ca(ca_file, crl_file) if ca_file is not None else None
     except SinkError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(3)
@@ -546,7 +606,7 @@ def platform_sink_cmd(
 
     on_event = (lambda ev: _echo_json({"event": ev.kind, **ev.data})) if as_json else None
     try:
-        sink = PlatformSink(host, port, store=url, trust=keys_by_gw, tls=tls, client_id=client_id,
+        sink = PlatformSink(host, port, store=url, trust=keys_by_gw, ca=ca, tls=tls, client_id=client_id,
                             share_group=share_group or None, session_expiry_s=session_expiry, on_event=on_event)
     except SinkError as e:
         click.echo(f"error: {e}", err=True)
@@ -666,3 +726,7 @@ def _report(url: str, as_json: bool) -> None:
                        f"{f', broken links {list(r.broken_links)}' if r.broken_links else ''}"
                        f"{f', equivocations {list(r.equivocations)}' if r.equivocations else ''}")
     sys.exit(0 if all(r.intact for r in reports) else 1)
+
+
+for _cmd in PLATFORM_COMMANDS:
+    platform_sink_cmd.add_command(_cmd)

@@ -2,6 +2,7 @@
 
 - ``mosquitto``: a plain Mosquitto broker on a free loopback port, one per test.
 - ``test_pki``: a CA with server certificate (127.0.0.1/localhost), one per session.
+- ``pg_server``: a real PostgreSQL cluster (initdb in a temp dir) on a free loopback port, one per test.
 - ``mosquitto_tls``: a broker whose TLS listener (``tls_port``) requires client certificates from
   ``test_pki``; the plain listener (``port``) stays available for test helpers.
 
@@ -21,6 +22,7 @@ import pytest
 
 from lifeline.tools.broker import MosquittoBroker, TestPKI
 from lifeline.tools.natsserver import NatsCluster
+from lifeline.tools.pgserver import PgServer
 from lifeline.tools.softhsm import SoftHsm, make_softhsm
 
 SOFTHSM_TOKENS = {"lifeline-test": "Test-PIN-24681357", "lifeline-spare": "Spare-PIN-q7Z3kW9x"}
@@ -68,6 +70,18 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 def mosquitto_tls(tmp_path: Path, test_pki: TestPKI) -> Iterator[MosquittoBroker]:
     """Mosquitto with a TLS listener on ``tls_port`` that requires client certificates."""
     yield from _run(MosquittoBroker(workdir=tmp_path / "mosquitto-tls", pki=test_pki))
+
+
+@pytest.fixture
+def pg_server(tmp_path: Path) -> Iterator[PgServer]:
+    """A real PostgreSQL server (``pg_server.url``), fsync off for speed, removed after the test."""
+    server = PgServer(tmp_path / "pg", durable=False).start()
+    pid = server.pid
+    try:
+        yield server
+    finally:
+        server.close()
+    assert pid is None or _gone(pid), f"postgres still running after the test: {pid}"
 
 
 def _run_nats(cluster: NatsCluster) -> Iterator[NatsCluster]:
