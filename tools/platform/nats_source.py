@@ -383,7 +383,7 @@ class NatsSource:
         while not self._stopping.is_set():
             try:
                 msgs = await psub.fetch(cs.fetch_batch, timeout=cs.fetch_timeout_s)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue  # nothing to do for now (nats-py raises either, depending on where it timed out)
             except asyncio.CancelledError:
                 raise
