@@ -125,6 +125,38 @@ def keygen(out: Path, force: bool, suite: str) -> None:
 
 
 @gateway.command()
+@_config_option
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the request here (PEM) instead of standard output.")
+@click.option("--json", "as_json", is_flag=True, help="JSON: gateway id, suite, the request PEM.")
+def csr(config_path: Path, out: Path | None, as_json: bool) -> None:
+    """Write a certificate signing request (PKCS#10 PEM) for the gateway's signing key, for the city CA.
+
+    Subject CN and SAN dNSName are the gateway id; an SM2 key's request is signed with SM2-with-SM3
+    (1.2.156.10197.1.501). Install the issued chain as [gateway] certificate_file (docs/operations.md)."""
+    from lifeline.protocols import gwcert, keys
+
+    cfg = _load(config_path)
+    try:
+        key = keys.load_signing_key(cfg.gateway.key_file, cfg.gateway.suite)
+    except keys.KeyFileError as e:
+        _err(str(e), EXIT_CONFIG)
+    pem = gwcert.make_csr(key, cfg.gateway.id)
+    if out is not None:
+        try:
+            out.write_bytes(pem)
+        except OSError as e:
+            _err(f"cannot write {out}: {e.strerror}", EXIT_CONFIG)
+    if as_json:
+        click.echo(json.dumps({"gateway_id": cfg.gateway.id, "suite": cfg.gateway.suite,
+                               "out": str(out) if out else None, "csr": pem.decode("ascii")}))
+    elif out is None:
+        click.echo(pem.decode("ascii"), nl=False)
+    else:
+        click.echo(f"{out}: certificate request for {cfg.gateway.id} (suite {cfg.gateway.suite})")
+
+
+@gateway.command()
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the key-encryption key (mode 0600).")
 @click.option("--suite", type=click.Choice(["intl", "sm"]), default="intl", show_default=True,
@@ -141,6 +173,64 @@ def kekgen(out: Path, suite: str, force: bool) -> None:
     except OSError as e:
         _err(f"cannot write {out}: {e.strerror}", EXIT_CONFIG)
     click.echo(f"{out}: {keywrap.CIPHER_NAMES[keywrap.SUITES[suite]]} key-encryption key (0600)")
+
+
+@gateway.command("token-keys")
+@_config_option
+@click.option("--import-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Put this Ed25519 PEM key into the token as the signing key instead of generating one "
+                   "(the platform keeps trusting the same public key; delete the file afterwards).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def token_keys(config_path: Path, import_key: Path | None, as_json: bool) -> None:
+    """Create the keys [keys.pkcs11] names that the token does not hold yet (signing key, registry KEK)."""
+    from lifeline.gateway import hsm
+    from lifeline.protocols import keys
+
+    cfg = _load(config_path)
+    t = cfg.keys.pkcs11
+    if t is None:
+        _err(f"{config_path}: keys.pkcs11: not configured", EXIT_CONFIG)
+    out: dict[str, Any] = {"token": t.token_label}
+    try:
+        token = hsm.Token.from_config(t, rw=True)
+    except hsm.TokenError as e:
+        _err(str(e), EXIT_CONFIG)
+    try:
+        if t.signing_key_label is not None:
+            try:
+                pub = token.signer(t.signing_key_label).public_key()
+                out["signing_key"] = "present"
+            except hsm.TokenError as e:
+                if not e.missing:
+                    raise
+                if import_key is not None:
+                    pub = token.import_signing_key(t.signing_key_label, keys.load_private_key(import_key))
+                    out["signing_key"] = "imported"
+                else:
+                    pub = token.generate_signing_key(t.signing_key_label)
+                    out["signing_key"] = "created"
+            out["public_key"] = keys.public_key_hex(pub)
+        if t.kek_label is not None:
+            try:
+                token.kek(t.kek_label)
+                out["kek"] = "present"
+            except hsm.TokenError as e:
+                if not e.missing:
+                    raise
+                token.generate_kek(t.kek_label)
+                out["kek"] = "created"
+    except (hsm.TokenError, keys.KeyFileError) as e:
+        _err(str(e), EXIT_CONFIG)
+    finally:
+        token.close()
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    for k in ("signing_key", "kek"):
+        if k in out:
+            click.echo(f"{k}: {out[k]}")
+    if "public_key" in out:
+        click.echo(f"public key for the platform: {out['public_key']}")
 
 
 @gateway.command("init")

@@ -98,6 +98,7 @@ class UplinkConfig:
     backoff_initial_s: int = 1  # first reconnect wait after a lost connection (jittered), doubling ...
     backoff_max_s: int = 30  # ... up to this
     failback_s: int = 60  # while on a lower-priority endpoint, probe the preferred ones this often
+    protocol: str = "5"  # MQTT version spoken to every endpoint: "5" or "3.1.1" (NATS's MQTT listener)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +374,7 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
         backoff_initial_s=u.integer("backoff_initial_s", 1, lo=1, hi=600),
         backoff_max_s=u.integer("backoff_max_s", 30, lo=1, hi=3600),
         failback_s=u.integer("failback_s", 60, lo=5, hi=86400),
+        protocol=u.text("protocol", "5", choices=("5", "3.1.1")),
     )
     if up.backoff_max_s < up.backoff_initial_s:
         u.fail("backoff_max_s", f"must be >= backoff_initial_s ({up.backoff_initial_s})")

@@ -88,6 +88,7 @@ SECTIONS: tuple[Section, ...] = (
         Key("backoff_initial_s", "first reconnect wait after a lost connection (jittered), doubling ..."),
         Key("backoff_max_s", "... up to this"),
         Key("failback_s", "on a lower-priority endpoint, probe the preferred ones this often"),
+        Key("protocol", "MQTT version: 5, or 3.1.1 for brokers without MQTT 5 (NATS MQTT listener)"),
     )),
     Section("uplink.endpoints", "one table per broker; none: the gateway only buffers (commissioning)", (
         Key("name", "[A-Za-z0-9_-]{1,32}", example="primary"),

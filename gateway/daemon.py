@@ -164,6 +164,18 @@ class Gateway:
             self.gateway_keys.signer_source = "given"
         key = self._signing_key or self.gateway_keys.signer
         assert key is not None
+        if cfg.gateway.certificate_file is not None:
+            from lifeline.protocols import cose_sign, gwcert
+
+            try:
+                chain_pem = cfg.gateway.certificate_file.read_bytes()
+                key = gwcert.attach_chain(cose_sign.signing_key(key), chain_pem, cfg.gateway.id,
+                                          now=self.clock.now_ms() / 1000)
+            except OSError as e:
+                raise StartupError(f"gateway.certificate_file: cannot read {cfg.gateway.certificate_file}: "
+                                   f"{e.strerror or e}") from None
+            except gwcert.CertError as e:
+                raise StartupError(f"{cfg.gateway.certificate_file}: {e}") from None
         if self.gateway_keys.kek is None:
             _log.warning("registry root keys are stored in plaintext: set [keys] kek_file or [keys.pkcs11] "
                          "kek_label (docs/keys.md)", registry=cfg.gateway.registry_db)

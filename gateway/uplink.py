@@ -193,6 +193,7 @@ class MqttUplink:
             backoff_initial_s=cfg.backoff_initial_s,
             backoff_max_s=cfg.backoff_max_s,
             failback_s=cfg.failback_s,
+            protocol="3.1.1" if cfg.protocol == "3.1.1" else "5",
             clock=clock,
             rng=rng,
             **options,  # type: ignore[arg-type]

@@ -186,6 +186,34 @@ class Sm2Verifier:
         return f"Sm2Verifier({self.raw().hex()[:18]}…)"
 
 
+class WithHeaders:
+    """Any :class:`SigningKey` plus extra protected header entries (e.g. 33 x5chain): the gateway's
+    certificate chain is attached this way whatever holds the key (file or token)."""
+
+    __slots__ = ("_extra", "inner")
+
+    def __init__(self, inner: SigningKey, extra: Mapping[int, Any]) -> None:
+        self.inner = inner
+        self._extra = {**inner.protected_extra(), **extra}
+
+    @property
+    def alg(self) -> int:
+        return self.inner.alg
+
+    @property
+    def suite(self) -> str:
+        return self.inner.suite
+
+    def protected_extra(self) -> Mapping[int, Any]:
+        return self._extra
+
+    def sign(self, sig_structure: bytes) -> bytes:
+        return self.inner.sign(sig_structure)
+
+    def __repr__(self) -> str:
+        return f"WithHeaders({self.inner!r}, labels={sorted(self._extra)})"
+
+
 PrivateKeyLike: TypeAlias = "SigningKey | Ed25519PrivateKey | sm2.SM2PrivateKey"
 
 

@@ -21,12 +21,16 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 ls /usr/lib/*/libcrypto.so.3 /usr/lib/libcrypto.so.3 >/dev/null 2>&1 || need_apt+=(libssl3)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+# NATS cluster with JetStream + MQTT listener for the platform ingest tests and bench (tools/natsserver.py)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dpkg-deb >/dev/null 2>&1 || need_apt+=(dpkg)
 # PKCS#11 software token for the HSM signing/KEK tests (gateway/tests/test_hsm.py)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 # headless browser for the gateway status page test (gateway/tests/test_statuspage_browser.py)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# PostgreSQL server programs for the platform store tests (tools/pgserver.py starts its own cluster)
+command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing system packages: ${need_apt[*]}"
@@ -34,7 +38,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  # The Debian package starts a system broker; the tests start their own on free ports.
+  # The Debian packages start a system broker / PostgreSQL; the tests start their own on free ports.
 fi
 
 py=${PYTHON:-python3}

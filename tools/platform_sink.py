@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from lifeline.gateway.mqtt_async import TlsFiles
-from lifeline.protocols import batch, keys
+from lifeline.protocols import batch, gwcert, keys
 from lifeline.protocols.sm2 import SM2PublicKey
+from lifeline.tools.platform import trust as gateway_trust
+from lifeline.tools.platform.cli import COMMANDS as PLATFORM_COMMANDS
 from lifeline.tools.platform.sqlite_store import chain_report, open_db
 from lifeline.tools.platform.store import (
     ChainReport,
@@ -53,6 +55,7 @@ from lifeline.tools.platform.store import (
     StoreUnavailable,
     open_store,
 )
+from lifeline.tools.platform.trust import TrustedKey
 
 __all__ = ["ChainReport", "PlatformSink", "SinkError", "SinkEvent", "SinkTimeout", "StoredRecord", "chain_report",
            "load_trust", "open_db", "topic_parts"]
@@ -70,6 +73,7 @@ R_BAD_TOPIC = "bad_topic"
 R_UNTRUSTED = "untrusted_gateway"
 R_TOPIC_MISMATCH = "topic_mismatch"
 R_LANE_MISMATCH = "lane_mismatch"
+R_STORE_REFUSED = "store_refused"  # verified, but the store refused its content (not a transient failure)
 
 class SinkError(Exception):
     """The sink could not start (broker unreachable, bad key file) or a wait passed its deadline."""
@@ -88,21 +92,38 @@ class SinkEvent:
     data: Mapping[str, Any]
 
 
-def load_trust(pairs: Mapping[str, Path]) -> dict[str, keys.PublicKey]:
-    """Gateway id -> public key (Ed25519 or SM2) from files holding raw bytes (32 Ed25519, 65 SM2 04||x||y),
-    hex, or a PEM."""
-    out: dict[str, keys.PublicKey] = {}
-    for gw, path in pairs.items():
+def load_trust(pairs: Mapping[str, Path] | Sequence[tuple[str, Path, int | None, int | None]],
+               ) -> dict[str, list[TrustedKey]]:
+    """Gateway id -> trusted keys (Ed25519 or SM2) from files holding raw bytes (32 Ed25519, 65 SM2 04||x||y),
+    hex, or a PEM; entries are ``{gw: path}`` or ``(gw, path, not_before_ms, not_after_ms)`` (several per
+    gateway: a rotation's overlap)."""
+    entries = [(gw, p, None, None) for gw, p in pairs.items()] if isinstance(pairs, Mapping) else list(pairs)
+    out: dict[str, list[TrustedKey]] = {}
+    for gw, path, not_before, not_after in entries:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise SinkError(f"trust {gw}: cannot read {path}: {e.strerror or e}") from None
         try:
             raw = len(data) == 32 or (len(data) == 65 and data[0] == 4)  # hex text never starts with 0x04
-            out[gw] = keys.load_verify_key(data if raw else data.decode("ascii", "replace"))
+            key = keys.load_verify_key(data if raw else data.decode("ascii", "replace"))
         except (keys.KeyFileError, ValueError) as e:
             raise SinkError(f"trust {gw}: {path}: {e}") from None
+        out.setdefault(gw, []).append(TrustedKey(key, not_before, not_after))
     return out
+
+
+def load_ca(ca_file: Path, crl_file: Path | None = None) -> gwcert.CaTrust:
+    """The trust anchor (and CRL) for gateways that carry their certificate chain."""
+    try:
+        ca_pem = Path(ca_file).read_bytes()
+        crl = Path(crl_file).read_bytes() if crl_file is not None else None
+    except OSError as e:
+        raise SinkError(f"cannot read {e.filename}: {e.strerror or e}") from None
+    try:
+        return gwcert.CaTrust.from_files(ca_pem, crl, ca_name=str(ca_file), crl_name=str(crl_file))
+    except gwcert.CertError as e:
+        raise SinkError(str(e)) from None
 
 
 def _now_ms() -> int:
@@ -127,7 +148,7 @@ class PlatformSink:
         *,
         db: Path | None = None,
         store: Store | str | None = None,
-        trust: Mapping[str, keys.PublicKey | bytes],
+        trust: Mapping[str, keys.PublicKey | bytes | TrustedKey | Sequence[TrustedKey]],
         tls: TlsFiles | None = None,
         client_id: str | None = None,
         share_group: str | None = SHARE_GROUP,
@@ -136,15 +157,26 @@ class PlatformSink:
         password: str | None = None,
         on_event: Callable[[SinkEvent], None] | None = None,
         keepalive_s: int = 30,
+        store_retry_s: float = 20.0,
+        ca: gwcert.CaTrust | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.host = host
+        self.ca = ca  # gateways without a pinned key are verified by their x5chain against this CA
+        self._ca_resolver = ca.resolver() if ca is not None else None
+        if ca is not None and clock is not None:
+            ca.use_clock(lambda: clock() / 1000)  # certificate validity on the sink's clock
         self.port = port
         if (db is None) == (store is None):
             raise SinkError("give the sink one store: db=PATH (SQLite) or store=URL/Store")
-        self.trust: dict[str, keys.PublicKey] = {
-            gw: (k if isinstance(k, Ed25519PublicKey | SM2PublicKey) else keys.load_verify_key(k))
-            for gw, k in trust.items()
-        }
+        # several keys per gateway with validity windows (a key rotation's overlap, tools/platform/trust.py)
+        self.trusted_keys = gateway_trust.normalise(
+            {gw: [TrustedKey(t.key if isinstance(t.key, Ed25519PublicKey | SM2PublicKey)
+                             else keys.load_verify_key(t.key), t.not_before_ms, t.not_after_ms)
+                  for t in gateway_trust.normalise({gw: v})[gw]]
+             for gw, v in trust.items()})
+        self.trust: dict[str, Any] = {gw: ks[0].key for gw, ks in self.trusted_keys.items()}  # the first key
+        self.clock = clock or _now_ms
         self.client_id = client_id or f"lifeline-sink-{uuid.uuid4().hex[:12]}"
         self.share_group = share_group
         self.on_event = on_event
@@ -176,6 +208,8 @@ class PlatformSink:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._started = False
+        self._stopping = threading.Event()
+        self.store_retry_s = store_retry_s
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -205,6 +239,7 @@ class PlatformSink:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._started:
             self._client.disconnect()
             self._client.loop_stop()
@@ -284,12 +319,12 @@ class PlatformSink:
         self._emit("result", **result)
 
     def _reject(self, topic: str, payload: bytes, reason: str, detail: str = "") -> None:
-        self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
         with self._cond:
+            self.store.record_reject(topic, reason, detail, len(payload), self.client_id, _now_ms())
             self.counters["rejected"] += 1
             self.counters[f"rejected.{reason}"] += 1
+            self._emit("reject", topic=topic, reason=reason, detail=detail)
             self._cond.notify_all()
-        self._emit("reject", topic=topic, reason=reason, detail=detail)
 
     def _on_batch(self, topic: str, payload: bytes) -> None:
         self.counters["batches_received"] += 1
@@ -298,13 +333,15 @@ class PlatformSink:
             self._reject(topic, payload, R_BAD_TOPIC)
             return
         gw, lane_name = parts
-        key = self.trust.get(gw)
-        if key is None:
+        trusted = self.trusted_keys.get(gw)
+        if trusted is None and self._ca_resolver is not None:  # no pinned key: the batch's x5chain and the CA
+            trusted = (gateway_trust.TrustedKey(self._ca_resolver),)
+        if trusted is None:
             self._reject(topic, payload, R_UNTRUSTED, gw)
             return
         try:
-            b = batch.verify(payload, key)
-        except batch.BatchError as e:
+            b = gateway_trust.verify(trusted, payload, self.clock())
+        except (batch.BatchError, gateway_trust.NoValidKey) as e:
             self._reject(topic, payload, e.reason, e.detail)
             return
         if b.gateway_id != gw:
@@ -313,11 +350,32 @@ class PlatformSink:
         if b.lane != LANES[lane_name]:
             self._reject(topic, payload, R_LANE_MISMATCH, f"lane {b.lane} on {lane_name}")
             return
-        self._store(b, payload)
+        try:
+            self._store(b, payload)
+        except StoreUnavailable:
+            raise
+        except StoreError as e:
+            self._reject(topic, payload, R_STORE_REFUSED, str(e))
 
     def _store(self, b: batch.Batch, data: bytes) -> None:
-        out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
+        delay, deadline = 0.05, time.monotonic() + self.store_retry_s
+        while True:  # a store that is restarting or failing over: hold this message and retry in place
+            try:
+                self._store_once(b, data)
+                return
+            except StoreUnavailable as e:
+                self.counters["store_retries"] += 1
+                if time.monotonic() + delay > deadline or self._stopping.is_set():
+                    raise
+                log.warning("store unavailable (%s); retrying batch %s/%d in %.2fs", e, b.gateway_id, b.seq, delay)
+                if self._stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, 1.0)
+
+    def _store_once(self, b: batch.Batch, data: bytes) -> None:
+        # under the sink's lock: a waiter sees the stored rows, the counters and the events together
         with self._cond:
+            out = self.store.store_batch(b, data, self.client_id, _now_ms())  # committed when it returns
             tracker = self.trackers.setdefault(b.gateway_id, batch.ChainTracker())
             verdict = tracker.add_batch(b).verdict
             if out.redelivered:
@@ -327,11 +385,11 @@ class PlatformSink:
                 self.counters["records_stored"] += out.new_records
                 self.counters["records_duplicate"] += out.duplicate_records
             self.counters["broken_links"] += len(out.broken_links)
+            self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
+                       records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
+            for link in out.broken_links:
+                self._emit("broken_link", gateway=b.gateway_id, link=list(link))
             self._cond.notify_all()
-        self._emit("batch", gateway=b.gateway_id, seq=b.seq, lane=batch.LANE_NAMES[b.lane],
-                   records=len(b.records), new=out.new_records, redelivered=out.redelivered, verdict=verdict)
-        for link in out.broken_links:
-            self._emit("broken_link", gateway=b.gateway_id, link=list(link))
 
     # ---------------------------------------------------------------------------- queries
 
@@ -432,13 +490,25 @@ def _parse_broker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _parse_trust(values: tuple[str, ...]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+def _parse_trust(values: tuple[str, ...]) -> list[tuple[str, Path, int | None, int | None]]:
+    """``GW=FILE[,from=TIME][,until=TIME]`` (ISO 8601 times, UTC); a gateway may appear more than once."""
+    out: list[tuple[str, Path, int | None, int | None]] = []
     for v in values:
-        gw, sep, path = v.partition("=")
+        gw, sep, rest = v.partition("=")
+        path, *opts = rest.split(",")
         if not sep or not gw or not path:
-            raise click.BadParameter(f"{v!r} is not GATEWAY_ID=PUBKEYFILE", param_hint="--trust")
-        out[gw] = Path(path)
+            raise click.BadParameter(f"{v!r} is not GATEWAY_ID=PUBKEYFILE[,from=TIME][,until=TIME]",
+                                     param_hint="--trust")
+        window: dict[str, int] = {}
+        for o in opts:
+            name, eq, when = o.partition("=")
+            if not eq or name not in ("from", "until") or name in window:
+                raise click.BadParameter(f"{o!r}: expected from=TIME or until=TIME once each", param_hint="--trust")
+            try:
+                window[name] = gateway_trust.parse_time(when)
+            except ValueError:
+                raise click.BadParameter(f"{when!r} is not an ISO 8601 time", param_hint="--trust") from None
+        out.append((gw, Path(path), window.get("from"), window.get("until")))
     return out
 
 
@@ -447,15 +517,22 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-@click.command("platform-sink")
+@click.group("platform-sink", invoke_without_command=True)
+@click.pass_context
 @click.option("--broker", "broker", metavar="HOST:PORT", help="MQTT broker of the platform.")
 @click.option("--store", "store_url", metavar="URL",
               help="Where batches are stored: sqlite:PATH or postgresql://USER@HOST:PORT/DB "
                    "(created/upgraded if needed; several sinks may share it).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite database: the same as --store sqlite:PATH.")
-@click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE",
-              help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key). Repeatable.")
+@click.option("--trust", "trust", multiple=True, metavar="GATEWAY_ID=PUBKEYFILE[,from=TIME][,until=TIME]",
+              help="Trusted gateway key (hex, raw or PEM; Ed25519 or SM2 public key), optionally valid only "
+                   "from/until an ISO 8601 time (UTC). Repeatable, also for one gateway: a key rotation's overlap.")
+@click.option("--ca", "ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust anchor: the city CA certificate(s) (PEM). Gateways without --trust are verified by the "
+                   "certificate chain in their batches (x5chain).")
+@click.option("--crl", "crl_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA's CRL (PEM or DER): batches of revoked gateways are refused. Needs --ca.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
@@ -472,10 +549,11 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
               help="Publish a platform command after connecting. Repeatable.")
 @click.option("--ack-alarm", "acks", multiple=True, metavar="GATEWAY_ID:DEVICE:ALARM_ID",
               help="Acknowledge an alarm after connecting. Repeatable.")
-@click.option("--report", is_flag=True, help="Print the chain report of --db and exit (no broker needed).")
+@click.option("--report", is_flag=True, help="Print the chain report of the store and exit (no broker needed).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of the live count.")
 def platform_sink_cmd(
-    broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...], tls_ca: Path | None,
+    ctx: click.Context, broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...],
+    ca_file: Path | None, crl_file: Path | None, tls_ca: Path | None,
     tls_cert: Path | None, tls_key: Path | None, client_id: str | None, share_group: str, session_expiry: int,
     stop_after: int | None, timeout_s: float | None, commands: tuple[str, ...], acks: tuple[str, ...], report: bool,
     as_json: bool,
@@ -484,7 +562,10 @@ def platform_sink_cmd(
 
     Exit codes: 0 ok, 1 --count not reached within --timeout, a broken link or equivocation in a chain
     (or with --report any gap), 2 usage error, 3 broker/key/database error.
+    Store maintenance: ``migrate``, ``devices import``, ``retention`` (see their --help).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     if (store_url is None) == (db_path is None):
         raise click.UsageError("give exactly one of --store URL and --db FILE")
     url = store_url if store_url is not None else f"sqlite:{db_path}"
@@ -493,8 +574,10 @@ def platform_sink_cmd(
         return
     if broker is None:
         raise click.UsageError("--broker is required (unless --report)")
-    if not trust:
-        raise click.UsageError("at least one --trust GATEWAY_ID=PUBKEYFILE is required")
+    if not trust and ca_file is None:
+        raise click.UsageError("at least one --trust GATEWAY_ID=PUBKEYFILE, or --ca FILE, is required")
+    if crl_file is not None and ca_file is None:
+        raise click.UsageError("--crl needs --ca")
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     host, port = _parse_broker(broker)
@@ -515,6 +598,7 @@ def platform_sink_cmd(
         parsed_acks.append((fields[0], fields[1], int(fields[2])))
     try:
         keys_by_gw = load_trust(_parse_trust(trust))
+        ca = load_ca(ca_file, crl_file) if ca_file is not None else None
     except SinkError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(3)
@@ -522,7 +606,7 @@ def platform_sink_cmd(
 
     on_event = (lambda ev: _echo_json({"event": ev.kind, **ev.data})) if as_json else None
     try:
-        sink = PlatformSink(host, port, store=url, trust=keys_by_gw, tls=tls, client_id=client_id,
+        sink = PlatformSink(host, port, store=url, trust=keys_by_gw, ca=ca, tls=tls, client_id=client_id,
                             share_group=share_group or None, session_expiry_s=session_expiry, on_event=on_event)
     except SinkError as e:
         click.echo(f"error: {e}", err=True)
@@ -642,3 +726,7 @@ def _report(url: str, as_json: bool) -> None:
                        f"{f', broken links {list(r.broken_links)}' if r.broken_links else ''}"
                        f"{f', equivocations {list(r.equivocations)}' if r.equivocations else ''}")
     sys.exit(0 if all(r.intact for r in reports) else 1)
+
+
+for _cmd in PLATFORM_COMMANDS:
+    platform_sink_cmd.add_command(_cmd)

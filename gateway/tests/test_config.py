@@ -195,3 +195,14 @@ def test_uplink_backoff_and_failback_are_configurable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse(base + "[uplink]\nbackoff_initial_s = 20\nbackoff_max_s = 10\n", "t.toml")
     assert "uplink.backoff_max_s" in str(info.value)
+
+
+def test_uplink_protocol_is_5_or_311_and_reaches_the_uplink() -> None:
+    from lifeline.gateway.uplink import MqttUplink
+
+    assert C.parse(MINIMAL, "x.toml").uplink.protocol == "5"
+    cfg = C.parse(MINIMAL + '[uplink]\nprotocol = "3.1.1"\n[[uplink.endpoints]]\nname = "a"\nhost = "h"\n', "x.toml")
+    assert cfg.uplink.protocol == "3.1.1"
+    assert MqttUplink.from_config("gw-1", cfg.uplink).protocol == "3.1.1"
+    e = _err(MINIMAL + '[uplink]\nprotocol = "3"\n')
+    assert "uplink.protocol" in str(e) and "is not one of 5, 3.1.1" in str(e)

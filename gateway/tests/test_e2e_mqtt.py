@@ -28,6 +28,7 @@ from lifeline.gateway.testing import TestNode
 from lifeline.protocols import frame, schema
 from lifeline.tools.broker import CertPair, MosquittoBroker, TestPKI
 from lifeline.tools.nbiot_sim import NbiotNodeSim
+from lifeline.tools.pgserver import PgServer
 from lifeline.tools.platform_sink import PlatformSink, SinkTimeout
 
 LIFELINE = str(Path(sys.executable).with_name("lifeline"))
@@ -272,6 +273,41 @@ def test_platform_broker_restart_loses_nothing(tmp_path: Path, nodes_broker: Mos
             sink.stop()
 
 
+def test_sink_stores_into_postgresql_and_carries_on_after_a_postgres_restart(
+    tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker, pg_server: PgServer
+) -> None:
+    # A real gateway -> Mosquitto -> sink -> a real PostgreSQL that is stopped (pg_ctl stop -m fast) and
+    # started again mid-stream: the sink holds the batch it could not store, retries by itself, reconnects.
+    nodes = make_nodes(3)
+    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker)
+    gw.import_devices(nodes)
+    with PlatformSink(mosquitto.host, mosquitto.port, store=pg_server.url, trust=trust(gw),
+                      store_retry_s=60) as sink:
+        gw.start()
+        sims = [sim(nodes_broker, n).connect() for n in nodes]
+        try:
+            sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            before = [smoke(s, 200) for s in sims for _ in range(5)]
+            sink.wait_records(len(before), 30)
+            pg_server.stop(fast=True)
+            during = [smoke(s, 210) for s in sims for _ in range(10)]
+            sink.wait_for(lambda s: s.counters["store_retries"] > 0, 30, "a store retry while postgres is down")
+            pg_server.start()  # same port; nothing tells the sink
+            sink.wait_records(len(before) + len(during), 60)
+            keys = sink_keys(sink)
+            assert len(keys) == len(set(keys)) == len(before) + len(during)
+            assert set(keys) == {(n.device_id, f) for n in nodes for f in range(1, 16)}
+            for n in nodes:  # in order per device
+                assert [r.fcnt for r in sink.records(n.device_id)] == list(range(1, 16))
+            assert sink.chain_report()[0].intact
+            assert sink.counters["db_errors"] == 0 and sink.counters["rejected"] == 0
+            assert sink.store.counters["reconnects"] >= 1  # type: ignore[attr-defined]
+            for s in sims:
+                s.disconnect()
+        finally:
+            gw.stop()
+
+
 def test_kill_9_mid_stream_loses_no_committed_reading(
     tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
 ) -> None:
@@ -430,5 +466,55 @@ def test_sm_suite_batches_are_verified_at_the_sink_end_to_end(
             assert {r for _, r, _ in wrong_sink.rejects()} == {"bad_alg"}
             for s in sims:
                 s.disconnect()
+        finally:
+            gw.stop()
+
+
+def test_gateway_identity_from_a_ca_over_mqtt(
+    tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
+) -> None:
+    """`gateway csr` -> the city CA issues -> certificate_file: the batches carry the chain (x5chain) and a sink
+    with only --ca verifies them; a sink trusting another CA refuses them (untrusted_certificate), and one with
+    the CA's CRL naming the gateway refuses them (revoked). Three sinks, one gateway, real Mosquitto."""
+    from lifeline.protocols import gwcert
+    from lifeline.tools.testca import TestCA
+
+    cert_file = tmp_path / "gateway.crt"
+    nodes = make_nodes(1, prefix="ca")
+    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker, suite="sm",
+                        gateway_lines=(f'certificate_file = "{cert_file}"',))
+    gw.import_devices(nodes)
+    csr = gw.cli("csr", "--config", str(gw.config)).stdout.encode()
+    city = TestCA(tmp_path / "city-ca", "sm")
+    rogue = TestCA(tmp_path / "rogue-ca", "sm")  # same CA name, another key
+    cert = city.issue(csr, GW)
+    cert_file.write_bytes(cert)
+    city.revoke(cert)
+    crl = city.crl()
+
+    def sink(name: str, ca: gwcert.CaTrust) -> PlatformSink:
+        return PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / f"{name}.db", trust={}, ca=ca,
+                            share_group=None, client_id=f"sink-{name}")
+
+    with sink("city", gwcert.CaTrust.from_files(city.cert.read_bytes())) as good, \
+            sink("rogue", gwcert.CaTrust.from_files(rogue.cert.read_bytes())) as other, \
+            sink("crl", gwcert.CaTrust.from_files(city.cert.read_bytes(), crl)) as revoked:
+        gw.start()
+        try:
+            s = sim(nodes_broker, nodes[0]).connect()
+            sent = []
+            for i in range(4):
+                smoke(s, 200 + i)
+                sent.append((s.device_id, s.fcnt - 1))
+            with explained(gw):
+                good.wait_records(len(sent), 60)
+                other.wait_for(lambda x: x.counters["rejected"] > 0, 30, "rogue-CA sink rejects")
+                revoked.wait_for(lambda x: x.counters["rejected"] > 0, 30, "CRL sink rejects")
+            assert sorted(sink_keys(good)) == sorted(sent) and good.counters["rejected"] == 0
+            assert other.record_count() == 0 and revoked.record_count() == 0
+            assert {r for _, r, _ in other.rejects()} == {"untrusted_certificate"}
+            assert {r for _, r, _ in revoked.rejects()} == {"revoked"}
+            assert other.counters["rejected.untrusted_certificate"] > 0 and revoked.counters["rejected.revoked"] > 0
+            s.disconnect()
         finally:
             gw.stop()

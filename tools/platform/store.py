@@ -137,7 +137,9 @@ def open_store(url: str | Path, *, create: bool = True) -> Store:
     """Open (and with ``create`` create or upgrade) the store at ``url``. Raises StoreError."""
     text = str(url)
     if text.startswith(("postgresql://", "postgres://")):
-        raise StoreError("the PostgreSQL store is not built yet")
+        from lifeline.tools.platform.pg_store import PgStore
+
+        return PgStore(text, create=create)
     path = parse_sqlite_url(text)
     if path is None or not str(path):
         scheme = text.split("://", 1)[0]

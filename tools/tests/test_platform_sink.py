@@ -158,6 +158,8 @@ def test_gaps_and_broken_links_are_reported(mosquitto: MosquittoBroker, pub: Pub
         lost = batch.BatchSigner(gw.key, "gw-1", next_seq=3)
         pub.publish(gw.topic(), lost.sign([gw.record(DEV[0])], batch.LANE_LIVE, 1).data)
         sink.wait_for(lambda s: s.batch_count() == 4, 10)
+        # the events are emitted after the store commits: wait for the event, not only for the count
+        sink.wait_for(lambda s: any(kind == "broken_link" for kind, _ in events), 10)
         (rep,) = sink.chain_report()
         assert rep.broken_links == ((2, 3),)
         assert ("broken_link", {"gateway": "gw-1", "link": [2, 3]}) in events
@@ -326,3 +328,73 @@ def test_cli_report_fails_on_a_broken_chain(tmp_path: Path) -> None:
         assert chain_report(db)[0].broken_links == ((0, 1),)
     finally:
         db.close()
+
+
+def test_key_rotation_overlap_accepts_both_keys_inside_their_windows(
+    mosquitto: MosquittoBroker, pub: Publisher, tmp_path: Path
+) -> None:
+    """Gateway key rotation (docs/keys.md): old key until T2, new key from T1 < T2, judged on the sink's
+    clock when the batch arrives; the hash chain runs on across the switch."""
+    from lifeline.tools.platform.trust import TrustedKey
+
+    t1, t2 = 1_800_000_000_000, 1_800_086_400_000
+    now = [t1 - 1000]
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    gw = Gateway("gw-rot", old)
+    trust = {"gw-rot": [TrustedKey(old.public_key(), None, t2), TrustedKey(new.public_key(), t1, None)],
+             "gw-gone": [TrustedKey(Ed25519PrivateKey.generate().public_key(), None, t1)]}
+
+    def with_key(key: Ed25519PrivateKey) -> batch.SignedBatch:
+        """The next batch of gw-rot's chain signed with ``key``, without moving the chain on."""
+        return batch.BatchSigner(key, "gw-rot", gw.signer.next_seq, gw.signer.prev_hash).sign(
+            [gw.record(DEV[0])], batch.LANE_LIVE, now[0])
+
+    def send(key: Ed25519PrivateKey, accepted: bool) -> None:
+        before = (sink.counters["batches_stored"], sink.counters["rejected"])
+        if accepted:
+            gw.signer = batch.BatchSigner(key, "gw-rot", gw.signer.next_seq, gw.signer.prev_hash)
+            sb = gw.sign([gw.record(DEV[0])])
+        else:
+            sb = with_key(key)
+        pub.publish(gw.topic(), sb.data)
+        want = (before[0] + 1, before[1]) if accepted else (before[0], before[1] + 1)
+        sink.wait_for(lambda s: (s.counters["batches_stored"], s.counters["rejected"]) == want, 10)
+
+    with PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "p.db", trust=trust,
+                      clock=lambda: now[0]).start() as sink:
+        send(old, True)
+        send(new, False)  # before T1: the new key is not trusted yet
+        now[0] = t1
+        send(old, True)  # overlap: both
+        send(new, True)
+        send(old, True)  # e.g. a batch from the outbox, signed before the switch
+        now[0] = t2
+        send(old, False)  # after T2: the old key is gone
+        send(new, True)
+        stranger = Gateway("gw-gone")
+        pub.publish(stranger.topic(), stranger.sign([stranger.record(DEV[1])]).data)
+        sink.wait_for(lambda s: s.counters["rejected"] == 3, 10)
+        reasons = [r for _, r, _ in sink.rejects()]
+        assert sorted(reasons) == ["bad_signature", "bad_signature", "no_valid_key"], reasons
+        (report,) = [r for r in sink.chain_report() if r.gateway == "gw-rot"]
+        assert report.intact and report.batches == 5 and report.highest == 4
+
+
+def test_trust_option_with_windows(tmp_path: Path) -> None:
+    from click import BadParameter
+
+    from lifeline.tools.platform_sink import _parse_trust, load_trust
+
+    a, b = tmp_path / "a.pub", tmp_path / "b.pub"
+    ka, kb = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    a.write_text(keys.public_key_hex(ka))
+    b.write_text(keys.public_key_hex(kb))
+    parsed = _parse_trust((f"gw-1={a},until=2026-12-01T00:00:00Z", f"gw-1={b},from=2026-11-24"))
+    assert parsed == [("gw-1", a, None, 1_796_083_200_000), ("gw-1", b, 1_795_478_400_000, None)]
+    trusted = load_trust(parsed)["gw-1"]
+    assert [keys.public_key_hex(t.key) for t in trusted] == [keys.public_key_hex(ka), keys.public_key_hex(kb)]
+    assert trusted[0].valid_at(1_796_083_199_999) and not trusted[0].valid_at(1_796_083_200_000)
+    with pytest.raises(BadParameter):
+        _parse_trust((f"gw-1={a},since=2026-01-01",))
+    with pytest.raises(BadParameter):
+        _parse_trust((f"gw-1={a},from=yesterday",))
