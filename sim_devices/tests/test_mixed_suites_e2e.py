@@ -85,7 +85,7 @@ async def test_intl_and_sm_nodes_in_one_fleet_end_to_end(tmp_path: Path, mosquit
     try:
         await bed.start()
         fleet.start()
-        await runner.run(fleet, sc.duration_s, speed=600.0, cooperative=True)
+        await runner.run(fleet, sc.duration_s, speed=300.0, cooperative=True)
         # the attacks, published as an NB-IoT node would (the gateway's nbiot adapter, then its pipeline)
         target = next(v for v in fleet.nodes if v.name.startswith("sm-meter"))
         assert bed.env.publish_raw is not None
@@ -113,8 +113,10 @@ async def test_intl_and_sm_nodes_in_one_fleet_end_to_end(tmp_path: Path, mosquit
         assert bed.sink is not None and all(c.intact for c in bed.sink.chain_report())
 
         rejects = bed.rejects()
-        # the gateway hearing its own downlinks (ACKs) on the air is bad_direction (docs/simulator.md section 2)
-        rejects.pop("bad_direction", None)
-        assert rejects == {"bad_mic": 2, "wrong_suite": 1}, rejects
+        assert (rejects.get("bad_mic"), rejects.get("wrong_suite")) == (2, 1), rejects
+        # besides the attacks only what any fleet run shows: the gateway hearing its own downlinks on the air
+        # (bad_direction, docs/simulator.md section 2) and, on a loaded machine, a second reception of a stored
+        # reading arriving after the dedupe window (replay: refused, the reading is already stored once)
+        assert set(rejects) <= {"bad_mic", "wrong_suite", "bad_direction", "replay"}, rejects
     finally:
         await bed.stop()
