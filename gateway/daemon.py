@@ -177,8 +177,8 @@ class Gateway:
             except gwcert.CertError as e:
                 raise StartupError(f"{cfg.gateway.certificate_file}: {e}") from None
         if self.gateway_keys.kek is None:
-            _log.warning("registry root keys are stored in plaintext: set [keys] kek_file or [keys.pkcs11] "
-                         "kek_label (docs/keys.md)", registry=cfg.gateway.registry_db)
+            _log.warning("registry root keys are stored in plaintext: set keys.kek_file or "
+                         "keys.pkcs11.kek_label (docs/keys.md)", registry=cfg.gateway.registry_db)
         if self._rules_from_config and cfg.rules.files:
             from lifeline.gateway.rules_engine.loader import RulesError
             from lifeline.gateway.rules_engine.service import RulesService

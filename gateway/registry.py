@@ -316,7 +316,7 @@ class Registry:
         if self.kek is None:
             if check is not None and not self.metadata_only:
                 raise RegistryError(f"registry {self.path}: root keys are encrypted at rest and no key-encryption "
-                                    "key is configured ([keys] kek_file or [pkcs11] kek_label)")
+                                    "key is configured (keys.kek_file or keys.pkcs11.kek_label)")
             return
         if check is None:
             self._migrate(self.kek)
@@ -360,6 +360,30 @@ class Registry:
         self.conn.execute("VACUUM")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         _log.info("registry root keys encrypted at rest", devices=n, kek=keywrap.describe(kek))
+
+    def rewrap(self, new_kek: keywrap.Kek) -> int:
+        """KEK rotation: every root key re-wrapped under ``new_kek`` in one transaction (the old KEK must be
+        the one this registry was opened with); then the old blobs are wiped from the file. Returns the
+        number of devices. Keys, epochs and the generation stay as they were."""
+        if self.kek is None or self.metadata_only:
+            raise RegistryError(f"registry {self.path}: re-wrapping needs the current key-encryption key")
+        self.conn.execute("PRAGMA secure_delete=ON")
+        n = 0
+        with Transaction(self.conn) as conn:
+            for dev, stored in conn.execute("SELECT device_id, root_key FROM devices").fetchall():
+                key = self._root_key(bytes(dev), bytes(stored))
+                conn.execute("UPDATE devices SET root_key=? WHERE device_id=?",
+                             (keywrap.wrap(new_kek, bytes(dev), key), dev))
+                n += 1
+            conn.execute("INSERT OR REPLACE INTO keystore(name, value) VALUES ('check', ?)",
+                         (keywrap.wrap(new_kek, _CHECK_ID, os.urandom(ROOT_KEY_BYTES)),))
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _log.info("registry root keys re-wrapped", devices=n, old=keywrap.describe(self.kek),
+                  new=keywrap.describe(new_kek))
+        self.kek = new_kek
+        return n
 
     def _root_key(self, device_id: bytes, stored: bytes) -> bytes:
         if self.kek is None:
