@@ -175,6 +175,64 @@ def kekgen(out: Path, suite: str, force: bool) -> None:
     click.echo(f"{out}: {keywrap.CIPHER_NAMES[keywrap.SUITES[suite]]} key-encryption key (0600)")
 
 
+@gateway.command("token-keys")
+@_config_option
+@click.option("--import-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Put this Ed25519 PEM key into the token as the signing key instead of generating one "
+                   "(the platform keeps trusting the same public key; delete the file afterwards).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def token_keys(config_path: Path, import_key: Path | None, as_json: bool) -> None:
+    """Create the keys [keys.pkcs11] names that the token does not hold yet (signing key, registry KEK)."""
+    from lifeline.gateway import hsm
+    from lifeline.protocols import keys
+
+    cfg = _load(config_path)
+    t = cfg.keys.pkcs11
+    if t is None:
+        _err(f"{config_path}: keys.pkcs11: not configured", EXIT_CONFIG)
+    out: dict[str, Any] = {"token": t.token_label}
+    try:
+        token = hsm.Token.from_config(t, rw=True)
+    except hsm.TokenError as e:
+        _err(str(e), EXIT_CONFIG)
+    try:
+        if t.signing_key_label is not None:
+            try:
+                pub = token.signer(t.signing_key_label).public_key()
+                out["signing_key"] = "present"
+            except hsm.TokenError as e:
+                if not e.missing:
+                    raise
+                if import_key is not None:
+                    pub = token.import_signing_key(t.signing_key_label, keys.load_private_key(import_key))
+                    out["signing_key"] = "imported"
+                else:
+                    pub = token.generate_signing_key(t.signing_key_label)
+                    out["signing_key"] = "created"
+            out["public_key"] = keys.public_key_hex(pub)
+        if t.kek_label is not None:
+            try:
+                token.kek(t.kek_label)
+                out["kek"] = "present"
+            except hsm.TokenError as e:
+                if not e.missing:
+                    raise
+                token.generate_kek(t.kek_label)
+                out["kek"] = "created"
+    except (hsm.TokenError, keys.KeyFileError) as e:
+        _err(str(e), EXIT_CONFIG)
+    finally:
+        token.close()
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    for k in ("signing_key", "kek"):
+        if k in out:
+            click.echo(f"{k}: {out[k]}")
+    if "public_key" in out:
+        click.echo(f"public key for the platform: {out['public_key']}")
+
+
 @gateway.command("init")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("/etc/lifeline"),
               show_default=True, help="Where gateway.toml, gateway.key and status.token go.")
@@ -522,6 +580,35 @@ def import_cmd(file: Path, config_path: Path, db: Path | None, rekey: bool, trus
                 click.echo(f"line {o.line}: {o.device_id or '-'}: rejected: {o.reason}", err=True)
         click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
     sys.exit(EXIT_FAILED if report.rejected else 0)
+
+
+@devices.command("rewrap")
+@_config_option
+@_db_option
+@_kek_option
+@click.option("--new-kek-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The new key-encryption key file (`gateway kekgen`); set [keys] kek_file to it afterwards.")
+def rewrap_cmd(config_path: Path, db: Path | None, kek_file: Path | None, new_kek_file: Path) -> None:
+    """KEK rotation: re-wrap every root key under a new key-encryption key (stop the daemon first)."""
+    from lifeline.gateway import kek as keywrap
+    from lifeline.gateway.registry import Registry, RegistryError
+
+    path, _ = _registry_path(config_path, db)
+    if not path.exists():
+        _err(f"registry {path} does not exist", EXIT_CONFIG)
+    keys = _registry_keys(config_path, db, kek_file)
+    try:
+        new = keywrap.load_file(new_kek_file)
+        with Registry(path, keys.kek) as reg:
+            n = reg.rewrap(new)
+    except keywrap.KekError as e:
+        _err(str(e), EXIT_CONFIG)
+    except RegistryError as e:
+        _err(str(e), EXIT_CONFIG)
+    finally:
+        keys.close()
+    click.echo(f"{n} root key(s) now wrapped under {keywrap.describe(new)}; set keys.kek_file = "
+               f"\"{new_kek_file}\" before starting the daemon")
 
 
 @devices.command("list")

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lifeline.gateway import kek as keywrap
 from lifeline.gateway.config import Pkcs11Config
@@ -32,6 +33,10 @@ ED25519_OID = "1.3.101.112"
 
 class TokenError(Exception):
     """A token, key or PIN that cannot be used. Names the module, token and label; never the PIN."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing  # the key label is not in the token (as opposed to a token or PIN problem)
 
 
 def _reason(e: BaseException) -> str:
@@ -101,7 +106,8 @@ class Token:
             with self.lock:
                 return self.session.get_key(object_class=object_class, key_type=key_type, label=label)
         except pkcs11.NoSuchKey:
-            raise TokenError(f"{self.where}: no {key_type.name} {object_class.name} labelled {label!r}") from None
+            raise TokenError(f"{self.where}: no {key_type.name} {object_class.name} labelled {label!r}",
+                             missing=True) from None
         except pkcs11.MultipleObjectsReturned:
             raise TokenError(f"{self.where}: more than one {object_class.name} labelled {label!r}") from None
         except pkcs11.PKCS11Error as e:
@@ -145,6 +151,32 @@ class Token:
                                         private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False})
         except pkcs11.PKCS11Error as e:
             raise TokenError(f"{self.where}: cannot generate Ed25519 key {label!r} ({_reason(e)})") from None
+        return self.signer(label).public_key()
+
+    def import_signing_key(self, label: str, key: Ed25519PrivateKey) -> Ed25519PublicKey:
+        """Move an existing Ed25519 key into the token (sensitive, not extractable): the platform's trust in
+        the gateway's public key stays as it is. Delete the key file afterwards (docs/keys.md)."""
+        import pkcs11
+        from pkcs11 import Attribute, KeyType, ObjectClass
+        from pkcs11.util.ec import encode_named_curve_parameters
+
+        params = encode_named_curve_parameters(ED25519_OID)
+        seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                 serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        try:
+            with self.lock:
+                self.session.create_object({
+                    Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
+                    Attribute.EC_PARAMS: params, Attribute.VALUE: seed, Attribute.TOKEN: True,
+                    Attribute.LABEL: label, Attribute.SIGN: True, Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False, Attribute.PRIVATE: True})
+                self.session.create_object({
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
+                    Attribute.EC_PARAMS: params, Attribute.EC_POINT: b"\x04\x20" + public, Attribute.TOKEN: True,
+                    Attribute.LABEL: label, Attribute.VERIFY: True})
+        except pkcs11.PKCS11Error as e:
+            raise TokenError(f"{self.where}: cannot import Ed25519 key {label!r} ({_reason(e)})") from None
         return self.signer(label).public_key()
 
     def generate_kek(self, label: str) -> None:

@@ -68,6 +68,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "provisioning": ("lifeline.tools.bench:bench_provisioning", "time per device against the emulated ESP32"),
     "platform-store": ("lifeline.tools.platform.store_bench:bench",
                        "PostgreSQL store ingest + CPU per 1k readings (+ raw COPY baseline), queries at 10M readings"),
+    "batch_suites": ("lifeline.tools.bench_batchsig:bench",
+                     "batch signatures/verifications per suite (Ed25519 vs SM2), x5chain size and chain check cost"),
 }
 
 

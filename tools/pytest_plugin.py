@@ -25,7 +25,7 @@ from lifeline.tools.natsserver import NatsCluster
 from lifeline.tools.pgserver import PgServer
 from lifeline.tools.softhsm import SoftHsm, make_softhsm
 
-SOFTHSM_TOKENS = {"lifeline-test": "24681357", "lifeline-spare": "11223344"}
+SOFTHSM_TOKENS = {"lifeline-test": "Test-PIN-24681357", "lifeline-spare": "Spare-PIN-q7Z3kW9x"}
 
 
 def _gone(pid: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -201,4 +202,49 @@ def test_open_keys_from_config(softhsm: SoftHsm, tmp_path: Path) -> None:
         "signing_key_label": "never-made"}})
     with pytest.raises(KeyStoreError, match="no EC_EDWARDS PRIVATE_KEY labelled 'never-made'"):
         open_keys(parse(text))
+    admin = _admin(softhsm)
+    try:
+        admin.generate_signing_key("suite-check")
+    finally:
+        admin.close()
+    sm = config_text(state, extra="", sections={"keys.pkcs11": {
+        "module": str(softhsm.module), "token_label": TOKEN, "pin_file": str(softhsm.pin_file(TOKEN)),
+        "signing_key_label": "suite-check"}}).replace("[gateway]\n", '[gateway]\nsuite = "sm"\n', 1)
+    with pytest.raises(KeyStoreError, match=re.escape("is of suite intl, but gateway.suite is sm")):
+        open_keys(parse(sm))
     assert os.environ["SOFTHSM2_CONF"] == str(softhsm.conf)
+
+
+def test_token_keys_cli_creates_imports_and_keeps(softhsm: SoftHsm, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lifeline.gateway.cli import gateway
+
+    def config(sign_label: str, kek_label: str) -> Path:
+        path = tmp_path / f"{sign_label}.toml"
+        path.write_text(config_text(tmp_path / "state", sections={"keys.pkcs11": {
+            "module": str(softhsm.module), "token_label": TOKEN, "pin_file": str(softhsm.pin_file(TOKEN)),
+            "signing_key_label": sign_label, "kek_label": kek_label}}))
+        return path
+
+    cfg = config("cli-sign", "cli-kek")
+    r = CliRunner().invoke(gateway, ["token-keys", "--config", str(cfg), "--json"])
+    assert r.exit_code == 0, r.output
+    first = json.loads(r.output)
+    assert (first["signing_key"], first["kek"]) == ("created", "created")
+    r = CliRunner().invoke(gateway, ["token-keys", "--config", str(cfg), "--json"])
+    again = json.loads(r.output)
+    assert (again["signing_key"], again["kek"], again["public_key"]) == ("present", "present", first["public_key"])
+
+    pem = tmp_path / "old-gateway.key"
+    old = keys.generate()
+    keys.save_private_key(old, pem)
+    r = CliRunner().invoke(gateway, ["token-keys", "--config", str(config("cli-moved", "cli-kek")),
+                                     "--import-key", str(pem)])
+    assert r.exit_code == 0, r.output
+    assert "signing_key: imported" in r.output and keys.public_key_hex(old) in r.output
+    token = hsm.Token.from_config(_cfg(softhsm, signing_key_label="cli-moved"))
+    try:  # the token signs exactly as the file key did (Ed25519 is deterministic)
+        assert token.signer("cli-moved").sign(b"sig structure") == old.sign(b"sig structure")
+    finally:
+        token.close()

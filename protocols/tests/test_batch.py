@@ -229,7 +229,7 @@ def test_bad_alg_names_the_suite() -> None:
         cbor2.dumps([1, -8]),
         b"\xa1\x01",
         cbor2.dumps(GOOD_HDR) + b"\x00",
-        cbor2.dumps({**GOOD_HDR, 5: bytes(2000)}),
+        cbor2.dumps({**GOOD_HDR, 5: bytes(batch.MAX_PROTECTED_BYTES)}),
     ],
     ids=["content-type", "crit", "no-kid", "kid-text", "array", "truncated", "trailing", "oversized"],
 )
