@@ -172,6 +172,11 @@ async def test_gateway_signs_with_the_token_and_unwraps_with_the_token(softhsm: 
         assert h.gw.gateway_keys.describe() == {
             "registry_keys": f"AES-256-GCM (PKCS#11 module {softhsm.module}, token '{TOKEN}', key 'gw-kek')",
             "signing_key": f"PKCS#11 token '{TOKEN}', key 'gw-sign'"}
+        from lifeline.gateway.metrics import parse_text
+        from lifeline.gateway.statusinfo import summarise
+
+        assert summarise(parse_text(h.gw.metrics.render()))["keys"] == {
+            "registry": {"where": "pkcs11", "cipher": "AES-256-GCM"}, "signing": {"where": "pkcs11", "cipher": "intl"}}
         await h.hear(node.smoke(alarm_state=1))
         await h.hear(node.smoke())
         h.clock.advance(60_000)
