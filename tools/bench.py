@@ -66,6 +66,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "rules": ("lifeline.gateway.rules_engine.bench:bench", "rule evaluation cost with 100 rules"),
     "fleet": ("lifeline.sim_devices.bench:bench", "fleet simulator CPU per simulated node-hour"),
     "provisioning": ("lifeline.tools.bench:bench_provisioning", "time per device against the emulated ESP32"),
+    "keys": ("lifeline.gateway.bench_keys:bench",
+             "key storage: SoftHSM2 vs file signing, KEK unwrap rates, registry load with wrapped keys"),
     "batch_suites": ("lifeline.tools.bench_batchsig:bench",
                      "batch signatures/verifications per suite (Ed25519 vs SM2), x5chain size and chain check cost"),
 }
