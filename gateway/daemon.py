@@ -48,7 +48,7 @@ from lifeline.gateway.uplink_api import (
     UplinkService,
     UplinkUnavailable,
 )
-from lifeline.protocols import schema
+from lifeline.protocols import schema, suites
 from lifeline.protocols.cose_sign import PrivateKeyLike
 
 _log = logmod.Log("daemon")
@@ -219,7 +219,7 @@ class Gateway:
             devices=self.devices, keys=self.keys, dedupe=self.dedupe, replay=self.replay,
             allocate_id=self.buffer.allocate_id, rules=self.rules, stats=self.stats,
             queue_max=cfg.pipeline.queue_batches * cfg.pipeline.batch_max, batch_max=cfg.pipeline.batch_max,
-            now_ms=self.clock.now_ms)
+            now_ms=self.clock.now_ms, allowed_suites=frozenset(suites.IDS[s] for s in cfg.gateway.node_suites))
         self.commit_q: asyncio.Queue[Any] = statusinfo.ObservedQueue(self.seen.observe, cfg.pipeline.queue_batches)
         self.plan_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
         self.commit_stage = CommitStage(db=self.db, buffer=self.buffer, replay=self.replay, commands=self.commands,
