@@ -104,18 +104,24 @@ def bench(ctx: BenchContext) -> list[Figure]:
                             {1: 1234567, 2: 30, 3: 0, 15: 3600})
         msg, mic = data[:-frame.MIC_LEN], data[-frame.MIC_LEN:]
         fastpath.mic_for(keys, False, msg)  # fill the per-key pad state / HMAC context
-        start = time.perf_counter()
-        for _ in range(n):
-            if fastpath.mic_for(keys, False, msg) != mic:
-                raise AssertionError("MIC mismatch")
-        figures.append(Figure("crypto_suites", f"gateway_mic_verify_{label}", rate(n, time.perf_counter() - start),
+        best = float("inf")
+        for _ in range(5):  # the fastest of five rounds: a shared machine's noise only ever slows a round
+            start = time.perf_counter()
+            for _ in range(n // 5):
+                if fastpath.mic_for(keys, False, msg) != mic:
+                    raise AssertionError("MIC mismatch")
+            best = min(best, time.perf_counter() - start)
+        figures.append(Figure("crypto_suites", f"gateway_mic_verify_{label}", rate(n // 5, best),
                               "MICs/s", baseline=None if sid == frame.SUITE_INTL else "gateway_mic_verify_intl",
                               note=f"{suites.NAMES[sid]}: one 35-byte header+body, C code (fast path)"))
-        m = n // 3
-        start = time.perf_counter()
-        for _ in range(m):
-            fastpath.decode(data, keys)
-        figures.append(Figure("crypto_suites", f"gateway_decode_{label}", (time.perf_counter() - start) / m * 1e6,
+        m = n // 15
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(m):
+                fastpath.decode(data, keys)
+            best = min(best, time.perf_counter() - start)
+        figures.append(Figure("crypto_suites", f"gateway_decode_{label}", best / m * 1e6,
                               "us/frame", better="lower",
                               baseline=None if sid == frame.SUITE_INTL else "gateway_decode_intl",
                               note="fast path, encrypted water_meter report: MIC + CTR + CBOR + schema"))
