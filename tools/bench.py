@@ -68,6 +68,10 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "provisioning": ("lifeline.tools.bench:bench_provisioning", "time per device against the emulated ESP32"),
     "crypto_suites": ("lifeline.tools.bench_suites:bench",
                       "node frame suites intl vs sm: gateway MIC verifications/s, device time and heap per frame"),
+    "ingest": ("lifeline.tools.platform.bench_nats:bench",
+               "gateways -> MQTT -> 3-node NATS JetStream -> 1/2/3 sink processes -> store (+ engine/store baselines)"),
+    "keys": ("lifeline.gateway.bench_keys:bench",
+             "key storage: SoftHSM2 vs file signing, KEK unwrap rates, registry load with wrapped keys"),
     "batch_suites": ("lifeline.tools.bench_batchsig:bench",
                      "batch signatures/verifications per suite (Ed25519 vs SM2), x5chain size and chain check cost"),
 }

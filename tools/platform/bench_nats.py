@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import threading
 import time
@@ -151,9 +152,16 @@ async def _drain(js: nats.js.JetStreamContext, n: int) -> float:
     return dt
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a running process, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _run_sinks(ctx: BenchContext, cluster: NatsCluster, work: Workload, trust: list[tuple[str, Path]],
                k: int, store_url: str) -> tuple[float, float, float]:
-    """(seconds first publish -> all stored, sink CPU seconds, publish seconds) with ``k`` sink processes."""
+    """(seconds first publish -> all stored, sink CPU seconds spent after they were ready, publish seconds)
+    with ``k`` sink processes (start-up and imports are not counted: CPU at "ready" is subtracted)."""
     asyncio.run(_js(cluster, "purge"))
     hosts = ",".join(u[len("nats://"):] for u in cluster.urls)
     durable = f"bench-{k}-{time.monotonic_ns()}"
@@ -164,6 +172,7 @@ def _run_sinks(ctx: BenchContext, cluster: NatsCluster, work: Workload, trust: l
         s.start()
     for s in sinks:
         s.wait_ready()
+    startup = sum(_cpu_s(s.proc.pid) for s in sinks if s.proc is not None)
     t0 = time.perf_counter()
     publish_s = _publish_all(work, cluster.nodes)
     for s in sinks:  # each exits 0 once the shared store holds every reading
@@ -174,7 +183,7 @@ def _run_sinks(ctx: BenchContext, cluster: NatsCluster, work: Workload, trust: l
     codes = [s.proc.returncode for s in sinks if s.proc is not None]
     if codes != [0] * k:
         raise RuntimeError(f"sinks exited {codes}: {[s.log_tail() for s in sinks]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime) - startup
     return total, cpu, publish_s
 
 
@@ -187,6 +196,27 @@ def _store_alone(ctx: BenchContext, work: Workload, store_url: str) -> float:
     dt = time.perf_counter() - t0
     store.close()
     return dt
+
+
+def _postgres_cases(ctx: BenchContext, cluster: NatsCluster, work: Workload, trust: list[tuple[str, Path]],
+                    note: str) -> list[Figure]:
+    """The same with a PostgreSQL store (fsync on, as deployed); one fresh database per case."""
+    from lifeline.tools.pgserver import PgServer
+
+    n = work.readings
+    out: list[Figure] = []
+    base = "baseline: PostgreSQL store_batch alone (1 process)"
+    with PgServer(ctx.workdir / "pg-alone", durable=True) as pg:
+        out.append(Figure(BENCH, base, rate(n, _store_alone(ctx, work, pg.url)), "readings/s"))
+    for k in (1, 2, 3):
+        with PgServer(ctx.workdir / f"pg-{k}", durable=True) as pg:
+            open_store(pg.url).close()  # schema created once, not raced by k sinks
+            total, cpu, _ = _run_sinks(ctx, cluster, work, trust, k, pg.url)
+        out.append(Figure(BENCH, f"end to end, {k} sink(s), PostgreSQL", rate(n, total), "readings/s",
+                          baseline=base, note=note))
+        out.append(Figure(BENCH, f"sink CPU per 1k readings, {k} sink(s), PostgreSQL", cpu / n * 1000 * 1000, "ms",
+                          better="lower", note="sink processes only (PostgreSQL's own CPU not included)"))
+    return out
 
 
 def bench(ctx: BenchContext) -> list[Figure]:
@@ -216,6 +246,7 @@ def bench(ctx: BenchContext) -> list[Figure]:
                                   baseline="baseline: SQLite store_batch alone (1 process)", note=note))
             figures.append(Figure(BENCH, f"sink CPU per 1k readings, {k} sink(s), SQLite",
                                   cpu / n * 1000 * 1000, "ms", better="lower"))
+        figures += _postgres_cases(ctx, cluster, work, trust, note)
     figures.append(Figure(BENCH, "signed batch bytes per reading", work.bytes_per_reading, "B", better="lower",
                           note=f"{per_batch} readings per batch, Ed25519 COSE_Sign1"))
     return figures
