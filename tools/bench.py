@@ -68,6 +68,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "provisioning": ("lifeline.tools.bench:bench_provisioning", "time per device against the emulated ESP32"),
     "crypto_suites": ("lifeline.tools.bench_suites:bench",
                       "node frame suites intl vs sm: gateway MIC verifications/s, device time and heap per frame"),
+    "platform-store": ("lifeline.tools.platform.store_bench:bench",
+                       "PostgreSQL store ingest + CPU per 1k readings (+ raw COPY baseline), queries at 10M readings"),
     "ingest": ("lifeline.tools.platform.bench_nats:bench",
                "gateways -> MQTT -> 3-node NATS JetStream -> 1/2/3 sink processes -> store (+ engine/store baselines)"),
     "keys": ("lifeline.gateway.bench_keys:bench",
