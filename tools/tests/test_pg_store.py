@@ -305,3 +305,24 @@ def test_unreachable_store_and_password_not_shown(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "lifeline.tools.cli", "platform-sink", "migrate", "--store", url],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "s3cret" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sink_cli_report_reads_a_postgresql_store(pg_server: PgServer) -> None:
+    s = PgStore(pg_server.url)
+    try:
+        gw = Gw("gw-1")
+        s.store_batch(*gw.batch([reading(DEV[0], 1)]), "s", NOW)
+        s.store_batch(*gw.batch([reading(DEV[0], 3)]), "s", NOW)
+        s.store_batch(*gw.batch([reading(DEV[0], 2)]), "s", NOW)
+    finally:
+        s.close()
+    r = subprocess.run([sys.executable, "-m", "lifeline.tools.cli", "platform-sink", "--store", pg_server.url,
+                        "--report", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["records"] == 3 and out["chains"][0]["intact"] and out["chains"][0]["batches"] == 3
+    with psycopg.connect(pg_server.url, autocommit=True) as c:  # remove seq 1: a gap the report must show
+        c.execute("DELETE FROM batches WHERE seq = 1")
+    r = subprocess.run([sys.executable, "-m", "lifeline.tools.cli", "platform-sink", "--store", pg_server.url,
+                        "--report"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "PROBLEM" in r.stdout and "gaps [(1, 1)]" in r.stdout
