@@ -326,3 +326,15 @@ def test_sink_cli_report_reads_a_postgresql_store(pg_server: PgServer) -> None:
     r = subprocess.run([sys.executable, "-m", "lifeline.tools.cli", "platform-sink", "--store", pg_server.url,
                         "--report"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "PROBLEM" in r.stdout and "gaps [(1, 1)]" in r.stdout
+
+
+def test_values_the_schema_cannot_hold_are_refused_not_retried(store: PgStore, tmp_path: Path) -> None:
+    from lifeline.tools.platform.sqlite_store import SqliteStore
+    from lifeline.tools.platform.store import StoreError
+
+    gw = Gw("gw-1")
+    far = gw.batch([reading(DEV[0], 1, rx_ms=(1 << 64) - 1)])
+    for s in (store, SqliteStore(tmp_path / "s.db")):
+        with pytest.raises(StoreError) as ei:
+            s.store_batch(*far, "s", NOW)
+        assert not isinstance(ei.value, StoreUnavailable) and s.record_count() == 0 and s.batch_count() == 0
