@@ -66,6 +66,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "rules": ("lifeline.gateway.rules_engine.bench:bench", "rule evaluation cost with 100 rules"),
     "fleet": ("lifeline.sim_devices.bench:bench", "fleet simulator CPU per simulated node-hour"),
     "provisioning": ("lifeline.tools.bench:bench_provisioning", "time per device against the emulated ESP32"),
+    "crypto_suites": ("lifeline.tools.bench_suites:bench",
+                      "node frame suites intl vs sm: gateway MIC verifications/s, device time and heap per frame"),
     "platform-store": ("lifeline.tools.platform.store_bench:bench",
                        "PostgreSQL store ingest + CPU per 1k readings (+ raw COPY baseline), queries at 10M readings"),
     "ingest": ("lifeline.tools.platform.bench_nats:bench",
