@@ -320,7 +320,7 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
     buf = BufferConfig(
         quota_mb=b.integer("quota_mb", 256, lo=1, hi=1 << 20),
         ttl_s=ttl_s,
-        group_commit_max=b.integer("group_commit_max", 8192, lo=1, hi=1 << 20),
+        group_commit_max=b.integer("group_commit_max", 2048, lo=1, hi=1 << 20),
         maintenance_s=b.integer("maintenance_s", 5, lo=1, hi=3600),
     )
     b.done()
@@ -394,7 +394,7 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
 
     p = top.table("pipeline")
     pipe = PipelineConfig(
-        queue_batches=p.integer("queue_batches", 64, lo=1, hi=100_000),
+        queue_batches=p.integer("queue_batches", 8, lo=1, hi=100_000),
         batch_max=p.integer("batch_max", 1024, lo=1, hi=100_000),
         key_cache=p.integer("key_cache", 16384, lo=16, hi=10_000_000),
     )
