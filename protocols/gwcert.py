@@ -22,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
@@ -262,8 +264,66 @@ class CaTrust:
         self._lock = threading.Lock()
         self.revoked: frozenset[tuple[bytes, int]] = frozenset()
         self.crl_next_update: datetime | None = None
+        self.crl_path: Path | None = None  # watched for a new CRL (see watch_crl)
+        self.crl_reloads = 0
+        self.crl_reload_errors = 0
+        self.crl_error = ""
+        self._crl_stat: tuple[int, int] | None = None
+        self._crl_checked = 0.0
+        self._crl_every_s = 10.0
         if crl is not None:
             self.set_crl(crl)
+
+    @classmethod
+    def from_paths(cls, ca_path: Path, crl_path: Path | None = None, *, clock: Callable[[], float] | None = None,
+                   reload_every_s: float = 10.0) -> CaTrust:
+        """From files; a CRL file is watched: a replaced one is loaded (after its signature is checked)."""
+        crl = crl_path.read_bytes() if crl_path is not None else None
+        trust = cls.from_files(ca_path.read_bytes(), crl, clock=clock, ca_name=str(ca_path), crl_name=str(crl_path))
+        if crl_path is not None:
+            trust.watch_crl(crl_path, reload_every_s)
+        return trust
+
+    def watch_crl(self, path: Path, every_s: float = 10.0) -> None:
+        self.crl_path = path
+        self._crl_every_s = every_s
+        self._crl_stat = self._stat(path)
+        self._crl_checked = time.monotonic()
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def maybe_reload_crl(self, force: bool = False) -> bool:
+        """Load the watched CRL file again if it changed (checked at most every ``every_s``). A CRL that
+        cannot be read, parsed or is not signed by the CA is not used: the previous one stays in force and
+        ``crl_reload_errors``/``crl_error`` say why. True if a new CRL was loaded."""
+        path = self.crl_path
+        if path is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._crl_checked < self._crl_every_s:
+            return False
+        self._crl_checked = now
+        st = self._stat(path)
+        if st == self._crl_stat and not force:
+            return False
+        self._crl_stat = st
+        try:
+            data = path.read_bytes()
+            crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+            self.set_crl(crl, str(path))
+        except (OSError, ValueError, CertError) as e:
+            self.crl_reload_errors += 1
+            self.crl_error = f"{path}: {e}"
+            return False
+        self.crl_reloads += 1
+        self.crl_error = ""
+        return True
 
     @classmethod
     def from_files(cls, ca: bytes, crl: bytes | None = None, *, clock: Callable[[], float] | None = None,
@@ -297,8 +357,6 @@ class CaTrust:
         self._clock = clock
 
     def _now(self) -> datetime:
-        import time
-
         return datetime.fromtimestamp(self._clock() if self._clock else time.time(), tz=UTC)
 
     def verify_chain(self, ders: Sequence[bytes], gateway_id: str) -> VerifyKey:
@@ -368,6 +426,7 @@ class CaTrust:
         """A key resolver for :func:`lifeline.protocols.batch.verify`: the key of the batch's x5chain."""
 
         def resolve(protected: Mapping[Any, Any], unprotected: Mapping[Any, Any]) -> VerifyKey:
+            self.maybe_reload_crl()
             if H_X5CHAIN not in protected:
                 where = " (it is unprotected; it must be protected)" if H_X5CHAIN in unprotected else ""
                 raise BatchError(R_NO_CERTIFICATE, f"no x5chain (label 33) in the protected header{where}")
