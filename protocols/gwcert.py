@@ -163,19 +163,47 @@ def check_signature(cert_or_crl: x509.Certificate | x509.CertificateRevocationLi
 # ---------------------------------------------------------------------------------------------- gateway side
 
 
-def make_csr(key: Ed25519PrivateKey | sm2.SM2PrivateKey, gateway_id: str) -> bytes:
-    """A PEM PKCS#10 request: subject CN = gateway id, SAN dNSName = gateway id, signed by ``key``."""
+_ED25519_ALGID: Final = bytes.fromhex("300506032b6570")  # id-Ed25519, no parameters (RFC 8410)
+
+
+def signer_public_key(key: object) -> Ed25519PublicKey | sm2.SM2PublicKey | None:
+    """The public key behind a private key or SigningKey, if it can be known here (file keys; a token
+    signer that offers ``public_key()``); None otherwise."""
+    if isinstance(key, cose_sign.WithHeaders):
+        key = key.inner
+    if isinstance(key, cose_sign.Ed25519Signer | cose_sign.Sm2Signer):
+        key = key.private_key
+    if isinstance(key, Ed25519PrivateKey | sm2.SM2PrivateKey):
+        return key.public_key()
+    get = getattr(key, "public_key", None)
+    pub = get() if callable(get) else None
+    return pub if isinstance(pub, Ed25519PublicKey | sm2.SM2PublicKey) else None
+
+
+def make_csr(key: Ed25519PrivateKey | sm2.SM2PrivateKey | cose_sign.SigningKey, gateway_id: str) -> bytes:
+    """A PEM PKCS#10 request: subject CN = gateway id, SAN dNSName = gateway id, signed by ``key``: a private
+    key, or any SigningKey whose public key is known (``public_key()``, e.g. a PKCS#11 token signer)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
     san = x509.SubjectAlternativeName([x509.DNSName(gateway_id)])
     if isinstance(key, Ed25519PrivateKey):
         csr = x509.CertificateSigningRequestBuilder().subject_name(name).add_extension(san, critical=False)
         return csr.sign(key, None).public_bytes(serialization.Encoding.PEM)
-    # SM2: cryptography cannot sign it, so the request is built here (RFC 2986) and signed with SM2-SM3.
+    # Otherwise built here (RFC 2986): cryptography cannot sign with SM2 or through a SigningKey.
+    signer = cose_sign.signing_key(key)
+    pub = signer_public_key(key)
+    if pub is None:
+        raise CertError("the signing key does not tell its public key; cannot make a request for it")
+    if isinstance(pub, sm2.SM2PublicKey):
+        spki, algid = pub.spki_der(), sm2.SIG_ALGID_DER
+    else:
+        spki = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        algid = _ED25519_ALGID
     ext = _tlv(0x30, _tlv(0x06, bytes.fromhex("551d11")) + _tlv(0x04, san_der(gateway_id)))  # subjectAltName
     ext_req = _tlv(0x30, _tlv(0x06, bytes.fromhex("2a864886f70d01090e")) + _tlv(0x31, _tlv(0x30, ext)))
-    info = _tlv(0x30, b"\x02\x01\x00" + name.public_bytes() + key.public_key().spki_der() + _tlv(0xA0, ext_req))
-    sig = key.sign_der(info)
-    der = _tlv(0x30, info + sm2.SIG_ALGID_DER + _tlv(0x03, b"\x00" + sig))
+    info = _tlv(0x30, b"\x02\x01\x00" + name.public_bytes() + spki + _tlv(0xA0, ext_req))
+    raw = signer.sign(info)  # SM2: r||s with SM3 over Z_A||info; Ed25519: the signature over info
+    sig = sm2.rs_to_der(raw) if signer.alg == cose_sign.ALG_SM2_SM3 else raw
+    der = _tlv(0x30, info + algid + _tlv(0x03, b"\x00" + sig))
     return x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM)
 
 
@@ -205,14 +233,14 @@ def x5chain_header(chain: Sequence[x509.Certificate]) -> dict[int, Any]:
 def attach_chain(signer: cose_sign.SigningKey, chain_pem: bytes, gateway_id: str, *, now: float,
                  what: str = "gateway.certificate_file") -> cose_sign.SigningKey:
     """``signer`` with the chain in its protected header, after checking that the chain fits: the leaf
-    certifies the signer's key (when the key is known here; a token key is checked by the platform), names
+    certifies the signer's key (when its public key is known here, see signer_public_key), names
     ``gateway_id``, and is within its validity period. Raises CertError naming ``what``."""
     chain = load_chain(chain_pem, what)
     leaf = chain[0]
-    inner = signer.inner if isinstance(signer, cose_sign.WithHeaders) else signer
-    if isinstance(inner, cose_sign.Ed25519Signer | cose_sign.Sm2Signer):
+    pub = signer_public_key(signer)
+    if pub is not None:
         try:
-            matches = public_key_matches(leaf, inner)
+            matches = public_key_matches(leaf, pub)
         except BatchError:
             matches = False
         if not matches:
