@@ -26,6 +26,7 @@ _TOP = {
     "low_battery_mv": ("int", False, 2000, 4500),
     "max_boot_failures": ("int", False, 2, 20),
     "ota_trial_boots": ("int", False, 1, 20),
+    "suite": ("str", False, 1, 8),
 }
 _THRESHOLDS = {
     "high": ("int", False, -2147483648, 2147483647),
@@ -135,6 +136,9 @@ def validate(obj):
     radio = obj.get("radio")
     if isinstance(radio, str) and radio not in RADIOS:
         errors.append("radio: must be one of " + ", ".join(RADIOS))
+    suite = obj.get("suite", "intl")
+    if isinstance(suite, str) and suite not in ("intl", "sm"):
+        errors.append("suite: must be intl or sm")
     region = obj.get("region", "EU868")
     if isinstance(region, str) and region not in REGIONS:
         errors.append("region: must be one of " + ", ".join(sorted(REGIONS)))

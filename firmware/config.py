@@ -32,6 +32,9 @@ DEFAULT_THRESHOLDS = {
     "electricity_meter": (0, 0, 1),
 }
 
+_SUITES = {"intl": 1, "sm": 2}  # protocols/suites.py IDS (not imported: one module less per wake)
+
+
 class Config:
     """Validated configuration with defaults filled in. Attributes are plain values."""
 
@@ -61,14 +64,17 @@ class Config:
         self.low_battery_mv = obj.get("low_battery_mv", 3300)
         self.max_boot_failures = obj.get("max_boot_failures", 3)
         self.ota_trial_boots = obj.get("ota_trial_boots", 3)
+        self.suite = _SUITES[obj.get("suite", "intl")]  # frame crypto suite id
 
 
 class Identity:
-    """Just enough to talk in safe mode when the rest of the configuration is broken."""
+    """Just enough to talk in safe mode when the rest of the configuration is broken. ``suite``: the
+    frame crypto suite id (1 intl, the default; 2 sm), set at provisioning."""
 
     def __init__(self, obj):
         self.device_id = bytes.fromhex(obj["device_id"])
         self.root_key = bytes.fromhex(obj["root_key"])
+        self.suite = _SUITES[obj.get("suite", "intl")]
 
 
 def read(fs, path=PATH):

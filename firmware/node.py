@@ -131,7 +131,7 @@ class Node:
             return self._finish(self._safe_mode(None, _FAULT_STORAGE, 1))
         if first:
             storage.write_atomic(hal.fs, BOOTED_PATH, b"1")
-        self.keys = frame.derive_keys(idn.root_key, idn.device_id)
+        self.keys = frame.derive_keys(idn.root_key, idn.device_id, idn.suite)
         self.dev_id = idn.device_id
         now = hal.time()
         if cfg is None:

@@ -62,8 +62,8 @@ class Air:
         self.pending = {}  # dev id -> [ (kind, fields) ]
         self.clock_s = None  # callable() -> Lifeline epoch seconds for downlink headers
 
-    def register(self, dev_id, root_key):
-        self.keys[dev_id] = [frame.derive_keys(root_key, dev_id), 1]
+    def register(self, dev_id, root_key, suite=1):
+        self.keys[dev_id] = [frame.derive_keys(root_key, dev_id, suite), 1]
 
     def send_later(self, dev_id, kind, fields):
         self.pending.setdefault(dev_id, []).append((kind, fields))
@@ -126,8 +126,10 @@ class SimNode:
         self.kind = kind
         self.dev_id = dev_id or bytes((0x70, 0xB3, 0xD5, 0x7E, 0xD0, 0, 0, 1))
         self.root_key = root_key or bytes(range(32))
+        # the frame crypto suite from the node's config ("suite": "intl" | "sm", default intl)
+        self.suite = 2 if (config_extra or {}).get("suite") == "sm" else 1
         self.air = air if air is not None else Air()
-        self.air.register(self.dev_id, self.root_key)
+        self.air.register(self.dev_id, self.root_key, self.suite)
         p, i, u, pu = quiet_providers(kind)
         if providers:
             p.update(providers)
@@ -166,7 +168,7 @@ class SimNode:
 
     def decoded(self, frames=None):
         """Every uplink (or ``frames``) verified and decoded with this node's keys."""
-        keys = frame.derive_keys(self.root_key, self.dev_id)
+        keys = frame.derive_keys(self.root_key, self.dev_id, self.suite)
         return [frame.decode(f, keys) for f in (self.air.frames if frames is None else frames)]
 
     def cycle(self):

@@ -591,6 +591,35 @@ def import_cmd(file: Path, config_path: Path, db: Path | None, rekey: bool, trus
     sys.exit(EXIT_FAILED if report.rejected else 0)
 
 
+@devices.command("rewrap")
+@_config_option
+@_db_option
+@_kek_option
+@click.option("--new-kek-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The new key-encryption key file (`gateway kekgen`); set [keys] kek_file to it afterwards.")
+def rewrap_cmd(config_path: Path, db: Path | None, kek_file: Path | None, new_kek_file: Path) -> None:
+    """KEK rotation: re-wrap every root key under a new key-encryption key (stop the daemon first)."""
+    from lifeline.gateway import kek as keywrap
+    from lifeline.gateway.registry import Registry, RegistryError
+
+    path, _ = _registry_path(config_path, db)
+    if not path.exists():
+        _err(f"registry {path} does not exist", EXIT_CONFIG)
+    keys = _registry_keys(config_path, db, kek_file)
+    try:
+        new = keywrap.load_file(new_kek_file)
+        with Registry(path, keys.kek) as reg:
+            n = reg.rewrap(new)
+    except keywrap.KekError as e:
+        _err(str(e), EXIT_CONFIG)
+    except RegistryError as e:
+        _err(str(e), EXIT_CONFIG)
+    finally:
+        keys.close()
+    click.echo(f"{n} root key(s) now wrapped under {keywrap.describe(new)}; set keys.kek_file = "
+               f"\"{new_kek_file}\" before starting the daemon")
+
+
 @devices.command("list")
 @_config_option
 @_db_option

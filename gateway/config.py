@@ -44,6 +44,9 @@ class GatewaySection:
     trusted_technicians: Path | None
     log_level: str
     suite: str = "intl"  # batch signature suite: "intl" (Ed25519) or "sm" (SM2-SM3)
+    # node frame suites this gateway accepts (docs/protocol.md section 2); each device still has exactly one,
+    # from the registry, and a frame in another suite is wrong_suite
+    node_suites: tuple[str, ...] = ("intl", "sm")
     certificate_file: Path | None = None  # PEM chain from the city CA: leaf first; sent as x5chain
 
 
@@ -241,6 +244,20 @@ class _Table:
             self.fail(name, "expected an array of tables ([[...]])")
         return [_Table(self.file, f"{self.key(name)}[{i}]", t) for i, t in enumerate(v)]
 
+    def choice_list(self, name: str, default: tuple[str, ...], choices: tuple[str, ...]) -> tuple[str, ...]:
+        """A non-empty array of distinct strings, each one of ``choices``."""
+        v = self._get(name, default)
+        if v is default:
+            return tuple(default)
+        if not isinstance(v, list) or not v:
+            self.fail(name, f"expected a non-empty array of strings from {', '.join(choices)}")
+        for x in v:
+            if not isinstance(x, str) or x not in choices:
+                self.fail(name, f"{x!r} is not one of {', '.join(choices)}")
+        if len(set(v)) != len(v):
+            self.fail(name, "lists a value twice")
+        return tuple(str(x) for x in v)
+
     def raw_table(self, name: str) -> Mapping[str, Any]:
         v = self._get(name, {})
         if not isinstance(v, dict):
@@ -289,6 +306,7 @@ def parse(text: str, file: str = "<string>") -> GatewayConfig:
         trusted_technicians=g.pathname("trusted_technicians", None),
         log_level=g.text("log_level", "info", choices=("debug", "info", "warning", "error")),
         suite=g.text("suite", "intl", choices=("intl", "sm")),
+        node_suites=g.choice_list("node_suites", ("intl", "sm"), choices=("intl", "sm")),
         certificate_file=g.pathname("certificate_file", None),
     )
     g.done()

@@ -47,6 +47,8 @@ SECTIONS: tuple[Section, ...] = (
         Key("id", "REQUIRED: [A-Za-z0-9._-]{1,64}; MQTT topic level and batch kid", example=EXAMPLE_ID),
         Key("key_file", "batch signing key (PEM, 0600, owned by the daemon user): Ed25519 or SM2, per suite"),
         Key("suite", "batch signature suite: intl (Ed25519) | sm (SM2 with SM3); the key must match"),
+        Key("node_suites", "node frame suites accepted (each device has one, from the registry): "
+            "intl (HMAC-SHA256/AES) | sm (HMAC-SM3/SM4); others are rejected suite_not_allowed"),
         Key("certificate_file", "gateway certificate chain from the city CA (PEM, leaf first), sent in each "
             "batch (x5chain); `lifeline gateway csr` makes the request", example="/etc/lifeline/gateway.crt"),
         Key("state_dir", "created 0700; relative database paths are under it"),

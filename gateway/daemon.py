@@ -48,7 +48,7 @@ from lifeline.gateway.uplink_api import (
     UplinkService,
     UplinkUnavailable,
 )
-from lifeline.protocols import schema
+from lifeline.protocols import schema, suites
 from lifeline.protocols.cose_sign import PrivateKeyLike
 
 _log = logmod.Log("daemon")
@@ -177,8 +177,8 @@ class Gateway:
             except gwcert.CertError as e:
                 raise StartupError(f"{cfg.gateway.certificate_file}: {e}") from None
         if self.gateway_keys.kek is None:
-            _log.warning("registry root keys are stored in plaintext: set [keys] kek_file or [keys.pkcs11] "
-                         "kek_label (docs/keys.md)", registry=cfg.gateway.registry_db)
+            _log.warning("registry root keys are stored in plaintext: set keys.kek_file or "
+                         "keys.pkcs11.kek_label (docs/keys.md)", registry=cfg.gateway.registry_db)
         if self._rules_from_config and cfg.rules.files:
             from lifeline.gateway.rules_engine.loader import RulesError
             from lifeline.gateway.rules_engine.service import RulesService
@@ -219,7 +219,7 @@ class Gateway:
             devices=self.devices, keys=self.keys, dedupe=self.dedupe, replay=self.replay,
             allocate_id=self.buffer.allocate_id, rules=self.rules, stats=self.stats,
             queue_max=cfg.pipeline.queue_batches * cfg.pipeline.batch_max, batch_max=cfg.pipeline.batch_max,
-            now_ms=self.clock.now_ms)
+            now_ms=self.clock.now_ms, allowed_suites=frozenset(suites.IDS[s] for s in cfg.gateway.node_suites))
         self.commit_q: asyncio.Queue[Any] = statusinfo.ObservedQueue(self.seen.observe, cfg.pipeline.queue_batches)
         self.plan_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
         self.commit_stage = CommitStage(db=self.db, buffer=self.buffer, replay=self.replay, commands=self.commands,

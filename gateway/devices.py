@@ -19,6 +19,7 @@ class DeviceInfo:
     key_epoch: int
     data_class: int
     status: str
+    suite: int = frame.SUITE_INTL  # the device's frame crypto suite id (1 intl, 2 sm)
 
     @property
     def active(self) -> bool:
@@ -26,7 +27,7 @@ class DeviceInfo:
 
     @classmethod
     def of(cls, d: DeviceRecord) -> DeviceInfo:
-        return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, d.status)
+        return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, d.status, d.suite_id)
 
 
 class DeviceTable:
@@ -37,11 +38,11 @@ class DeviceTable:
         self.generation = -1
 
     def replace(self, devices: Iterable[DeviceRecord | DeviceInfo], generation: int) -> set[bytes]:
-        """Install a new snapshot; returns the ids whose key, epoch or status changed."""
+        """Install a new snapshot; returns the ids whose key, epoch, status or suite changed."""
         new = {d.device_id: d if isinstance(d, DeviceInfo) else DeviceInfo.of(d) for d in devices}
         changed = {dev for dev, d in new.items()
                    if (old := self._devices.get(dev)) is None or old.root_key != d.root_key
-                   or old.key_epoch != d.key_epoch or old.status != d.status}
+                   or old.key_epoch != d.key_epoch or old.status != d.status or old.suite != d.suite}
         changed |= set(self._devices) - set(new)
         self._devices = new
         self.generation = generation
@@ -70,10 +71,10 @@ class KeyCache:
 
     def get(self, device: DeviceInfo) -> frame.Keys:
         hit = self._keys.get(device.device_id)
-        if hit is not None and hit[0] == device.key_epoch:
+        if hit is not None and hit[0] == device.key_epoch and hit[1].suite == device.suite:
             self._keys.move_to_end(device.device_id)
             return hit[1]
-        keys = fastpath.derive_keys(device.root_key, device.device_id)
+        keys = fastpath.derive_keys(device.root_key, device.device_id, device.suite)
         self.derivations += 1
         self._keys[device.device_id] = (device.key_epoch, keys)
         if len(self._keys) > self.max_entries:

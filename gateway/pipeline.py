@@ -74,8 +74,9 @@ class Waiters:
 class Pipeline:
     def __init__(self, *, devices: DeviceTable, keys: KeyCache, dedupe: Deduper, replay: ReplayGuard,
                  allocate_id: Callable[[], int], rules: RulesHook, stats: Stats, queue_max: int, batch_max: int,
-                 now_ms: Callable[[], int]) -> None:
+                 now_ms: Callable[[], int], allowed_suites: frozenset[int] | None = None) -> None:
         self.devices = devices
+        self.allowed_suites = allowed_suites  # [gateway] node_suites as suite ids; None = every known suite
         self.keys = keys
         self.dedupe = dedupe
         self.replay = replay
@@ -192,6 +193,8 @@ class Pipeline:
         except frame.FrameError as e:
             return self._reject(e.reason, f, None)
         dev_id = hdr.dev_id
+        if self.allowed_suites is not None and hdr.suite not in self.allowed_suites:
+            return self._reject("suite_not_allowed", f, dev_id)  # config policy: before the device lookup
         dev = self.devices.get(dev_id)
         if dev is None:
             return self._reject(rec.R_UNKNOWN_DEVICE, f, dev_id)
@@ -209,7 +212,7 @@ class Pipeline:
             return OUT_DUPLICATE
         keys = self.keys.get(dev)
         try:
-            decoded = fastpath.decode_parsed(hdr, payload, keys)
+            decoded = fastpath.decode_parsed(hdr, payload, keys, allowed=self.allowed_suites)
         except frame.FrameError as e:
             return self._reject(e.reason, f, dev_id)
         if recent is not None:

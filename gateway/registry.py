@@ -4,7 +4,9 @@ Root keys are read by the daemon and by ``devices import`` only; they never appe
 ``devices list`` or error messages. With a key-encryption key (``gateway/kek.py``: a 0600 file or a PKCS#11
 token key) they are stored wrapped (AES-256-GCM or SM4-GCM, bound to the device id); a plaintext registry
 opened with a KEK is migrated in place, once, and the plaintext is wiped from the file (docs/keys.md).
-Records come from provisioning as JSON lines (docs/operations.md, "Device registry"); when a trusted
+Each device has exactly one crypto suite for its frames (``suite``: "intl" or "sm", docs/protocol.md section
+2), set at provisioning; a registry made before suites existed gains the column in place, every device
+"intl". Records come from provisioning as JSON lines (docs/operations.md, "Device registry"); when a trusted
 technician key list is configured, each record must carry a valid
 Ed25519 signature by a listed technician.
 """
@@ -27,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from lifeline.gateway import kek as keywrap
 from lifeline.gateway.log import Log
 from lifeline.gateway.statedb import Transaction, connect
-from lifeline.protocols import schema
+from lifeline.protocols import schema, suites
 
 _log = Log("registry")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -37,7 +39,7 @@ ACTIVE = "active"
 REVOKED = "revoked"
 MAX_LINE = 16384
 _RECORD_KEYS = {"device_id", "root_key", "kind", "location", "data_class", "install_date",
-                "design_life_years", "tags", "technician", "signature"}
+                "design_life_years", "tags", "technician", "signature", "suite"}
 _LOCATION_KEYS = {"address", "lat_udeg", "lon_udeg", "spatial_unit"}
 
 SCHEMA = """
@@ -59,10 +61,13 @@ CREATE TABLE IF NOT EXISTS devices(
   tags TEXT NOT NULL,
   technician TEXT,
   signature TEXT,
-  updated_ms INTEGER NOT NULL
+  updated_ms INTEGER NOT NULL,
+  suite TEXT NOT NULL DEFAULT 'intl' CHECK (suite IN ('intl', 'sm'))
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS keystore(name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
+# Added after the first release: (column, definition) added in place to a registry that lacks it.
+_ADDED_COLUMNS = (("suite", "TEXT NOT NULL DEFAULT 'intl' CHECK (suite IN ('intl', 'sm'))"),)
 # keystore row 'check': a random key wrapped under the KEK for this id; present = root keys are wrapped.
 _CHECK_ID = b"kek-check"  # 9 bytes: no device id (8 bytes) can collide with it
 ROOT_KEY_BYTES = 32
@@ -94,10 +99,15 @@ class DeviceRecord:
     tags: tuple[str, ...]
     technician: str | None = None
     signature: str | None = field(default=None, repr=False)
+    suite: str = "intl"  # the node's frame crypto suite: "intl" | "sm" (suites.IDS)
 
     @property
     def active(self) -> bool:
         return self.status == ACTIVE
+
+    @property
+    def suite_id(self) -> int:
+        return suites.IDS[self.suite]
 
     def public_dict(self) -> dict[str, Any]:
         """Everything but the key, for ``devices list --json``."""
@@ -114,6 +124,7 @@ class DeviceRecord:
             "technician": self.technician,
             "signed": self.signature is not None,
             "key_epoch": self.key_epoch,
+            "suite": self.suite,
         }
 
 
@@ -232,6 +243,9 @@ def parse_record(rec: Any, trusted: Mapping[str, Ed25519PublicKey] | None) -> De
     signature = rec.get("signature")
     if signature is not None and (not isinstance(signature, str) or len(signature) > 1024):
         raise _Invalid("signature: expected a string")
+    suite = rec.get("suite", "intl")
+    if not isinstance(suite, str) or suite not in suites.IDS:
+        raise _Invalid("suite: expected one of intl, sm")
     if trusted is not None:
         if technician is None or signature is None:
             raise _Invalid("signature: required (trusted technician keys are configured)")
@@ -246,19 +260,20 @@ def parse_record(rec: Any, trusted: Mapping[str, Ed25519PublicKey] | None) -> De
     return DeviceRecord(
         device_id=bytes.fromhex(dev), root_key=bytes.fromhex(key), key_epoch=0, kind=kind, location=location,
         data_class=schema.CLASS_NAMES.index(dc), install_date=install, design_life_years=life, status=ACTIVE,
-        tags=tuple(tags), technician=technician, signature=signature)
+        tags=tuple(tags), technician=technician, signature=signature, suite=suite)
 
 
 def _row_to_record(row: sqlite3.Row | tuple[Any, ...], root_key: bytes) -> DeviceRecord:
-    (dev, _key, epoch, kind, address, lat, lon, unit, dc, install, life, status, tags, tech, sig) = row
+    (dev, _key, epoch, kind, address, lat, lon, unit, dc, install, life, status, tags, tech, sig, suite) = row
     return DeviceRecord(
         device_id=bytes(dev), root_key=root_key, key_epoch=epoch, kind=kind,
         location=Location(address, lat, lon, unit), data_class=dc, install_date=install,
-        design_life_years=life, status=status, tags=tuple(json.loads(tags)), technician=tech, signature=sig)
+        design_life_years=life, status=status, tags=tuple(json.loads(tags)), technician=tech, signature=sig,
+        suite=suite)
 
 
 _COLUMNS = ("device_id, root_key, key_epoch, kind, address, lat_udeg, lon_udeg, spatial_unit, data_class, "
-            "install_date, design_life_years, status, tags, technician, signature")
+            "install_date, design_life_years, status, tags, technician, signature, suite")
 
 
 def _same_metadata(a: DeviceRecord, b: DeviceRecord) -> bool:
@@ -282,6 +297,7 @@ class Registry:
         self.conn = connect(path)
         try:
             self.conn.executescript(SCHEMA)
+            self._add_columns()
             self._open_keys()
         except BaseException:
             self.conn.close()
@@ -300,7 +316,7 @@ class Registry:
         if self.kek is None:
             if check is not None and not self.metadata_only:
                 raise RegistryError(f"registry {self.path}: root keys are encrypted at rest and no key-encryption "
-                                    "key is configured ([keys] kek_file or [pkcs11] kek_label)")
+                                    "key is configured (keys.kek_file or keys.pkcs11.kek_label)")
             return
         if check is None:
             self._migrate(self.kek)
@@ -310,6 +326,18 @@ class Registry:
         except keywrap.KekError as e:
             raise RegistryError(f"registry {self.path}: root keys are not wrapped under the configured "
                                 f"key-encryption key: {e}") from None
+
+    def _add_columns(self) -> None:
+        """Schema migration in place: a registry.db made by an older gateway gains the newer columns (every
+        existing device gets the column's default, e.g. suite 'intl'), in one transaction."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(devices)")}
+        missing = [(name, decl) for name, decl in _ADDED_COLUMNS if name not in have]
+        if not missing:
+            return
+        with Transaction(self.conn) as conn:
+            for name, decl in missing:
+                conn.execute(f"ALTER TABLE devices ADD COLUMN {name} {decl}")
+        _log.info("registry schema migrated", added=",".join(name for name, _ in missing))
 
     def _migrate(self, kek: keywrap.Kek) -> None:
         """Plaintext registry -> wrapped root keys, in one transaction; then wipe the old pages."""
@@ -332,6 +360,30 @@ class Registry:
         self.conn.execute("VACUUM")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         _log.info("registry root keys encrypted at rest", devices=n, kek=keywrap.describe(kek))
+
+    def rewrap(self, new_kek: keywrap.Kek) -> int:
+        """KEK rotation: every root key re-wrapped under ``new_kek`` in one transaction (the old KEK must be
+        the one this registry was opened with); then the old blobs are wiped from the file. Returns the
+        number of devices. Keys, epochs and the generation stay as they were."""
+        if self.kek is None or self.metadata_only:
+            raise RegistryError(f"registry {self.path}: re-wrapping needs the current key-encryption key")
+        self.conn.execute("PRAGMA secure_delete=ON")
+        n = 0
+        with Transaction(self.conn) as conn:
+            for dev, stored in conn.execute("SELECT device_id, root_key FROM devices").fetchall():
+                key = self._root_key(bytes(dev), bytes(stored))
+                conn.execute("UPDATE devices SET root_key=? WHERE device_id=?",
+                             (keywrap.wrap(new_kek, bytes(dev), key), dev))
+                n += 1
+            conn.execute("INSERT OR REPLACE INTO keystore(name, value) VALUES ('check', ?)",
+                         (keywrap.wrap(new_kek, _CHECK_ID, os.urandom(ROOT_KEY_BYTES)),))
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _log.info("registry root keys re-wrapped", devices=n, old=keywrap.describe(self.kek),
+                  new=keywrap.describe(new_kek))
+        self.kek = new_kek
+        return n
 
     def _root_key(self, device_id: bytes, stored: bytes) -> bytes:
         if self.kek is None:
@@ -426,9 +478,11 @@ class Registry:
         if old is not None:
             if old.status == REVOKED:
                 raise _Invalid("device is revoked; provision a new device id")
-            if old.root_key != rec.root_key:
+            if old.root_key != rec.root_key or old.suite != rec.suite:
                 if not rekey:
-                    raise _Invalid("root key differs from the registered one (use --rekey to replace it)")
+                    what = ("root key" if old.root_key != rec.root_key
+                            else f"suite ({rec.suite}, registered {old.suite})")
+                    raise _Invalid(f"{what} differs from the registered one (use --rekey to replace it)")
                 epoch, outcome = old.key_epoch + 1, "rekeyed"
             elif _same_metadata(old, rec):
                 return "unchanged"
@@ -436,10 +490,11 @@ class Registry:
                 epoch, outcome = old.key_epoch, "updated"
         loc = rec.location
         conn.execute(
-            f"INSERT OR REPLACE INTO devices({_COLUMNS}, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO devices({_COLUMNS}, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (rec.device_id, self._stored_key(rec.device_id, rec.root_key), epoch, rec.kind, loc.address,
              loc.lat_udeg, loc.lon_udeg, loc.spatial_unit, rec.data_class, rec.install_date,
-             rec.design_life_years, ACTIVE, json.dumps(list(rec.tags)), rec.technician, rec.signature, now_ms))
+             rec.design_life_years, ACTIVE, json.dumps(list(rec.tags)), rec.technician, rec.signature, rec.suite,
+             now_ms))
         return outcome
 
     def revoke(self, device_id: bytes, *, now_ms: int) -> bool:

@@ -29,7 +29,7 @@ from lifeline.gateway.daemon import Gateway
 from lifeline.gateway.ingress.base import DownlinkRequest, FrameSink, RawFrame, Reception
 from lifeline.gateway.registry import Registry
 from lifeline.gateway.uplink_api import UplinkUnavailable
-from lifeline.protocols import batch, frame, keys, schema
+from lifeline.protocols import batch, frame, keys, schema, suites
 
 
 class MemoryPublisher:
@@ -124,13 +124,16 @@ async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> N
 # ---------------------------------------------------------------------------------------------- fixtures
 
 def config_text(state_dir: Path, gateway_id: str = "gw-test", extra: str = "",
-                sections: Mapping[str, Mapping[str, object]] | None = None) -> str:
-    """A complete gateway TOML for tests (no uplink endpoints, metrics on a free loopback port)."""
+                sections: Mapping[str, Mapping[str, object]] | None = None,
+                gateway_keys: Mapping[str, object] | None = None) -> str:
+    """A complete gateway TOML for tests (no uplink endpoints, metrics on a free loopback port);
+    ``gateway_keys`` are more keys of the [gateway] table (e.g. node_suites)."""
     lines = [
         "[gateway]",
         f'id = "{gateway_id}"',
         f'state_dir = "{state_dir}"',
         f'key_file = "{state_dir / "gateway.key"}"',
+        *(f"{k} = {json.dumps(v)}" for k, v in (gateway_keys or {}).items()),
         "[metrics]",
         'listen = "127.0.0.1"',
         "port = 0",
@@ -143,10 +146,11 @@ def config_text(state_dir: Path, gateway_id: str = "gw-test", extra: str = "",
 
 
 def make_config(state_dir: Path, gateway_id: str = "gw-test", extra: str = "",
-                sections: Mapping[str, Mapping[str, object]] | None = None) -> GatewayConfig:
+                sections: Mapping[str, Mapping[str, object]] | None = None,
+                gateway_keys: Mapping[str, object] | None = None) -> GatewayConfig:
     path = state_dir / "gateway.toml"
     state_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(config_text(state_dir, gateway_id, extra, sections), encoding="utf-8")
+    path.write_text(config_text(state_dir, gateway_id, extra, sections, gateway_keys), encoding="utf-8")
     return load(path)
 
 
@@ -155,11 +159,13 @@ class TestNode:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, device_id: bytes, kind: str = "smoke", root_key: bytes | None = None) -> None:
+    def __init__(self, device_id: bytes, kind: str = "smoke", root_key: bytes | None = None,
+                 suite: str = "intl") -> None:
         self.device_id = device_id
         self.kind = kind
+        self.suite = suite  # the node's frame crypto suite: intl | sm
         self.root_key = root_key if root_key is not None else hashlib.sha256(b"test-root" + device_id).digest()
-        self.keys = frame.derive_keys(self.root_key, device_id)
+        self.keys = frame.derive_keys(self.root_key, device_id, suites.suite_id(suite))
         self.fcnt = 0
 
     @property
@@ -173,6 +179,8 @@ class TestNode:
                          "spatial_unit": "district-7"},
             "data_class": "sensitive", "install_date": "2025-03-01", "design_life_years": 10,
             "tags": ["test"], "technician": "t1"}
+        if self.suite != "intl":
+            rec["suite"] = self.suite
         rec.update(overrides)
         return rec
 
@@ -259,8 +267,9 @@ async def start_harness(state_dir: Path, nodes: Sequence[TestNode] = (), *, cloc
                         publisher: MemoryPublisher | None = None, adapters: Sequence[MemoryAdapter] | None = None,
                         extra: str = "", run_forwarder: bool = False, serve_metrics: bool = False,
                         rules: Any = None, provision_nodes: bool = True, fast_alarms: bool = False,
-                        sections: Mapping[str, Mapping[str, object]] | None = None) -> Harness:
-    config = make_config(state_dir, extra=extra, sections=sections)
+                        sections: Mapping[str, Mapping[str, object]] | None = None,
+                        gateway_keys: Mapping[str, object] | None = None) -> Harness:
+    config = make_config(state_dir, extra=extra, sections=sections, gateway_keys=gateway_keys)
     if config.gateway.key_file.exists():
         key = keys.load_private_key(config.gateway.key_file)
     else:

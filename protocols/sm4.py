@@ -38,7 +38,7 @@ def _word(b: bytes, i: int) -> int:
 
 
 def expand_key(key: bytes) -> tuple:  # type: ignore[type-arg]
-    """The 32 round keys of a 16-byte key."""
+    """The 32 round keys of a 16-byte key (32-bit words: run once per key, so its few large ints are fine)."""
     if len(key) != 16:
         raise ValueError("SM4 key must be 16 bytes")
     M = _M
@@ -54,31 +54,55 @@ def expand_key(key: bytes) -> tuple:  # type: ignore[type-arg]
     return tuple(rk)
 
 
-def encrypt_block(rk: tuple, block: bytes, off: int = 0) -> bytes:  # type: ignore[type-arg]
-    """Encrypt the 16 bytes at ``block[off:]`` with round keys ``rk``."""
-    M = _M
+def round_key_halves(rk: tuple) -> tuple:  # type: ignore[type-arg]
+    """The round keys as 64 16-bit halves (high, low per round) for :func:`encrypt_block`."""
+    out = []
+    for r in rk:
+        out.append(r >> 16)
+        out.append(r & 0xFFFF)
+    return tuple(out)
+
+
+def encrypt_block(rkh: tuple, block: bytes, off: int = 0) -> bytes:  # type: ignore[type-arg]
+    """Encrypt the 16 bytes at ``block[off:]`` with round keys ``rkh`` (:func:`round_key_halves`).
+
+    Words are 16-bit halves (h, l) so that no value reaches 2^30 (a heap object on a 32-bit MicroPython port):
+    rotl(t, n) for n < 16 is (h & (2^(16-n) - 1)) << n | l >> (16 - n) for the high half, h and l swapped for
+    the low half; rotl(t, 16 + n) is rotl((l, h), n)."""
     S = SBOX
-    x0 = _word(block, off)
-    x1 = _word(block, off + 4)
-    x2 = _word(block, off + 8)
-    x3 = _word(block, off + 12)
-    for i in range(32):
-        x = x1 ^ x2 ^ x3 ^ rk[i]
-        t = (S[x >> 24] << 24) | (S[(x >> 16) & 0xFF] << 16) | (S[(x >> 8) & 0xFF] << 8) | S[x & 0xFF]
-        x = (x0 ^ t ^ (((t << 2) | (t >> 30)) & M) ^ (((t << 10) | (t >> 22)) & M)
-             ^ (((t << 18) | (t >> 14)) & M) ^ (((t << 24) | (t >> 8)) & M))
-        x0 = x1
-        x1 = x2
-        x2 = x3
-        x3 = x
+    b = block
+    x0h = (b[off] << 8) | b[off + 1]
+    x0l = (b[off + 2] << 8) | b[off + 3]
+    x1h = (b[off + 4] << 8) | b[off + 5]
+    x1l = (b[off + 6] << 8) | b[off + 7]
+    x2h = (b[off + 8] << 8) | b[off + 9]
+    x2l = (b[off + 10] << 8) | b[off + 11]
+    x3h = (b[off + 12] << 8) | b[off + 13]
+    x3l = (b[off + 14] << 8) | b[off + 15]
+    for i in range(0, 64, 2):
+        xh = x1h ^ x2h ^ x3h ^ rkh[i]
+        xl = x1l ^ x2l ^ x3l ^ rkh[i + 1]
+        th = (S[xh >> 8] << 8) | S[xh & 0xFF]
+        tl = (S[xl >> 8] << 8) | S[xl & 0xFF]
+        # L(t) = t ^ rotl(t, 2) ^ rotl(t, 10) ^ rotl(t, 18) ^ rotl(t, 24)
+        yh = (x0h ^ th ^ (((th & 0x3FFF) << 2) | (tl >> 14)) ^ (((th & 0x3F) << 10) | (tl >> 6))
+              ^ (((tl & 0x3FFF) << 2) | (th >> 14)) ^ (((tl & 0xFF) << 8) | (th >> 8)))
+        yl = (x0l ^ tl ^ (((tl & 0x3FFF) << 2) | (th >> 14)) ^ (((tl & 0x3F) << 10) | (th >> 6))
+              ^ (((th & 0x3FFF) << 2) | (tl >> 14)) ^ (((th & 0xFF) << 8) | (tl >> 8)))
+        x0h = x1h
+        x0l = x1l
+        x1h = x2h
+        x1l = x2l
+        x2h = x3h
+        x2l = x3l
+        x3h = yh
+        x3l = yl
     out = bytearray(16)
     i = 0
-    for x in (x3, x2, x1, x0):
-        out[i] = x >> 24
-        out[i + 1] = (x >> 16) & 0xFF
-        out[i + 2] = (x >> 8) & 0xFF
-        out[i + 3] = x & 0xFF
-        i += 4
+    for x in (x3h, x3l, x2h, x2l, x1h, x1l, x0h, x0l):
+        out[i] = x >> 8
+        out[i + 1] = x & 0xFF
+        i += 2
     return bytes(out)
 
 
@@ -86,7 +110,7 @@ class Sm4Ecb:
     """Same shape as aes.AesEcb / ``cryptolib.aes(key, 1)``: ``encrypt(data)`` for whole blocks."""
 
     def __init__(self, key: bytes) -> None:
-        self._rk = expand_key(key)
+        self._rk = round_key_halves(expand_key(key))
 
     def encrypt(self, data: bytes) -> bytes:
         if len(data) % 16:

@@ -3,7 +3,8 @@
 Columns (header row required; order free; * = required):
   kind*, radio*, region*, interval*, address*, lat, lon, spatial_unit, data_class*, install_date*,
   design_life_years*, tags (";"-separated), threshold_high, threshold_low, confirm, nbiot_host,
-  port (serial port or pyserial URL; default: the --port option), mac (expected MAC "aa:bb:..", optional)
+  port (serial port or pyserial URL; default: the --port option), mac (expected MAC "aa:bb:..", optional),
+  suite (frame crypto suite: intl, the default, or sm)
 
 Lat/lon are decimal degrees (converted exactly to integer microdegrees, at most 6 decimals). Every
 problem names its line and column and is counted; duplicate MACs (two rows for one board) are rejected
@@ -25,7 +26,7 @@ from lifeline.provisioning.nodeconfig import DeviceSpec, Location, check_spec
 
 REQUIRED = ("kind", "radio", "region", "interval", "address", "data_class", "install_date", "design_life_years")
 OPTIONAL = ("lat", "lon", "spatial_unit", "tags", "threshold_high", "threshold_low", "confirm", "nbiot_host", "port",
-            "mac")
+            "mac", "suite")
 MAX_ROWS = 10000
 MAX_FIELD = 1024
 _MAC = re.compile(r"^[0-9a-fA-F]{2}([:-]?[0-9a-fA-F]{2}){5}$")
@@ -164,7 +165,7 @@ def parse(text: str) -> ParseResult:
             design_life_years=nums["design_life_years"] or 0,
             tags=tuple(t.strip() for t in row.get("tags", "").split(";") if t.strip()),
             threshold_high=nums["threshold_high"], threshold_low=nums["threshold_low"], confirm=nums["confirm"],
-            nbiot_host=row.get("nbiot_host") or None, expected_mac=mac,
+            nbiot_host=row.get("nbiot_host") or None, expected_mac=mac, suite=row.get("suite") or "intl",
         )
         problems = check_spec(spec)
         if problems:

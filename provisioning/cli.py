@@ -167,7 +167,7 @@ def _spec_from_options(kw: dict[str, Any]) -> Any:
         location=Location(kw["address"], lat, lon, kw["spatial_unit"]), data_class=kw["data_class"],
         install_date=kw["install_date"], design_life_years=kw["design_life"], tags=tuple(kw["tag"]),
         threshold_high=kw["threshold_high"], threshold_low=kw["threshold_low"], confirm=kw["confirm"],
-        nbiot_host=kw["nbiot_host"])
+        nbiot_host=kw["nbiot_host"], suite=kw["suite"])
     problems = check_spec(spec)
     if problems:
         raise UsageProblem("bad_option", "; ".join(f"--{c.replace('_', '-')}: {m}" for c, m in problems))
@@ -199,6 +199,8 @@ def _print_outcome(outcome: Any) -> None:
 @click.option("--threshold-low", type=int, default=None)
 @click.option("--confirm", type=int, default=None)
 @click.option("--nbiot-host", default=None)
+@click.option("--suite", default="intl", show_default=True, type=click.Choice(["intl", "sm"]),
+              help="Frame crypto suite, fixed for the node's life: intl (HMAC-SHA256/AES) or sm (HMAC-SM3/SM4).")
 @_common
 def device_cmd(port: str | None, firmware: Path, technician: str, technician_key: Path, workdir: Path, force: bool,
                hal: str, max_baud: str, gateway: str | None, gateway_import: str | None, gateway_timeout: float,

@@ -387,7 +387,8 @@ class DeviceFlow:
             out = repl.exec(selftest.DEVICE_SOURCE, timeout=selftest.SELFTEST_TIMEOUT_S).stdout
         except ProvisionError as exc:
             self._fail("selftest", exc)
-        result = selftest.verify(out, device_id=bytes.fromhex(self.dev), root_key=key, kind=self.spec.kind)
+        result = selftest.verify(out, device_id=bytes.fromhex(self.dev), root_key=key, kind=self.spec.kind,
+                                     suite=self.spec.suite)
         if self.o.gateway is not None:
             result = self._gateway_ack(repl, key, result, self.o.gateway)
         self.outcome.selftest = result
@@ -416,7 +417,8 @@ class DeviceFlow:
         dev, fcnt = bytes.fromhex(self.dev), result.fcnt
         try:
             ex = gateway_link.exchange(target, dev, bytes.fromhex(result.frame_hex),
-                                       selftest.is_ack_for(key, dev, fcnt), deadline_s=self.o.gateway_timeout_s)
+                                       selftest.is_ack_for(key, dev, fcnt, self.spec.suite),
+                                       deadline_s=self.o.gateway_timeout_s)
         except gateway_link.LinkError as exc:
             return result.with_check(selftest.Check("gateway_ack", "fail", str(exc)))
         verdict: str | None = None

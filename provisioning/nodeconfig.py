@@ -19,6 +19,7 @@ from lifeline.provisioning.bundle import firmware_kind, firmware_module
 from lifeline.provisioning.errors import UsageProblem
 
 RADIOS = ("lora", "nbiot", "ble")
+SUITES = ("intl", "sm")  # node frame crypto suites (docs/protocol.md section 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class DeviceSpec:
     nbiot_host: str | None = None
     expected_mac: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    suite: str = "intl"  # the node's frame crypto suite, fixed for its life: intl | sm
 
 
 def check_spec(spec: DeviceSpec) -> list[tuple[str, str]]:
@@ -60,6 +62,8 @@ def check_spec(spec: DeviceSpec) -> list[tuple[str, str]]:
             firmware_kind(spec.kind)
         except ValueError as exc:
             errors.append(("kind", str(exc)))
+    if spec.suite not in SUITES:
+        errors.append(("suite", f"must be one of {', '.join(SUITES)}"))
     if spec.radio not in RADIOS:
         errors.append(("radio", f"must be one of {', '.join(RADIOS)}"))
     if spec.region not in fwconfig.REGIONS:
@@ -126,6 +130,8 @@ def node_config(spec: DeviceSpec, device_id: bytes, root_key: bytes) -> dict[str
     cfg["location"] = loc
     if spec.radio == "nbiot":
         cfg["nbiot"] = {"host": spec.nbiot_host}
+    if spec.suite != "intl":  # an intl node's config stays as it always was
+        cfg["suite"] = spec.suite
     cfg.update(spec.extra)
     problems = firmware_validate(cfg)
     if problems:

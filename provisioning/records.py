@@ -2,7 +2,8 @@
 
 A record is one JSON object per device (the format ``lifeline gateway devices import`` reads):
 ``device_id, root_key, kind, location{address, lat_udeg, lon_udeg, spatial_unit}, data_class,
-install_date, design_life_years, tags, technician, signature``. The signature is Ed25519 over the
+install_date, design_life_years, tags, suite, technician, signature`` (``suite``: the node's frame crypto
+suite, "intl" or "sm"). The signature is Ed25519 over the
 canonical JSON of the record without ``signature`` (keys sorted, no spaces, UTF-8), hex encoded; the
 gateway computes the same bytes (gateway/registry.py ``signed_bytes``) and checks it against its list
 of trusted technician public keys.
@@ -45,6 +46,7 @@ def build(spec: DeviceSpec, device_id: bytes, root_key: bytes, technician: str) 
         "install_date": spec.install_date,
         "design_life_years": spec.design_life_years,
         "tags": list(spec.tags),
+        "suite": spec.suite,
         "technician": technician,
     }
 

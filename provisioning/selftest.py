@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifeline.protocols import frame, schema
+from lifeline.protocols import frame, schema, suites
 
 _BOARD_SOURCE = """\
 import json
@@ -83,7 +83,7 @@ def _selftest():
     try:
         counter = fcnt.FrameCounter(hal.fs, rtc, True)
         c = counter.next()
-        keys = frame.derive_keys(cfg.root_key, cfg.device_id)
+        keys = frame.derive_keys(cfg.root_key, cfg.device_id, cfg.suite)
         data = frame.encode(keys, cfg.device_id, c, 0, cfg.kind, fields, frame.FLAG_TEST | frame.FLAG_ACK_REQ)
     except Exception as e:
         check('frame', False, '%s: %s' % (type(e).__name__, e))
@@ -144,7 +144,7 @@ def _ack(datas, c):
     n.cfg = cfg
     n.rtc = RtcState(hal, cfg.device_id)
     n.rtc.load()
-    n.keys = frame.derive_keys(cfg.root_key, cfg.device_id)
+    n.keys = frame.derive_keys(cfg.root_key, cfg.device_id, cfg.suite)
     n.dev_id = cfg.device_id
     out = []
     for d in datas:
@@ -196,7 +196,8 @@ class SelfTestResult:
                 "fcnt": self.fcnt, "readings": self.readings}
 
 
-def verify(device_output: str, *, device_id: bytes, root_key: bytes, kind: str) -> SelfTestResult:
+def verify(device_output: str, *, device_id: bytes, root_key: bytes, kind: str,
+           suite: str = "intl") -> SelfTestResult:
     """Turn the board's JSON line into checks, verifying the test frame with the record's key.
 
     ``gateway_ack`` passes when the board itself heard a valid ACK over its radio; otherwise it is
@@ -215,7 +216,7 @@ def verify(device_output: str, *, device_id: bytes, root_key: bytes, kind: str) 
     if isinstance(frame_hex, str):
         try:
             data = bytes.fromhex(frame_hex)
-            got = frame.decode(data, frame.derive_keys(root_key, device_id))
+            got = frame.decode(data, frame.derive_keys(root_key, device_id, suites.suite_id(suite)))
             kid = schema.kind_id_by_name(kind)
             problems = []
             if got.header.dev_id != device_id:
@@ -244,10 +245,10 @@ def ack_source(downlinks: Sequence[bytes], fcnt: int) -> str:
     return ACK_SOURCE.replace("@DOWNLINKS@", repr([d.hex() for d in downlinks])).replace("@FCNT@", str(int(fcnt)))
 
 
-def is_ack_for(root_key: bytes, device_id: bytes, fcnt: int) -> Callable[[bytes], bool]:
+def is_ack_for(root_key: bytes, device_id: bytes, fcnt: int, suite: str = "intl") -> Callable[[bytes], bool]:
     """A host-side test of "this downlink looks like the ACK of ``fcnt``", used only to stop waiting early:
     the verdict is the board's (:func:`ack_source`)."""
-    keys = frame.derive_keys(root_key, device_id)
+    keys = frame.derive_keys(root_key, device_id, suites.suite_id(suite))
 
     def test(data: bytes) -> bool:
         try:

@@ -43,7 +43,7 @@ from lifeline.firmware import node as fw_node
 from lifeline.firmware.hal import sim, sim_chips
 from lifeline.firmware.radios import airtime as fw_airtime
 from lifeline.gateway.clock import EPOCH_UNIX
-from lifeline.protocols import fastpath, frame, schema
+from lifeline.protocols import fastpath, frame, schema, suites
 from lifeline.sim_devices.air import AirChannel, LoraParams, VirtualClock
 from lifeline.sim_devices.nbiot_net import NbiotNetwork
 from lifeline.sim_devices.physics import environment, manhole, meter, smoke, water
@@ -85,6 +85,7 @@ class NodeSpec:
     model: dict[str, float] = field(default_factory=dict)  # physics model parameters
     config: dict[str, Any] = field(default_factory=dict)  # extra /config.json keys
     ble_extended: bool = False
+    suite: str = "intl"  # the node's frame crypto suite (intl | sm), written into its config at provisioning
 
 
 @dataclass(slots=True)
@@ -171,7 +172,7 @@ class VirtualNode:
         self.dev_id = dev_id
         self.root_key = root_key
         self.config = config
-        self.keys = frame.derive_keys(root_key, dev_id)
+        self.keys = frame.derive_keys(root_key, dev_id, suites.suite_id(config.get("suite", "intl")))
         self.models: list[Model] = []
         self.lis3dh: sim_chips.Lis3dh | None = None
         self.clock = sim.SimClock(0)

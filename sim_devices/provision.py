@@ -63,7 +63,8 @@ def device_spec(spec: NodeSpec, *, nbiot_host: str, extra: dict[str, Any]) -> no
     return nodeconfig.DeviceSpec(
         kind=kind, radio=radio, region="EU868", interval_s=spec.interval_s, location=loc,
         data_class=schema.CLASS_NAMES[k[1]], install_date="2025-06-01", design_life_years=10,
-        tags=(*tuple(spec.tags), "sim"), nbiot_host=nbiot_host if radio == "nbiot" else None, extra=extra)
+        tags=(*tuple(spec.tags), "sim"), nbiot_host=nbiot_host if radio == "nbiot" else None, extra=extra,
+        suite=spec.suite)
 
 
 def build_fleet(specs: Sequence[NodeSpec], fleet: Fleet, *, technician_key: Ed25519PrivateKey | None = None,
@@ -90,9 +91,9 @@ def build_fleet(specs: Sequence[NodeSpec], fleet: Fleet, *, technician_key: Ed25
         out.append(record)
         v = VirtualNode(fleet, i, spec, dev_id, node_root, config)
         fleet.add(v)
-        from lifeline.protocols import frame
+        from lifeline.protocols import frame, suites
 
-        fleet.gateway_end.register(dev_id, frame.derive_keys(root, dev_id))
+        fleet.gateway_end.register(dev_id, frame.derive_keys(root, dev_id, suites.suite_id(spec.suite)))
     return out
 
 

@@ -157,6 +157,9 @@ def load(source: str | Path, *, nodes: int | None = None, seed: int | None = Non
         for r in radios:
             if r not in RADIOS:
                 raise ScenarioError(f"{where}.radio: {r!r} is not one of {', '.join(RADIOS)}")
+        suite = g.get("suite", "intl")
+        if suite not in ("intl", "sm"):
+            raise ScenarioError(f"{where}.suite: {suite!r} is not one of intl, sm")
         count = int(g.get("count", 1))
         width = max(2, len(str(count)))  # names as the file counts them, whatever the scaling
         keep = int(g.get("min_count", 1))
@@ -175,7 +178,8 @@ def load(source: str | Path, *, nodes: int | None = None, seed: int | None = Non
                 name=nm, kind=kind, radio=radios[i % len(radios)], x_m=x, y_m=y, interval_s=interval,
                 heartbeat_s=heartbeat, address=f"{g.get('address', prefix)}{', ' + unit if unit else ''}",
                 unit=unit or str(g.get("unit", prefix)), tags=tuple(g.get("tags", ())), model=dict(model),
-                config=dict(g.get("config", {})), ble_extended=bool(g.get("ble_extended", False))))
+                config=dict(g.get("config", {})), ble_extended=bool(g.get("ble_extended", False)),
+                suite=suite))
         groups[prefix] = names
     known = {s.name for s in specs}
     events = []

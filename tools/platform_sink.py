@@ -46,6 +46,7 @@ from lifeline.protocols import batch, gwcert, keys
 from lifeline.protocols.sm2 import SM2PublicKey
 from lifeline.tools.platform import trust as gateway_trust
 from lifeline.tools.platform.cli import COMMANDS as PLATFORM_COMMANDS
+from lifeline.tools.platform.source import Delivery, Source, SourceError
 from lifeline.tools.platform.sqlite_store import chain_report, open_db
 from lifeline.tools.platform.store import (
     ChainReport,
@@ -158,8 +159,10 @@ class PlatformSink:
         store_retry_s: float = 20.0,
         ca: gwcert.CaTrust | None = None,
         clock: Callable[[], int] | None = None,
+        source: Source | None = None,
     ) -> None:
         self.host = host
+        self.source = source  # None: the paho MQTT client below; else e.g. a NATS JetStream consumer
         self.ca = ca  # gateways without a pinned key are verified by their x5chain against this CA
         self._ca_resolver = ca.resolver() if ca is not None else None
         if ca is not None and clock is not None:
@@ -219,6 +222,13 @@ class PlatformSink:
         """Connect and subscribe (bounded wait). Raises SinkError. Idempotent."""
         if self._started:
             return self
+        if self.source is not None:
+            try:
+                self.source.start(self._on_delivery, timeout_s, on_other=self._on_other)
+            except SourceError as e:
+                raise SinkError(str(e)) from None
+            self._started = True
+            return self
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self._session_expiry_s:
             props.SessionExpiryInterval = self._session_expiry_s
@@ -238,6 +248,9 @@ class PlatformSink:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._started and self.source is not None:
+            self.source.stop()
+            self._started = False
         if self._started:
             self._client.disconnect()
             self._client.loop_stop()
@@ -285,6 +298,33 @@ class PlatformSink:
             self.counters["errors"] += 1
         if msg.qos > 0:
             c.ack(msg.mid, msg.qos)
+
+    def _on_delivery(self, d: Delivery) -> bool:
+        """A batch from a Source: True = committed or rejected for good (acknowledge it), False = the store
+        could not take it (the engine delivers it again, to this or another sink)."""
+        if d.redelivered:
+            self.counters["deliveries_repeated"] += 1  # the engine's count; the store says if it was new
+        try:
+            self._on_batch(d.topic, d.payload)
+        except StoreUnavailable as e:
+            log.error("sink store error on %s: %s", d.topic, e)
+            self.counters["db_errors"] += 1
+            return False
+        except Exception:  # as on MQTT: a bug must not stall the queue on one message
+            log.exception("sink failed on %s", d.topic)
+            self.counters["errors"] += 1
+        return True
+
+    def _on_other(self, topic: str, payload: bytes) -> None:
+        """Presence and command results from a Source (not batches; nothing to acknowledge)."""
+        try:
+            if topic.endswith("/state"):
+                self._on_state(topic, payload)
+            elif topic.endswith("/down/result"):
+                self._on_result(topic, payload)
+        except Exception:
+            log.exception("sink failed on %s", topic)
+            self.counters["errors"] += 1
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.on_event is not None:
@@ -416,7 +456,8 @@ class PlatformSink:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             out = {"sink": self.client_id, "records": self.record_count(), "batches": self.batch_count(),
-                   "counters": dict(self.counters), "presence": dict(self.presence)}
+                   "counters": dict(self.counters), "presence": dict(self.presence),
+                   "source": dict(self.source.counters()) if self.source is not None else {}}
         if self.ca is not None:
             out["ca"] = {"revoked": len(self.ca.revoked), "crl_reloads": self.ca.crl_reloads,
                          "crl_reload_errors": self.ca.crl_reload_errors, "crl_error": self.ca.crl_error}
@@ -466,6 +507,13 @@ class PlatformSink:
         if not isinstance(body, dict):
             raise SinkError("a command is a JSON object")
         body.setdefault("id", str(uuid.uuid4()))
+        if self.source is not None:
+            try:
+                self.source.publish(f"lifeline/v1/{gateway_id}/down",
+                                    json.dumps(body, separators=(",", ":")).encode(), timeout_s)
+            except SourceError as e:
+                raise SinkError(f"command not sent: {e}") from None
+            return str(body["id"])
         info = self._client.publish(f"lifeline/v1/{gateway_id}/down",
                                     json.dumps(body, separators=(",", ":")).encode(), qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -521,7 +569,11 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 
 @click.group("platform-sink", invoke_without_command=True)
 @click.pass_context
-@click.option("--broker", "broker", metavar="HOST:PORT", help="MQTT broker of the platform.")
+@click.option("--broker", "broker", metavar="HOST:PORT", help="MQTT broker of the platform (= --source mqtt://HOST:PORT).")
+@click.option("--source", "source_url", metavar="URL",
+              help="Where batches come from: mqtt://HOST:PORT (MQTT 5 shared subscription) or "
+                   "nats://HOST:PORT[,HOST:PORT…][?durable=&replicas=&max_age=&ack_wait=] (JetStream durable "
+                   "pull consumer shared by every sink; docs/platform.md).")
 @click.option("--store", "store_url", metavar="URL",
               help="Where batches are stored: sqlite:PATH or postgresql://USER@HOST:PORT/DB "
                    "(created/upgraded if needed; several sinks may share it).")
@@ -554,7 +606,8 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
 @click.option("--report", is_flag=True, help="Print the chain report of the store and exit (no broker needed).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of the live count.")
 def platform_sink_cmd(
-    ctx: click.Context, broker: str | None, store_url: str | None, db_path: Path | None, trust: tuple[str, ...],
+    ctx: click.Context, broker: str | None, source_url: str | None, store_url: str | None, db_path: Path | None,
+    trust: tuple[str, ...],
     ca_file: Path | None, crl_file: Path | None, tls_ca: Path | None,
     tls_cert: Path | None, tls_key: Path | None, client_id: str | None, share_group: str, session_expiry: int,
     stop_after: int | None, timeout_s: float | None, commands: tuple[str, ...], acks: tuple[str, ...], report: bool,
@@ -574,15 +627,33 @@ def platform_sink_cmd(
     if report:
         _report(url, as_json)
         return
-    if broker is None:
-        raise click.UsageError("--broker is required (unless --report)")
+    if broker is not None and source_url is not None:
+        raise click.UsageError("give one of --broker and --source")
+    nats_url = None
+    if source_url is not None and source_url.startswith("mqtt://"):
+        broker = source_url[len("mqtt://"):].rstrip("/")
+    elif source_url is not None and source_url.startswith("nats://"):
+        nats_url = source_url
+    elif source_url is not None:
+        raise click.BadParameter(f"{source_url!r}: use mqtt://HOST:PORT or nats://HOST:PORT[,…]",
+                                 param_hint="--source")
+    if broker is None and nats_url is None:
+        raise click.UsageError("--source (or --broker) is required (unless --report)")
     if not trust and ca_file is None:
         raise click.UsageError("at least one --trust GATEWAY_ID=PUBKEYFILE, or --ca FILE, is required")
     if crl_file is not None and ca_file is None:
         raise click.UsageError("--crl needs --ca")
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    host, port = _parse_broker(broker)
+    host, port = _parse_broker(broker) if broker is not None else ("", 0)
+    source: Source | None = None
+    if nats_url is not None:
+        from lifeline.tools.platform.nats_source import NatsSource
+
+        try:
+            source = NatsSource(nats_url, name=client_id or "lifeline-sink")
+        except SourceError as e:
+            raise click.BadParameter(str(e), param_hint="--source") from None
     parsed_commands = []
     for c in commands:
         gw, sep, body = c.partition("=")
@@ -609,15 +680,18 @@ def platform_sink_cmd(
     on_event = (lambda ev: _echo_json({"event": ev.kind, **ev.data})) if as_json else None
     try:
         sink = PlatformSink(host, port, store=url, trust=keys_by_gw, ca=ca, tls=tls, client_id=client_id,
-                            share_group=share_group or None, session_expiry_s=session_expiry, on_event=on_event)
+                            share_group=share_group or None, session_expiry_s=session_expiry, on_event=on_event,
+                            source=source)
     except SinkError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(3)
     try:
-        sink.start()
+        sink.start(30.0 if source is not None else 10.0)
     except SinkError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(3)
+    _say(as_json, {"event": "ready", "sink": sink.client_id,
+                   "source": source.url if source is not None else f"mqtt://{host}:{port}", "store": sink.store.url})
     code = 0
     try:
         for gw, body in parsed_commands:

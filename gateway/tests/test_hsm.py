@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -201,6 +202,16 @@ def test_open_keys_from_config(softhsm: SoftHsm, tmp_path: Path) -> None:
         "signing_key_label": "never-made"}})
     with pytest.raises(KeyStoreError, match="no EC_EDWARDS PRIVATE_KEY labelled 'never-made'"):
         open_keys(parse(text))
+    admin = _admin(softhsm)
+    try:
+        admin.generate_signing_key("suite-check")
+    finally:
+        admin.close()
+    sm = config_text(state, extra="", sections={"keys.pkcs11": {
+        "module": str(softhsm.module), "token_label": TOKEN, "pin_file": str(softhsm.pin_file(TOKEN)),
+        "signing_key_label": "suite-check"}}).replace("[gateway]\n", '[gateway]\nsuite = "sm"\n', 1)
+    with pytest.raises(KeyStoreError, match=re.escape("is of suite intl, but gateway.suite is sm")):
+        open_keys(parse(sm))
     assert os.environ["SOFTHSM2_CONF"] == str(softhsm.conf)
 
 

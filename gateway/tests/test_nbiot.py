@@ -133,7 +133,7 @@ async def test_bad_input_is_rejected_with_a_reason_and_never_reaches_the_sink(mo
             a.publish_raw(b"")  # empty
             a.publish_raw(b"\x11garbage")  # truncated
             a.publish_raw(b"\x21" + good[1:])  # version 2
-            a.publish_raw(b"\x12" + good[1:])  # suite 2
+            a.publish_raw(b"\x13" + good[1:])  # suite 3 (1 intl and 2 sm exist)
             a.publish_raw(good[:2] + b"\x70" + good[3:])  # reserved flag bits
             a.publish_raw(os.urandom(300))  # longer than any frame may be
             a.publish_raw(good)  # and one good frame last

@@ -267,3 +267,25 @@ def test_cli_kekgen_import_list(tmp_path: Path) -> None:
     assert r.exit_code == 3 and str(other) in r.output and "not wrapped under" in r.output
     r = run(gateway, ["devices", "revoke", nodes[0].hex, "--config", str(cfg)])
     assert r.exit_code == 0, r.output
+
+
+def test_kek_rotation_rewraps_every_key(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    nodes = _nodes(4)
+    old, new = tmp_path / "old.kek", tmp_path / "new.kek"
+    keywrap.generate_file(old)
+    keywrap.generate_file(new, "sm")  # a rotation may change the suite too
+    with Registry(db, keywrap.load_file(old)) as reg:
+        reg.import_lines([json.dumps(n.record()) for n in nodes], now_ms=NOW)
+        before = list(reg.all())
+    r = CliRunner().invoke(gateway, ["devices", "rewrap", "--db", str(db), "--kek-file", str(old),
+                                     "--new-kek-file", str(new)])
+    assert r.exit_code == 0 and "4 root key(s) now wrapped under SM4-GCM" in r.output, r.output
+    with pytest.raises(RegistryError, match="not wrapped under"):
+        Registry(db, keywrap.load_file(old))
+    with Registry(db, keywrap.load_file(new)) as reg:
+        assert list(reg.all()) == before
+    raw = _disk_bytes(db)
+    assert not any(n.root_key in raw for n in nodes)
+    r = CliRunner().invoke(gateway, ["devices", "rewrap", "--db", str(db), "--new-kek-file", str(old)])
+    assert r.exit_code == 3 and "no key-encryption key is configured (keys.kek_file or" in r.output

@@ -49,7 +49,7 @@ from nats.js.api import (
     StreamInfo,
 )
 
-from lifeline.tools.platform.source import Delivery, Handler, SourceError
+from lifeline.tools.platform.source import Delivery, Handler, OtherHandler, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ STREAM = "$MQTT_msgs"  # the MQTT listener's QoS 1 stream (name fixed by nats-se
 STREAM_SUBJECTS = ("$MQTT.msgs.>",)
 MQTT_PREFIX = "$MQTT.msgs."
 UP_SUBJECT = "lifeline.v1.*.up.*"  # = MQTT topic lifeline/v1/+/up/+
+OTHER_SUBJECTS = ("lifeline.v1.*.state", "lifeline.v1.*.down.result")  # presence, command results (core NATS)
 DURABLE = "lifeline-sinks"
 
 
@@ -127,6 +128,11 @@ def parse_nats_url(url: str) -> NatsUrl:
         except ValueError as e:
             raise SourceError(f"{url!r}: option {key}={value!r}: {e}") from None
     return NatsUrl(tuple(servers), stream, consumer)
+
+
+def topic_to_subject(topic: str) -> str:
+    """``lifeline/v1/gw/down`` -> ``lifeline.v1.gw.down`` (the inverse of :func:`subject_to_topic`)."""
+    return ".".join(level.replace(".", "//") for level in topic.split("/"))
 
 
 def subject_to_topic(subject: str) -> str:
@@ -248,6 +254,8 @@ class NatsSource:
         self._error: BaseException | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nats-source-store")
         self.stream_info: StreamInfo | None = None
+        self._on_other: OtherHandler | None = None
+        self._js: JetStreamContext | None = None
 
     @property
     def url(self) -> str:
@@ -263,9 +271,10 @@ class NatsSource:
 
     # ------------------------------------------------------------------------- lifecycle
 
-    def start(self, handler: Handler, timeout_s: float = 30.0) -> None:
+    def start(self, handler: Handler, timeout_s: float = 30.0, on_other: OtherHandler | None = None) -> None:
         if self._thread is not None:
             return
+        self._on_other = on_other
         self._thread = threading.Thread(target=self._run, args=(handler, timeout_s), name="nats-source",
                                         daemon=True)
         self._thread.start()
@@ -335,11 +344,37 @@ class NatsSource:
             self.stream_info = info
             await ensure_consumer(js, self.parsed.consumer, info.config.num_replicas or 1, timeout_s)
             psub = await js.pull_subscribe_bind(durable=self.parsed.consumer.durable, stream=STREAM)
+            if self._on_other is not None:
+                other = self._on_other
+
+                async def on_other(m: Msg) -> None:
+                    try:
+                        other(subject_to_topic(m.subject), bytes(m.data))
+                    except Exception:
+                        log.exception("sink failed on %s", m.subject)
+
+                for subject in OTHER_SUBJECTS:
+                    await nc.subscribe(subject, cb=on_other)
+            self._js = js
             self._ready.set()
             await self._pull(psub, handler)
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()  # unacknowledged messages go back to the durable after ack_wait
+
+    def publish(self, topic: str, payload: bytes, timeout_s: float = 10.0) -> None:
+        """A platform command into ``$MQTT_msgs`` (JetStream publish, acknowledged after the stream stored it):
+        the MQTT listener delivers it with QoS 1 to the gateway's session, also one that reconnects later."""
+        loop, js = self._loop, self._js
+        if loop is None or js is None or loop.is_closed():
+            raise SourceError("the NATS source is not running")
+        fut = asyncio.run_coroutine_threadsafe(
+            js.publish(MQTT_PREFIX + topic_to_subject(topic), payload, timeout=timeout_s), loop)
+        try:
+            fut.result(timeout_s + 1)
+        except (nats.errors.Error, nats.js.errors.Error, concurrent.futures.TimeoutError) as e:
+            raise SourceError(f"{topic}: not stored: {type(e).__name__} {e}") from None
+        self._count("published")
 
     async def _pull(self, psub: JetStreamContext.PullSubscription, handler: Handler) -> None:
         assert self._stopping is not None
@@ -348,9 +383,11 @@ class NatsSource:
         while not self._stopping.is_set():
             try:
                 msgs = await psub.fetch(cs.fetch_batch, timeout=cs.fetch_timeout_s)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.Error, nats.js.errors.Error) as e:
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue  # nothing to do for now (nats-py raises either, depending on where it timed out)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
                 # no leader for the consumer yet, connection lost mid-request…: the client reconnects by itself
                 self._count("fetch_errors")
                 log.debug("nats fetch: %s", e)

@@ -27,6 +27,7 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], bool]
+OtherHandler = Callable[[str, bytes], None]  # (topic, payload) of presence / command results
 
 
 class Source(Protocol):
@@ -37,8 +38,15 @@ class Source(Protocol):
         """Where it reads from (no secrets)."""
         ...
 
-    def start(self, handler: Handler, timeout_s: float = 30.0) -> None:
-        """Connect, set up what the engine needs, and begin delivering. Raises SourceError."""
+    def start(self, handler: Handler, timeout_s: float = 30.0, on_other: OtherHandler | None = None) -> None:
+        """Connect, set up what the engine needs, and begin delivering. Raises SourceError.
+
+        ``on_other`` gets gateway presence (``lifeline/v1/<gw>/state``) and command results
+        (``lifeline/v1/<gw>/down/result``) as they arrive (no acknowledgement)."""
+        ...
+
+    def publish(self, topic: str, payload: bytes, timeout_s: float = 10.0) -> None:
+        """Send a platform command to a gateway (MQTT topic); returns once the engine has it stored."""
         ...
 
     def stop(self) -> None: ...
