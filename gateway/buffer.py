@@ -75,11 +75,150 @@ def wire_reception(r: Reception) -> batch.WireReception:
 
 def encode_reading(r: rec.Reading, extra: Sequence[Reception] = ()) -> bytes:
     """Row format: the batch record exactly as it goes on the wire (``batch.encode_record``), encoded once
-    here so that signing a batch is a concatenation (``BatchSigner.sign_encoded``)."""
+    here so that signing a batch is a concatenation (``BatchSigner.sign_encoded``).
+
+    Hot path (every accepted reading): the bytes are put together from per-device and per-adapter
+    templates and the C CBOR encoder for the field map, without building a BatchRecord; anything
+    outside the plain shape (an odd type, an out-of-range value) takes ``batch.encode_record``, which
+    gives the same bytes or the precise error. Tests check both byte for byte."""
+    fast = _encode_reading_fast(r, extra)
+    if fast is not None:
+        return fast
     rx = tuple(wire_reception(x) for x in r.receptions) + tuple(wire_reception(x) for x in extra)
     return batch.encode_record(batch.BatchRecord(
         r.device_id, r.fcnt, r.node_time, r.rx_ms, r.kind, r.fields, r.data_class, rx, r.flags, rec.RT_READING,
         r.priority))
+
+
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+_I32 = 1 << 31
+_UINT = tuple(bytes((i,)) if i < 24 else bytes((0x18, i)) for i in range(256))
+_ARRAY = tuple(bytes((0x80 | i,)) for i in range(24))
+_MAP = tuple(bytes((0xA0 | i,)) for i in range(24))
+_NINT = tuple(bytes((0x20 | i,)) if i < 24 else bytes((0x38, i)) for i in range(256))
+_RX_HEAD: dict[tuple[str, str], bytes] = {}  # b"\x85" + radio + adapter as CBOR text, per adapter
+_RX_HEAD_MAX = 1024
+_DEV_HEAD: dict[bytes, bytes] = {}  # b"\xab\x01\x48" + device id + b"\x02": one per device, bounded
+_DEV_HEAD_MAX = 16384
+
+
+def _head(major: int, n: int) -> bytes:
+    """CBOR head of major type ``major`` with argument 0 <= n < 2**64 (shortest form)."""
+    if n < 24:
+        return bytes((major << 5 | n,))
+    if n < 256:
+        return bytes((major << 5 | 24, n))
+    if n < 0x10000:
+        return bytes((major << 5 | 25,)) + n.to_bytes(2, "big")
+    if n <= _U32:
+        return bytes((major << 5 | 26,)) + n.to_bytes(4, "big")
+    return bytes((major << 5 | 27,)) + n.to_bytes(8, "big")
+
+
+def _u(n: int) -> bytes:
+    """CBOR unsigned head (major 0) for 0 <= n <= 2**32 - 1 (callers check the range)."""
+    if n < 256:
+        return _UINT[n]
+    if n < 0x10000:
+        return b"\x19" + n.to_bytes(2, "big")
+    return b"\x1a" + n.to_bytes(4, "big")
+
+
+def _i32(v: int | None) -> bytes:
+    if v is None:
+        return b"\xf6"
+    if v >= 0:
+        return _UINT[v] if v < 256 else (b"\x19" + v.to_bytes(2, "big") if v < 0x10000 else
+                                         b"\x1a" + v.to_bytes(4, "big"))
+    n = -1 - v
+    return _NINT[n] if n < 256 else (b"\x39" + n.to_bytes(2, "big") if n < 0x10000 else
+                                     b"\x3a" + n.to_bytes(4, "big"))
+
+
+def _rx_bytes(x: Reception) -> bytes | None:
+    rssi, snr, rx_ms = x.rssi, x.snr_x10, x.rx_ms
+    if (type(rx_ms) is not int or not 0 <= rx_ms <= _U64
+            or (rssi is not None and (type(rssi) is not int or not -_I32 <= rssi < _I32))
+            or (snr is not None and (type(snr) is not int or not -_I32 <= snr < _I32))):
+        return None
+    key = (x.radio, x.adapter)
+    head = _RX_HEAD.get(key)
+    if head is None:
+        if type(x.radio) is not str or type(x.adapter) is not str:
+            return None
+        head = b"\x85" + cbor2.dumps(x.radio) + cbor2.dumps(x.adapter)
+        if len(_RX_HEAD) < _RX_HEAD_MAX:
+            _RX_HEAD[key] = head
+    return head + _head(0, rx_ms) + _i32(rssi) + _i32(snr)
+
+
+def _encode_reading_fast(r: rec.Reading, extra: Sequence[Reception]) -> bytes | None:
+    dev, fcnt, node_time, kind, fields = r.device_id, r.fcnt, r.node_time, r.kind, r.fields
+    rxs = r.receptions
+    if (type(fcnt) is not int or type(node_time) is not int or type(kind) is not int or not 0 <= fcnt <= _U32
+            or not 0 <= node_time <= _U32 or not 0 <= kind < 256 or type(fields) is not dict or not rxs
+            or r.data_class not in (0, 1, 2, 3) or r.flags not in (0, 1, 2, 3, 4, 5, 6, 7)
+            or r.priority not in (0, 1, 2) or type(r.data_class) is not int or type(r.flags) is not int
+            or type(r.priority) is not int):
+        return None
+    head = _DEV_HEAD.get(dev)
+    if head is None:
+        if type(dev) is not bytes or len(dev) != 8:
+            return None
+        head = b"\xab\x01\x48" + dev + b"\x02"
+        if len(_DEV_HEAD) >= _DEV_HEAD_MAX:
+            _DEV_HEAD.clear()
+        _DEV_HEAD[dev] = head
+    nf = len(fields)
+    if nf >= 24:
+        return None
+    parts = [head, _u(fcnt), b"\x03", _u(node_time), b"\x04", b"", b"\x05", _UINT[kind], b"\x06", _MAP[nf]]
+    for k in sorted(fields):  # uint keys: RFC 8949 core deterministic order is numeric order
+        v = fields[k]
+        if type(k) is not int or not 0 <= k < 0x10000:
+            return None
+        parts.append(_UINT[k] if k < 256 else b"\x19" + k.to_bytes(2, "big"))
+        if type(v) is int:
+            if 0 <= v < 256:
+                parts.append(_UINT[v])
+            elif 0 <= v <= _U64:
+                parts.append(_head(0, v))
+            elif -_U64 - 1 <= v < 0:
+                parts.append(_head(1, -1 - v))
+            else:
+                return None
+        elif type(v) is bytes:
+            parts.append(_head(2, len(v)))
+            parts.append(v)
+        else:
+            return None
+    rx_ms = rxs[0].rx_ms
+    if type(rx_ms) is not int or not 0 <= rx_ms <= _U64:
+        return None
+    parts[5] = _head(0, rx_ms)
+    parts.append(b"\x07")
+    parts.append(_UINT[r.data_class])
+    n = len(rxs) + len(extra)
+    if n >= 24:
+        return None
+    parts.append(b"\x08")
+    parts.append(_ARRAY[n])
+    for x in rxs:
+        b = _rx_bytes(x)
+        if b is None:
+            return None
+        parts.append(b)
+    for x in extra:
+        b = _rx_bytes(x)
+        if b is None:
+            return None
+        parts.append(b)
+    parts.append(b"\x09")
+    parts.append(_UINT[r.flags])
+    parts.append(b"\x0a\x00\x0b")
+    parts.append(_UINT[r.priority])
+    return b"".join(parts)
 
 
 def encode_event(e: rec.GatewayEvent) -> bytes:
@@ -112,6 +251,11 @@ def add_receptions(blob: bytes, extra: Sequence[Reception]) -> bytes:
     return batch.encode_record(batch.BatchRecord(
         r.device_id, r.fcnt, r.node_time, r.rx_ms, r.kind, r.fields, r.data_class, rx, r.flags, r.record_type,
         r.priority))
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    """Row ids as a JSON array for ``json_each`` (ids are ints: nothing to escape)."""
+    return "[" + ",".join(map(str, ids)) + "]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +479,9 @@ class Buffer:
         """Inside a transaction: the signed batch, its rows marked, the chain advanced (all or nothing)."""
         conn.execute("INSERT INTO outbox(seq, lane, created_ms, count, ids, data) VALUES (?,?,?,?,?,?)",
                      (signed.seq, signed.lane, created_ms, signed.count, array("q", ids).tobytes(), signed.data))
-        conn.executemany("UPDATE readings SET batch=? WHERE id=?", [(signed.seq, i) for i in ids])
+        # one statement for the whole batch (a per-row executemany costs ~0.7 us more per row)
+        conn.execute("UPDATE readings SET batch=? WHERE id IN (SELECT value FROM json_each(?))",
+                     (signed.seq, _id_list(ids)))
         conn.execute("INSERT INTO chain(id, gateway_id, next_seq, prev_hash) VALUES (0,?,?,?) ON CONFLICT(id) "
                      "DO UPDATE SET next_seq=excluded.next_seq, prev_hash=excluded.prev_hash",
                      (gateway_id, signed.seq + 1, signed.digest))
@@ -347,7 +493,7 @@ class Buffer:
 
     def outbox_done(self, conn: sqlite3.Connection, seq: int, ids: Sequence[int]) -> None:
         """After PUBACK: delete the batch and its readings."""
-        conn.executemany("DELETE FROM readings WHERE id=?", [(i,) for i in ids])
+        conn.execute("DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?))", (_id_list(ids),))
         if conn.execute("DELETE FROM outbox WHERE seq=?", (seq,)).rowcount:
             self.outbox_count -= 1
 

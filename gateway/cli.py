@@ -506,6 +506,13 @@ def _print_status(s: dict[str, Any]) -> None:
         t.add_row("drops", joined(s.get("drops", {})))
     if "next_seq" in s:
         t.add_row("next seq", n(s["next_seq"]))
+    ks = s.get("keys") or {}
+    if ks:
+        parts = [f"{k} {v['where']}" + (f" {v['cipher']}" if v.get("cipher") not in ("", "none") else "")
+                 for k, v in ks.items()]
+        if ks.get("registry", {}).get("where") == "plaintext":
+            parts[0] = "[yellow]registry PLAINTEXT[/yellow] (docs/keys.md)"
+        t.add_row("keys", " · ".join(parts))
     con.print(t)
 
 

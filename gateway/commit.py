@@ -62,14 +62,17 @@ class CommitStage:
             with Transaction(conn):
                 res = self.buffer.write_group(conn, items, now_ms)
                 top: dict[bytes, tuple[int, int]] = {}
+                open_commands = self.commands.open_by_device
+                reading = rec.Reading
                 for it in items:
-                    if not isinstance(it, rec.Reading):
+                    if type(it) is not reading:
                         continue
-                    prev = top.get(it.device_id)
+                    dev = it.device_id
+                    prev = top.get(dev)
                     if prev is None or it.fcnt > prev[1]:
-                        top[it.device_id] = (it.key_epoch, it.fcnt)
+                        top[dev] = (it.key_epoch, it.fcnt)
                     ack = bool(it.frame_flags & frame.FLAG_ACK_REQ)
-                    if not ack and not self.commands.has_open(it.device_id):
+                    if not ack and (not open_commands or open_commands.get(dev, 0) <= 0):
                         continue
                     cmd = self.commands.take(conn, it.device_id, now_ms, ack_only=ack)
                     if not ack and cmd is None:

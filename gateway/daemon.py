@@ -484,6 +484,9 @@ class Gateway:
         statusinfo.register_gauges(self)
         m.gauge("commands_open", "Platform commands waiting for a receive window.",
                 lambda: [((), sum(self.commands.open_by_device.values()))])
+        m.gauge("key_storage", "Where the keys live: registry root keys (file/pkcs11 KEK, or plaintext) and the "
+                "batch signing key (file/pkcs11); 1 per key.", lambda: [
+                    (tuple(lab.values()), v) for lab, v in self.gateway_keys.storage()], ("key", "where", "cipher"))
 
     def _eta(self) -> float:
         rate = self.forwarder.drain_rate()

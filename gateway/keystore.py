@@ -34,6 +34,18 @@ class GatewayKeys:
         """For status output and logs: where each key lives (never the key)."""
         return {"registry_keys": keywrap.describe(self.kek), "signing_key": self.signer_source}
 
+    def storage(self) -> list[tuple[dict[str, str], float]]:
+        """The ``key_storage`` gauge: where each key lives and under which cipher (no paths, no keys)."""
+        reg_where = "plaintext" if self.kek is None else ("pkcs11" if self.token is not None
+                                                           and not isinstance(self.kek, keywrap.MemoryKek)
+                                                           else "file")
+        reg_cipher = "none" if self.kek is None else keywrap.CIPHER_NAMES[self.kek.suite]
+        sign_where = ("pkcs11" if self.signer_source.startswith("PKCS#11") else
+                      "file" if self.signer_source.startswith("file") else self.signer_source or "none")
+        sign_suite = self.signer.suite if self.signer is not None else ""
+        return [({"key": "registry", "where": reg_where, "cipher": reg_cipher}, 1),
+                ({"key": "signing", "where": sign_where, "cipher": sign_suite}, 1)]
+
     def close(self) -> None:
         if self.token is not None:
             self.token.close()

@@ -126,6 +126,8 @@ def summarise(parsed: Parsed, now_s: float | None = None) -> dict[str, Any]:
         "devices": by("devices", "status"),
         "last_alarm_age_s": round(max(0.0, now - last_alarm), 1) if last_alarm > 0 else None,
         "rules": rules,
+        "keys": {lab.get("key", ""): {"where": lab.get("where", ""), "cipher": lab.get("cipher", "")}
+                 for lab, _ in parsed.get(P + "key_storage", [])},
     }
 
 

@@ -455,9 +455,15 @@ class PlatformSink:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            out = {"sink": self.client_id, "records": self.record_count(), "batches": self.batch_count(),
-                   "counters": dict(self.counters), "presence": dict(self.presence),
-                   "source": dict(self.source.counters()) if self.source is not None else {}}
+            try:
+                records: int | None = self.record_count()
+                batches: int | None = self.batch_count()
+            except StoreUnavailable:  # a live count must not fail while the database restarts
+                records = batches = None
+            out: dict[str, Any] = {
+                "sink": self.client_id, "records": records, "batches": batches, "counters": dict(self.counters),
+                "presence": dict(self.presence),
+                "source": dict(self.source.counters()) if self.source is not None else {}}
         if self.ca is not None:
             out["ca"] = {"revoked": len(self.ca.revoked), "crl_reloads": self.ca.crl_reloads,
                          "crl_reload_errors": self.ca.crl_reload_errors, "crl_error": self.ca.crl_error}
@@ -705,7 +711,11 @@ def platform_sink_cmd(
         code = 0
     finally:
         final = sink.snapshot()
-        reports = sink.chain_report()
+        try:
+            reports = sink.chain_report()
+        except StoreUnavailable as e:
+            click.echo(f"warning: no chain report: {e}", err=True)
+            reports = []
         sink.stop()
     _say(as_json, {"event": "summary", **final, "chains": [r.to_json() for r in reports]})
     if any(r.broken_links or r.equivocations for r in reports):
@@ -724,7 +734,10 @@ def _run(sink: PlatformSink, as_json: bool, stop_after: int | None, timeout_s: f
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
     def finished() -> bool:
-        return stop_after is not None and sink.record_count() >= stop_after
+        try:
+            return stop_after is not None and sink.record_count() >= stop_after
+        except StoreUnavailable:  # the database is restarting: the sink holds its batches meanwhile
+            return False
 
     def expired() -> bool:
         return deadline is not None and time.monotonic() > deadline
@@ -738,7 +751,8 @@ def _run(sink: PlatformSink, as_json: bool, stop_after: int | None, timeout_s: f
                 sink.wait_for(lambda s: finished(), 1.0)
             if not as_json:  # a plain count line whenever it changed (logs, pipes)
                 c = sink.counters
-                line = (f"records={sink.record_count()} batches={sink.batch_count()} "
+                snap = sink.snapshot()
+                line = (f"records={snap['records']} batches={snap['batches']} "
                         f"rejected={c.get('rejected', 0)} broken_links={c.get('broken_links', 0)}")
                 if line != last:
                     click.echo(line)

@@ -4,14 +4,26 @@ that survives a crash and is republished byte for byte."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from lifeline.gateway import buffer as buffer_module
 from lifeline.gateway import records as rec
-from lifeline.gateway.buffer import Buffer, Drop, add_receptions, decode_record, encode_reading, with_flags
+from lifeline.gateway.buffer import (
+    Buffer,
+    Drop,
+    add_receptions,
+    decode_record,
+    encode_reading,
+    wire_reception,
+    with_flags,
+)
 from lifeline.gateway.config import BufferConfig
 from lifeline.gateway.ingress.base import Reception
 from lifeline.gateway.statedb import Transaction, connect
@@ -256,3 +268,47 @@ def test_buffer_refuses_another_gateways_chain(tmp_path: Path) -> None:
 
     with pytest.raises(BufferError, match="gw-a"):
         buf.load_chain(conn, "gw-b")
+
+
+_RX_VALUES = st.none() | st.integers(-(2**31), 2**31 - 1) | st.sampled_from([-24, -25, 23, 24, 255, 256, -257, 65536])
+_U64 = 2**64 - 1
+
+
+@settings(max_examples=600, deadline=None)
+@given(dev=st.binary(min_size=8, max_size=8), fcnt=st.integers(0, 2**32 - 1), node_time=st.integers(0, 2**32 - 1),
+       kind=st.integers(0, 255), data_class=st.integers(0, 3), prio=st.integers(0, 2), flags=st.integers(0, 7),
+       fields=st.dictionaries(st.integers(0, 70_000), st.integers(-(2**64), _U64) | st.binary(max_size=30), max_size=6),
+       rxs=st.lists(st.tuples(st.sampled_from(["lora-udp", "ble", "x" * 30]), st.sampled_from(["lora0", "n"]),
+                              st.integers(0, _U64), _RX_VALUES, _RX_VALUES), min_size=1, max_size=3),
+       n_extra=st.integers(0, 2))
+def test_fast_reading_encoder_gives_the_reference_bytes(dev: bytes, fcnt: int, node_time: int, kind: int,
+                                                        data_class: int, prio: int, flags: int,
+                                                        fields: dict[int, int | bytes],
+                                                        rxs: list[tuple[str, str, int, int | None, int | None]],
+                                                        n_extra: int) -> None:
+    """encode_reading's template path and the generic batch.encode_record give the same bytes, whether the
+    fast path takes the record or hands it on (big keys, many receptions)."""
+    receptions = tuple(Reception(*x) for x in rxs)
+    r = rec.Reading(id=1, device_id=dev, fcnt=fcnt, node_time=node_time, kind=kind, fields=fields,
+                    data_class=data_class, priority=prio, flags=flags, frame_flags=0, receptions=receptions[:1])
+    extra = receptions[1:1 + n_extra]
+    ref = batch.encode_record(batch.BatchRecord(
+        dev, fcnt, node_time, r.rx_ms, kind, fields, data_class, tuple(wire_reception(x) for x in r.receptions + extra),
+        flags, rec.RT_READING, prio))
+    assert encode_reading(r, extra) == ref
+    fast = buffer_module._encode_reading_fast(r, extra)
+    assert fast is None or fast == ref
+
+
+def test_fast_reading_encoder_takes_the_plain_shape_and_hands_on_the_rest() -> None:
+    rx = Reception("lora-udp", "lora0", 1_763_783_000_000, -90, 50)
+    plain = rec.Reading(id=1, device_id=bytes(8), fcnt=7, node_time=200_000_000, kind=3, fields={1: 300, 2: 12},
+                        data_class=1, priority=2, flags=0, frame_flags=0, receptions=(rx,))
+    assert buffer_module._encode_reading_fast(plain, ()) is not None
+    odd = [dataclasses.replace(plain, fields={1: True}), dataclasses.replace(plain, fields={70_000: 1}),
+           dataclasses.replace(plain, device_id=bytes(7)), dataclasses.replace(plain, flags=8),
+           dataclasses.replace(plain, receptions=(dataclasses.replace(rx, rssi=2**31),))]
+    for r in odd:
+        assert buffer_module._encode_reading_fast(r, ()) is None
+    with pytest.raises(batch.BatchError):  # the generic path names what is wrong
+        encode_reading(odd[0])

@@ -172,6 +172,11 @@ async def test_gateway_signs_with_the_token_and_unwraps_with_the_token(softhsm: 
         assert h.gw.gateway_keys.describe() == {
             "registry_keys": f"AES-256-GCM (PKCS#11 module {softhsm.module}, token '{TOKEN}', key 'gw-kek')",
             "signing_key": f"PKCS#11 token '{TOKEN}', key 'gw-sign'"}
+        from lifeline.gateway.metrics import parse_text
+        from lifeline.gateway.statusinfo import summarise
+
+        assert summarise(parse_text(h.gw.metrics.render()))["keys"] == {
+            "registry": {"where": "pkcs11", "cipher": "AES-256-GCM"}, "signing": {"where": "pkcs11", "cipher": "intl"}}
         await h.hear(node.smoke(alarm_state=1))
         await h.hear(node.smoke())
         h.clock.advance(60_000)
@@ -248,3 +253,19 @@ def test_token_keys_cli_creates_imports_and_keeps(softhsm: SoftHsm, tmp_path: Pa
         assert token.signer("cli-moved").sign(b"sig structure") == old.sign(b"sig structure")
     finally:
         token.close()
+
+
+def test_bench_keys_reports_every_figure(tmp_path: Path) -> None:
+    """`lifeline bench --only keys` (its own process: SoftHSM2 reads its config once per process)."""
+    import sys
+
+    lifeline = str(Path(sys.executable).with_name("lifeline"))
+    r = subprocess.run([lifeline, "bench", "--only", "keys", "--quick", "--json"], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    figures = {f["name"]: f for f in json.loads(r.stdout)["figures"]}
+    assert set(figures) == {"sign_file_ed25519", "sign_pkcs11_ed25519", "unwrap_file_aes256gcm",
+                            "unwrap_file_sm4gcm", "unwrap_pkcs11_aes256gcm", "registry_load_plaintext",
+                            "registry_load_file_aes256gcm", "registry_load_pkcs11_aes256gcm"}
+    assert all(f["value"] > 0 for f in figures.values())
+    assert figures["registry_load_file_aes256gcm"]["baseline"] == "registry_load_plaintext"

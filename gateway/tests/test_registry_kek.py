@@ -210,6 +210,11 @@ async def test_daemon_migrates_then_runs_on_wrapped_keys(tmp_path: Path) -> None
     h = await start_harness(state, nodes, sections={"keys": {"kek_file": str(kek_file)}})
     try:
         assert h.gw.gateway_keys.describe()["registry_keys"] == f"AES-256-GCM (file {kek_file})"
+        from lifeline.gateway.metrics import parse_text
+        from lifeline.gateway.statusinfo import summarise
+
+        assert summarise(parse_text(h.gw.metrics.render()))["keys"] == {
+            "registry": {"where": "file", "cipher": "AES-256-GCM"}, "signing": {"where": "file", "cipher": "intl"}}
         await h.hear(nodes[0].smoke())
         await h.hear(nodes[1].smoke(alarm_state=1))
         assert h.rejects() == {}
@@ -240,6 +245,15 @@ async def test_daemon_refuses_to_start_with_a_wrong_or_missing_kek(tmp_path: Pat
         await start_harness(state, (), sections={"keys": {"kek_file": str(bad)}})
     with pytest.raises(StartupError, match="no key-encryption key is configured"):
         await start_harness(state, ())
+    h = await start_harness(tmp_path / "plain", ())  # no KEK, plaintext registry: runs, says so
+    try:
+        from lifeline.gateway.metrics import parse_text
+        from lifeline.gateway.statusinfo import summarise
+
+        keys_status = summarise(parse_text(h.gw.metrics.render()))["keys"]
+        assert keys_status["registry"] == {"where": "plaintext", "cipher": "none"}
+    finally:
+        await h.stop()
 
 
 def test_cli_kekgen_import_list(tmp_path: Path) -> None:

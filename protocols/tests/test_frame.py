@@ -296,3 +296,26 @@ def test_fast_field_check_agrees_with_the_reference(kind: int, fields: dict[Any,
     except frame.FrameError:
         ok = False
     assert fastpath._plainly_valid(kind, fields) == ok
+
+
+@pytest.mark.parametrize("body", [
+    bytes.fromhex("a3011901f4020c0f190d48"),  # {1: 500, 2: 12, 15: 3400}: deterministic
+    bytes.fromhex("a3020c011901f40f190d48"),  # same map, keys out of order
+    bytes.fromhex("a301190000020c0f190d48"),  # 0 in a two-byte head (not shortest)
+    bytes.fromhex("a3011901f4010c0f190d48"),  # key 1 twice
+])
+def test_fast_path_takes_only_deterministic_bodies_and_agrees_with_the_reference(body: bytes) -> None:
+    """The fast path re-encodes the decoded map in wire order; a body that is not deterministic CBOR must
+    get the reference decoder's verdict (accepted or not), never a different one from the fast path."""
+    dev = bytes.fromhex("4c4c000000000001")
+    keys = frame.derive_keys(bytes(range(32)), dev)
+    msg = bytes(((frame.VERSION << 4) | frame.SUITE, schema.K_WATER_LEVEL, 0)) + dev + (5).to_bytes(4, "big") \
+        + (200_000_000).to_bytes(4, "big") + body
+    data = msg + crypto.hmac_sha256(keys.mic_up, msg)[:frame.MIC_LEN]
+    outcomes: list[tuple[str, object]] = []
+    for decode in (frame.decode, fastpath.decode):
+        try:
+            outcomes.append(("ok", decode(data, keys).fields))
+        except frame.FrameError as e:
+            outcomes.append(("rejected", e.reason))
+    assert outcomes[0] == outcomes[1]
