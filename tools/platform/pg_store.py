@@ -46,6 +46,8 @@ from lifeline.protocols import batch, schema
 from lifeline.tools.platform.store import ChainReport, StoredRecord, StoreError, StoreOutcome, StoreUnavailable
 
 DAY_MS = 86_400_000
+MAX_RX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: a later receive time cannot name a partition
+_I64 = (1 << 63) - 1
 INSERT_METHODS = ("copy", "unnest")
 _LOCK_MIGRATE = 0x4C4C_0001  # advisory lock ids ("LL")
 _LOCK_PARTITION = 0x4C4C_0002
@@ -362,6 +364,10 @@ class PgStore:
         for r in readings:
             uniq.setdefault((r.device_id, r.fcnt), r)
         readings = list(uniq.values())
+        for r in b.records:  # values the schema cannot hold: a permanent refusal, not a retry
+            if r.rx_ms > MAX_RX_MS or max(r.fcnt, r.node_time) > _I64:
+                raise StoreError(f"{b.gateway_id} seq {b.seq}: device {r.device_id.hex()} fcnt {r.fcnt}: "
+                                 f"rx_ms {r.rx_ms} / node_time {r.node_time} out of the store's range")
         with self._using() as conn:
             self._ensure_days(conn, {r.rx_ms // DAY_MS for r in readings})
             with conn.transaction():
