@@ -67,24 +67,34 @@ class MemoryFigures:
         return self.firmware_in_use <= BUDGET_IN_USE
 
 
-def _warmup_steps(kind: str, radio: str, warmup: int) -> list[str]:
+_SM_MODULES = ("lifeline.protocols.sm3", "lifeline.protocols.sm4", "lifeline.protocols.crypto_sm")
+
+
+def _node(kind: str, radio: str, suite: str) -> str:
+    extra = "" if suite == "intl" else f", config_extra={{'suite': {suite!r}}}"
+    return f"simnode.SimNode({kind!r}, {radio!r}{extra})"
+
+
+def _warmup_steps(kind: str, radio: str, warmup: int, suite: str = "intl") -> list[str]:
     return [
-        f"from lifeline.firmware import simnode\nsn = simnode.SimNode({kind!r}, {radio!r})\n"
+        f"from lifeline.firmware import simnode\nsn = {_node(kind, radio, suite)}\n"
         f"for _ in range({warmup}):\n    sn.wake()\n    sn.sleep(900000)\n",
         _DUMP_STATE,
     ]
 
 
-def _measure_steps(kind: str, radio: str, state: str) -> list[str]:
+def _measure_steps(kind: str, radio: str, state: str, suite: str = "intl") -> list[str]:
     read = "M.append(gc.mem_alloc())\n"
+    # an sm node's suite modules count as protocol modules (the sim's gateway end would import them first)
+    protocols = _PROTOCOLS + (_SM_MODULES if suite == "sm" else ())
     return [
         "import gc, json\nM = []\ngc.collect()\n",
         read,  # 0: baseline
         "".join(f"import {m}\n" for m in _SCAFFOLD) + "gc.collect()\n",
         read,  # 1: + scaffold modules
-        "".join(f"import {m}\n" for m in _PROTOCOLS) + "gc.collect()\n",
+        "".join(f"import {m}\n" for m in protocols) + "gc.collect()\n",
         read,  # 2: + protocol modules
-        f"from lifeline.firmware import simnode\nsn = simnode.SimNode({kind!r}, {radio!r})\n"
+        f"from lifeline.firmware import simnode\nsn = {_node(kind, radio, suite)}\n"
         f"_S = json.loads({state!r})\n" + _RESTORE_STATE + "del _S\ngc.collect()\n",
         read,  # 3: + simnode, the simulated hardware and the restored flash / RTC state (scaffold)
         "gc.disable()\n_a = gc.mem_alloc()\nsn.wake()\nsn.sleep(900000)\n_b = gc.mem_alloc()\ngc.enable()\n"
@@ -98,12 +108,14 @@ def _measure_steps(kind: str, radio: str, state: str) -> list[str]:
     ]
 
 
-def measure(kind: str, radio: str = "lora", *, warmup: int = 3, timeout: float = 120) -> MemoryFigures:
-    """Run the cycle under MicroPython and return the figures (raises mpy_runtime.MicroPythonError)."""
+def measure(kind: str, radio: str = "lora", *, warmup: int = 3, timeout: float = 120,
+            suite: str = "intl") -> MemoryFigures:
+    """Run the cycle under MicroPython and return the figures (raises mpy_runtime.MicroPythonError).
+    ``suite``: the node's frame crypto suite (its config's "suite")."""
     files = mpy_compile.compile_tree(mpy_runtime.device_files(("protocols", "firmware")))
-    warm = mpy_runtime.run(_warmup_steps(kind, radio, warmup), files, timeout=timeout)
+    warm = mpy_runtime.run(_warmup_steps(kind, radio, warmup, suite), files, timeout=timeout)
     state = _tagged(warm, "@fw-state ")
-    result = mpy_runtime.run(_measure_steps(kind, radio, state), files, timeout=timeout)
+    result = mpy_runtime.run(_measure_steps(kind, radio, state, suite), files, timeout=timeout)
     m, frames = json.loads(_tagged(result, "@fw-memory "))
     baseline, scaffold_mods, protocols, simnode, cycle_alloc, after, stand_ins = m
     # flash/RTC stand-ins restored before the wake are in `simnode - protocols`; the ones after it replace

@@ -118,8 +118,8 @@ def test_sm4_ctr_three_implementations_agree(key: bytes, down: bool, dev: bytes,
     nonce = bytes((1, int(down))) + dev + fcnt.to_bytes(4, "big") + b"\x00\x00"
     assert Cipher(algorithms.SM4(key), modes.CTR(nonce)).encryptor().update(data) == ours
     assert crypto_sm.ctr_xor(key, down, dev, fcnt, ours) == data
-    if data:  # the suites differ: the same key and counter give another keystream
-        assert ours != crypto.ctr_xor(key, down, dev, fcnt, data)
+    if len(data) >= 8:  # the suites differ: the same key and counter give another keystream (a short
+        assert ours != crypto.ctr_xor(key, down, dev, fcnt, data)  # one may agree by chance: 1 in 256 a byte)
 
 
 @settings(max_examples=100, deadline=None)

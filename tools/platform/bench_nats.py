@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import threading
 import time
@@ -66,6 +67,7 @@ class Workload:
         self.bytes_per_reading = sum(len(d) for v in self.batches.values() for d in v) / self.readings
 
     def trust_files(self, directory: Path) -> list[tuple[str, Path]]:
+        directory.mkdir(parents=True, exist_ok=True)
         out = []
         for gw, key in self.keys.items():
             p = directory / f"{gw}.pub"
@@ -151,9 +153,30 @@ async def _drain(js: nats.js.JetStreamContext, n: int) -> float:
     return dt
 
 
+def _cpu_s(pid: int, children: bool = False) -> float:
+    """utime + stime of a running process (+ its reaped children's), from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _pg_cpu_s(pid: int | None) -> float:
+    """CPU of a PostgreSQL server: the postmaster, its reaped backends and the ones still running."""
+    if pid is None:
+        return 0.0
+    total = _cpu_s(pid, children=True)
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((d / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    total += _cpu_s(int(d.name), children=True)
+    return total
+
+
 def _run_sinks(ctx: BenchContext, cluster: NatsCluster, work: Workload, trust: list[tuple[str, Path]],
                k: int, store_url: str) -> tuple[float, float, float]:
-    """(seconds first publish -> all stored, sink CPU seconds, publish seconds) with ``k`` sink processes."""
+    """(seconds first publish -> all stored, sink CPU seconds spent after they were ready, publish seconds)
+    with ``k`` sink processes (start-up and imports are not counted: CPU at "ready" is subtracted)."""
     asyncio.run(_js(cluster, "purge"))
     hosts = ",".join(u[len("nats://"):] for u in cluster.urls)
     durable = f"bench-{k}-{time.monotonic_ns()}"
@@ -164,6 +187,7 @@ def _run_sinks(ctx: BenchContext, cluster: NatsCluster, work: Workload, trust: l
         s.start()
     for s in sinks:
         s.wait_ready()
+    startup = sum(_cpu_s(s.proc.pid) for s in sinks if s.proc is not None)
     t0 = time.perf_counter()
     publish_s = _publish_all(work, cluster.nodes)
     for s in sinks:  # each exits 0 once the shared store holds every reading
@@ -174,7 +198,7 @@ def _run_sinks(ctx: BenchContext, cluster: NatsCluster, work: Workload, trust: l
     codes = [s.proc.returncode for s in sinks if s.proc is not None]
     if codes != [0] * k:
         raise RuntimeError(f"sinks exited {codes}: {[s.log_tail() for s in sinks]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime) - startup
     return total, cpu, publish_s
 
 
@@ -187,6 +211,46 @@ def _store_alone(ctx: BenchContext, work: Workload, store_url: str) -> float:
     dt = time.perf_counter() - t0
     store.close()
     return dt
+
+
+def _postgres_cases(ctx: BenchContext, cluster: NatsCluster, work: Workload, trust: list[tuple[str, Path]],
+                    note: str) -> list[Figure]:
+    """The same with a PostgreSQL store (fsync on, as deployed); one fresh database per case."""
+    from lifeline.tools.pgserver import PgServer
+
+    n = work.readings
+    out: list[Figure] = []
+    base = "baseline: PostgreSQL store_batch alone (1 process)"
+    with PgServer(ctx.workdir / "pg-alone", durable=True) as pg:
+        out.append(Figure(BENCH, base, rate(n, _store_alone(ctx, work, pg.url)), "readings/s"))
+    for k in (1, 2, 3):
+        with PgServer(ctx.workdir / f"pg-{k}", durable=True) as pg:
+            open_store(pg.url).close()  # schema created once, not raced by k sinks
+            pg0 = _pg_cpu_s(pg.pid)
+            total, cpu, _ = _run_sinks(ctx, cluster, work, trust, k, pg.url)
+            pg_cpu = _pg_cpu_s(pg.pid) - pg0
+        out.append(Figure(BENCH, f"end to end, {k} sink(s), PostgreSQL", rate(n, total), "readings/s",
+                          baseline=base, note=note))
+        out.append(Figure(BENCH, f"sink CPU per 1k readings, {k} sink(s), PostgreSQL", cpu / n * 1000 * 1000, "ms",
+                          better="lower", note="sink processes only"))
+        out.append(Figure(BENCH, f"PostgreSQL CPU per 1k readings, {k} sink(s)", pg_cpu / n * 1000 * 1000, "ms",
+                          better="lower", note="postmaster + backends, fsync on"))
+    # small batches, as a gateway sends them at 20 ms batch_ms and a few readings/s: the per-batch cost
+    small = Workload(len(work.keys), ctx.scale(600, 100), 2)
+    small_trust = small.trust_files(ctx.workdir / "small")
+    with PgServer(ctx.workdir / "pg-small", durable=True) as pg:
+        open_store(pg.url).close()
+        pg0 = _pg_cpu_s(pg.pid)
+        total, cpu, _ = _run_sinks(ctx, cluster, small, small_trust, 3, pg.url)
+        pg_cpu = _pg_cpu_s(pg.pid) - pg0
+    nb = sum(len(v) for v in small.batches.values())
+    out.append(Figure(BENCH, "end to end, 3 sinks, PostgreSQL, 2-reading batches", rate(nb, total), "batches/s",
+                      note=f"{rate(small.readings, total):.0f} readings/s; {nb} batches"))
+    out.append(Figure(BENCH, "sink CPU per 1k batches (2 readings each), PostgreSQL", cpu / nb * 1000 * 1000, "ms",
+                      better="lower"))
+    out.append(Figure(BENCH, "PostgreSQL CPU per 1k batches (2 readings each)", pg_cpu / nb * 1000 * 1000, "ms",
+                      better="lower", note="fsync on: one commit per batch"))
+    return out
 
 
 def bench(ctx: BenchContext) -> list[Figure]:
@@ -216,6 +280,7 @@ def bench(ctx: BenchContext) -> list[Figure]:
                                   baseline="baseline: SQLite store_batch alone (1 process)", note=note))
             figures.append(Figure(BENCH, f"sink CPU per 1k readings, {k} sink(s), SQLite",
                                   cpu / n * 1000 * 1000, "ms", better="lower"))
+        figures += _postgres_cases(ctx, cluster, work, trust, note)
     figures.append(Figure(BENCH, "signed batch bytes per reading", work.bytes_per_reading, "B", better="lower",
                           note=f"{per_batch} readings per batch, Ed25519 COSE_Sign1"))
     return figures

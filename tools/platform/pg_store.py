@@ -46,6 +46,8 @@ from lifeline.protocols import batch, schema
 from lifeline.tools.platform.store import ChainReport, StoredRecord, StoreError, StoreOutcome, StoreUnavailable
 
 DAY_MS = 86_400_000
+MAX_RX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: a later receive time cannot name a partition
+_I64 = (1 << 63) - 1
 INSERT_METHODS = ("copy", "unnest")
 _LOCK_MIGRATE = 0x4C4C_0001  # advisory lock ids ("LL")
 _LOCK_PARTITION = 0x4C4C_0002
@@ -362,6 +364,10 @@ class PgStore:
         for r in readings:
             uniq.setdefault((r.device_id, r.fcnt), r)
         readings = list(uniq.values())
+        for r in b.records:  # values the schema cannot hold: a permanent refusal, not a retry
+            if r.rx_ms > MAX_RX_MS or max(r.fcnt, r.node_time) > _I64:
+                raise StoreError(f"{b.gateway_id} seq {b.seq}: device {r.device_id.hex()} fcnt {r.fcnt}: "
+                                 f"rx_ms {r.rx_ms} / node_time {r.node_time} out of the store's range")
         with self._using() as conn:
             self._ensure_days(conn, {r.rx_ms // DAY_MS for r in readings})
             with conn.transaction():
@@ -370,23 +376,18 @@ class PgStore:
     def _store_locked(self, conn: psycopg.Connection[Any], b: batch.Batch, raw: bytes, sink_id: str, now_ms: int,
                       readings: Sequence[batch.BatchRecord], events: Sequence[batch.BatchRecord]) -> StoreOutcome:
         gw = b.gateway_id
-        conn.execute("INSERT INTO gateway_chain (gateway) VALUES (%s) ON CONFLICT DO NOTHING", (gw,))
-        row = conn.execute("SELECT highest_seq, missing FROM gateway_chain WHERE gateway=%s FOR UPDATE",
-                           (gw,)).fetchone()
+        # lock this gateway's chain row (created on first sight): its batches are stored one at a time
+        row = conn.execute("INSERT INTO gateway_chain AS g (gateway) VALUES (%s) ON CONFLICT (gateway) DO UPDATE "
+                           "SET gateway = g.gateway RETURNING highest_seq, missing", (gw,)).fetchone()
         assert row is not None
         highest, missing = row[0], int(row[1])
-        ins = conn.execute(
-            "INSERT INTO batches (gateway, seq, digest, prev_hash, lane, created_ms, count, new_records, "
-            "received_ms, sink, data) VALUES (%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s) ON CONFLICT DO NOTHING RETURNING 1",
-            (gw, b.seq, b.digest, b.prev_hash, b.lane, b.created_ms, len(b.records), now_ms, sink_id, raw),
-        ).fetchone()
-        if ins is None:  # the same batch again: nothing to do (its records were stored with it)
-            return StoreOutcome(True, 0, 0, ())
+        # under that lock, the batch and its neighbours as every sink committed them
         near = conn.execute("SELECT seq, digest, prev_hash FROM batches WHERE gateway=%s AND seq BETWEEN %s AND %s",
                             (gw, b.seq - 1, b.seq + 1)).fetchall()
+        if any(seq == b.seq and bytes(digest) == b.digest for seq, digest, _ in near):
+            return StoreOutcome(True, 0, 0, ())  # the same batch again: its records were stored with it
         broken: list[tuple[int, int]] = []
         equivocation = False
-        seen_seq = False
         if b.seq == 0 and b.prev_hash != batch.ZERO_HASH:
             broken.append((-1, 0))
         for seq, digest, prev in near:
@@ -395,13 +396,12 @@ class PgStore:
                 broken.append((seq, b.seq))
             elif seq == b.seq + 1 and prev != b.digest:
                 broken.append((b.seq, seq))
-            elif seq == b.seq and digest != b.digest:
-                equivocation = seen_seq = True
-        new_keys = self._insert_readings(conn, b, readings, sink_id, now_ms)
-        new_events = self._insert_events(conn, b, events, sink_id, now_ms)
+            elif seq == b.seq:
+                equivocation = True
+        fields = {id(r): self._fields(r) for r in (*readings, *events)}
+        new_keys = self._insert_readings(conn, b, readings, sink_id, now_ms, fields)
+        new_events = self._insert_events(conn, b, events, sink_id, now_ms, fields)
         new = len(new_keys) + len(new_events)
-        conn.execute("UPDATE batches SET new_records=%s WHERE gateway=%s AND seq=%s AND digest=%s",
-                     (new, gw, b.seq, b.digest))
         for a, c in broken:
             conn.execute("INSERT INTO chain_breaks (gateway, what, a, b, detected_ms, sink) "
                          "VALUES (%s, 'broken_link', %s, %s, %s, %s)", (gw, a, c, now_ms, sink_id))
@@ -410,16 +410,22 @@ class PgStore:
                          "VALUES (%s, 'equivocation', %s, %s, %s, %s)", (gw, b.seq, b.seq, now_ms, sink_id))
         if highest is None or b.seq > highest:
             missing += b.seq - (highest + 1 if highest is not None else 0)
-            conn.execute("UPDATE gateway_chain SET highest_seq=%s, highest_digest=%s, batches=batches+1, "
-                         "missing=%s, broken_links=broken_links+%s, updated_ms=%s WHERE gateway=%s",
-                         (b.seq, b.digest, missing, len(broken), now_ms, gw))
-        else:
-            filled = 0 if seen_seq else 1  # a late batch closes one missing seq (not an equivocating one)
-            conn.execute("UPDATE gateway_chain SET batches=batches+1, missing=GREATEST(missing-%s, 0), "
-                         "broken_links=broken_links+%s, equivocations=equivocations+%s, updated_ms=%s "
-                         "WHERE gateway=%s", (filled, len(broken), int(equivocation), now_ms, gw))
+            top_seq, top_digest, filled = b.seq, b.digest, 0
+        else:  # a late batch closes one missing seq (an equivocating one closes none)
+            top_seq, top_digest, filled = highest, None, 0 if equivocation else 1
+        conn.execute(
+            "WITH ins AS (INSERT INTO batches (gateway, seq, digest, prev_hash, lane, created_ms, count, new_records, "
+            "received_ms, sink, data) VALUES (%(gw)s, %(seq)s, %(digest)s, %(prev)s, %(lane)s, %(created)s, "
+            "%(count)s, %(new)s, %(now)s, %(sink)s, %(data)s)) "
+            "UPDATE gateway_chain SET highest_seq=%(top)s, highest_digest=COALESCE(%(top_digest)s, highest_digest), "
+            "batches=batches+1, missing=GREATEST(%(missing)s - %(filled)s, 0), broken_links=broken_links+%(broken)s, "
+            "equivocations=equivocations+%(eq)s, updated_ms=%(now)s WHERE gateway=%(gw)s",
+            {"gw": gw, "seq": b.seq, "digest": b.digest, "prev": b.prev_hash, "lane": b.lane, "created": b.created_ms,
+             "count": len(b.records), "new": new, "now": now_ms, "sink": sink_id, "data": raw, "top": top_seq,
+             "top_digest": top_digest, "missing": missing, "filled": filled, "broken": len(broken),
+             "eq": int(equivocation)})
         fresh = [r for r in readings if (r.device_id, r.fcnt) in new_keys]
-        self._update_last(conn, gw, fresh)
+        self._update_last(conn, gw, fresh, fields)
         self._update_alarms(conn, gw, fresh, [e for e in events if (e.device_id, e.fcnt) in new_events], now_ms)
         self.counters["batches"] += 1
         self.counters["readings"] += len(new_keys)
@@ -442,7 +448,7 @@ class PgStore:
         RETURNING device, fcnt"""
 
     def _insert_readings(self, conn: psycopg.Connection[Any], b: batch.Batch, readings: Sequence[batch.BatchRecord],
-                         sink_id: str, now_ms: int) -> set[tuple[bytes, int]]:
+                         sink_id: str, now_ms: int, fields: Mapping[int, str]) -> set[tuple[bytes, int]]:
         if not readings:
             return set()
         args: dict[str, Any] = {"gw": b.gateway_id, "seq": b.seq, "now": now_ms, "sink": sink_id}
@@ -453,9 +459,9 @@ class PgStore:
                               "data_class, fields) FROM STDIN") as cp:
                     for r in readings:
                         cp.write_row((r.device_id, r.fcnt, r.kind, r.node_time, r.rx_ms, b.lane, r.flags, r.priority,
-                                      r.data_class, self._fields(r)))
+                                      r.data_class, fields[id(r)]))
                 rows = cur.execute(self._NEW_READINGS.format(src="stage_readings"), args).fetchall()
-                cur.execute("TRUNCATE stage_readings")  # several batches may share one transaction
+                # the staging rows go at commit (ON COMMIT DELETE ROWS): one batch per transaction
         else:
             src = ("(SELECT * FROM unnest(%(dev)s::bytea[], %(fcnt)s::bigint[], %(kind)s::smallint[], "
                    "%(nt)s::bigint[], %(rx)s::bigint[], %(lane)s::smallint[], %(flags)s::integer[], "
@@ -465,12 +471,12 @@ class PgStore:
                         kind=[r.kind for r in readings], nt=[r.node_time for r in readings],
                         rx=[r.rx_ms for r in readings], lane=[b.lane] * len(readings),
                         flags=[r.flags for r in readings], prio=[r.priority for r in readings],
-                        dc=[r.data_class for r in readings], fields=[self._fields(r) for r in readings])
+                        dc=[r.data_class for r in readings], fields=[fields[id(r)] for r in readings])
             rows = conn.execute(self._NEW_READINGS.format(src=src), args).fetchall()
         return {(bytes(d), int(f)) for d, f in rows}
 
     def _insert_events(self, conn: psycopg.Connection[Any], b: batch.Batch, events: Sequence[batch.BatchRecord],
-                       sink_id: str, now_ms: int) -> set[tuple[bytes, int]]:
+                       sink_id: str, now_ms: int, fields: Mapping[int, str]) -> set[tuple[bytes, int]]:
         if not events:
             return set()
         rows = conn.execute(
@@ -485,11 +491,12 @@ class PgStore:
              "nt": [e.node_time for e in events], "rx": [e.rx_ms for e in events], "seq": [b.seq] * len(events),
              "lane": [b.lane] * len(events), "flags": [e.flags for e in events],
              "prio": [e.priority for e in events], "dc": [e.data_class for e in events],
-             "fields": [self._fields(e) for e in events]},
+             "fields": [fields[id(e)] for e in events]},
         ).fetchall()
         return {(bytes(d), int(f)) for d, f in rows}
 
-    def _update_last(self, conn: psycopg.Connection[Any], gw: str, fresh: Sequence[batch.BatchRecord]) -> None:
+    def _update_last(self, conn: psycopg.Connection[Any], gw: str, fresh: Sequence[batch.BatchRecord],
+                     fields: Mapping[int, str]) -> None:
         newest: dict[bytes, batch.BatchRecord] = {}
         for r in fresh:
             cur = newest.get(r.device_id)
@@ -507,7 +514,7 @@ class PgStore:
             "gateway=EXCLUDED.gateway, fields=EXCLUDED.fields "
             "WHERE (last_readings.rx_ms, last_readings.fcnt) < (EXCLUDED.rx_ms, EXCLUDED.fcnt)",
             {"gw": gw, "dev": [r.device_id for r in rs], "fcnt": [r.fcnt for r in rs], "rx": [r.rx_ms for r in rs],
-             "kind": [r.kind for r in rs], "fields": [self._fields(r) for r in rs]},
+             "kind": [r.kind for r in rs], "fields": [fields[id(r)] for r in rs]},
         )
 
     def _update_alarms(self, conn: psycopg.Connection[Any], gw: str, fresh: Sequence[batch.BatchRecord],

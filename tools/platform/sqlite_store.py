@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeline.protocols import batch
-from lifeline.tools.platform.store import ChainReport, StoredRecord, StoreOutcome, StoreUnavailable
+from lifeline.tools.platform.store import ChainReport, StoredRecord, StoreError, StoreOutcome, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -127,6 +127,8 @@ class SqliteStore:
                     db.execute("ROLLBACK")
                 if isinstance(e, sqlite3.Error):
                     raise StoreUnavailable(f"{self.path}: {e}") from e
+                if isinstance(e, OverflowError):  # a value wider than SQLite's 64-bit INTEGER
+                    raise StoreError(f"{b.gateway_id} seq {b.seq}: {e}") from e
                 raise
         dup = 0 if redelivered else len(b.records) - new
         return StoreOutcome(redelivered, new, dup, tuple(broken))

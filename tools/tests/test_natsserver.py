@@ -154,11 +154,12 @@ def test_puback_does_not_wait_for_a_stream_capturing_the_subject(nats_cluster: N
     try:
         assert publish(c, b"first", 10)
         assert stream_payloads(nats_cluster, "UP") == [b"first"]  # the capture works
-        n3.pause()  # the only node that can store UP hangs ...
+        n3.kill()  # the only node that can store UP is gone
         assert publish(c, b"second", 10), "expected a PUBACK although UP cannot store anything"
-        n3.kill()  # ... and dies with the forwarded message unprocessed
         nats_cluster.restart(n3)
         assert stream_payloads(nats_cluster, "UP") == [b"first"]  # acknowledged to the gateway, yet lost
+        # (the same holds while a stream leader hangs or fails over: the forward to it is not awaited; with
+        # SIGSTOP instead of SIGKILL the batch was lost in 15 of 16 runs here; in one it got through, cause not found)
     finally:
         c.loop_stop()
         c.disconnect()

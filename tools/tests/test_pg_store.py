@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lifeline.protocols import batch, schema
+from lifeline.tools.broker import MosquittoBroker
 from lifeline.tools.pgserver import PgServer
 from lifeline.tools.platform import pg_store
 from lifeline.tools.platform.pg_store import DAY_MS, DeviceRow, PgStore
@@ -305,3 +306,78 @@ def test_unreachable_store_and_password_not_shown(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "lifeline.tools.cli", "platform-sink", "migrate", "--store", url],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "s3cret" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sink_cli_report_reads_a_postgresql_store(pg_server: PgServer) -> None:
+    s = PgStore(pg_server.url)
+    try:
+        gw = Gw("gw-1")
+        s.store_batch(*gw.batch([reading(DEV[0], 1)]), "s", NOW)
+        s.store_batch(*gw.batch([reading(DEV[0], 3)]), "s", NOW)
+        s.store_batch(*gw.batch([reading(DEV[0], 2)]), "s", NOW)
+    finally:
+        s.close()
+    r = subprocess.run([sys.executable, "-m", "lifeline.tools.cli", "platform-sink", "--store", pg_server.url,
+                        "--report", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["records"] == 3 and out["chains"][0]["intact"] and out["chains"][0]["batches"] == 3
+    with psycopg.connect(pg_server.url, autocommit=True) as c:  # remove seq 1: a gap the report must show
+        c.execute("DELETE FROM batches WHERE seq = 1")
+    r = subprocess.run([sys.executable, "-m", "lifeline.tools.cli", "platform-sink", "--store", pg_server.url,
+                        "--report"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "PROBLEM" in r.stdout and "gaps [(1, 1)]" in r.stdout
+
+
+def test_values_the_schema_cannot_hold_are_refused_not_retried(store: PgStore, tmp_path: Path) -> None:
+    from lifeline.tools.platform.sqlite_store import SqliteStore
+    from lifeline.tools.platform.store import StoreError
+
+    gw = Gw("gw-1")
+    far = gw.batch([reading(DEV[0], 1, rx_ms=(1 << 64) - 1)])
+    for s in (store, SqliteStore(tmp_path / "s.db")):
+        with pytest.raises(StoreError) as ei:
+            s.store_batch(*far, "s", NOW)
+        assert not isinstance(ei.value, StoreUnavailable) and s.record_count() == 0 and s.batch_count() == 0
+
+
+def test_three_sinks_share_the_batches_into_one_postgresql(pg_server: PgServer, mosquitto: MosquittoBroker) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from lifeline.tools.platform_sink import PlatformSink
+
+    gws = [Gw(f"gw-{i}") for i in range(3)]
+    trust = {g.id: g.key.public_key() for g in gws}
+    sinks = [PlatformSink(mosquitto.host, mosquitto.port, store=pg_server.url, trust=trust,
+                          client_id=f"sink-{i}").start() for i in range(3)]
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    try:
+        sent = 0
+        for n in range(20):
+            for g in gws:  # every gateway hears the same two devices; every fifth batch is published twice
+                recs = [reading(DEV[0], n + 1), reading(DEV[1], n + 1), reading(DEV[2 + int(g.id[-1])], n + 1)]
+                sb = g.signer.sign(recs, batch.LANE_LIVE, T0)
+                for _ in range(2 if n % 5 == 0 else 1):
+                    info = pub.publish(f"lifeline/v1/{g.id}/up/live", sb.data, qos=1)
+                    info.wait_for_publish(10)
+                    sent += 1
+        expected = 20 * (2 + len(gws))
+        sinks[0].wait_for(lambda s: sum(x.counters["batches_stored"] + x.counters["batches_redelivered"]
+                                        for x in sinks) == sent, 30, "every publish handled")
+        keys = sinks[0].record_keys()
+        assert len(keys) == len(set(keys)) == expected
+        for d in DEV[:5]:
+            assert sorted(r.fcnt for r in sinks[0].records(d)) == list(range(1, 21))
+        assert sum(s.counters["batches_stored"] for s in sinks) == 60
+        assert sum(s.counters["batches_redelivered"] for s in sinks) == sent - 60
+        assert sum(s.counters["records_stored"] for s in sinks) == expected
+        assert sum(1 for s in sinks if s.counters["batches_stored"]) >= 2  # the shared subscription split them
+        assert all(r.intact and r.batches == 20 for r in sinks[0].chain_report())
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        for s in sinks:
+            s.stop()

@@ -398,3 +398,17 @@ def test_trust_option_with_windows(tmp_path: Path) -> None:
         _parse_trust((f"gw-1={a},since=2026-01-01",))
     with pytest.raises(BadParameter):
         _parse_trust((f"gw-1={a},from=yesterday",))
+
+
+def test_a_batch_the_store_cannot_hold_is_rejected_with_a_reason_not_lost(
+    mosquitto: MosquittoBroker, pub: Publisher, tmp_path: Path
+) -> None:
+    gw = Gateway("gw-1")
+    with sink_for(mosquitto, tmp_path / "p.db", gw) as sink:
+        r = gw.record(DEV[0], 1)
+        bad = batch.BatchRecord(device_id=r.device_id, fcnt=1, node_time=1, rx_ms=(1 << 64) - 1, kind=r.kind,
+                                fields=r.fields, data_class=r.data_class, receptions=())
+        pub.publish(gw.topic(), gw.sign([bad]).data)
+        sink.wait_for(lambda s: s.counters["rejected"] == 1, 10)
+        assert [reason for _, reason, _ in sink.rejects()] == ["store_refused"]
+        assert sink.record_count() == 0 and sink.counters["errors"] == 0
