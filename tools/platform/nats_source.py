@@ -314,8 +314,11 @@ class NatsSource:
     # ---------------------------------------------------------------------------- engine
 
     async def _connect(self, timeout_s: float) -> NatsClient:
+        last_error: list[str] = []
+
         async def on_error(e: Exception) -> None:
             self._count("client_errors")
+            last_error[:] = [f"{type(e).__name__}: {e}".strip()]
             log.info("nats: %s: %s", type(e).__name__, e)
 
         async def on_disconnect() -> None:
@@ -324,12 +327,17 @@ class NatsSource:
         async def on_reconnect() -> None:
             self._count("reconnects")
 
+        deadline_s = min(timeout_s, 10.0)  # the first connection; later losses are retried for ever
         try:
-            return await nats.connect(
+            return await asyncio.wait_for(nats.connect(
                 servers=list(self.parsed.servers), name=self.name, connect_timeout=min(timeout_s, 5.0),
                 allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
                 error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
-            )
+            ), deadline_s)
+        except TimeoutError:
+            why = last_error[0] if last_error else "no answer"
+            raise SourceError(f"cannot connect to {', '.join(self.parsed.servers)} within {deadline_s:g}s: "
+                              f"{why}") from None
         except (nats.errors.Error, OSError) as e:
             raise SourceError(f"cannot connect to {', '.join(self.parsed.servers)}: {e}") from None
 

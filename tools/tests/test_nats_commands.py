@@ -128,3 +128,23 @@ def test_a_slow_store_keeps_its_delivery(nats_single: NatsCluster) -> None:
         c.disconnect()
         a.stop()
         b.stop()
+
+
+def test_cli_source_errors_are_named(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lifeline.tools.broker import free_port
+    from lifeline.tools.platform_sink import platform_sink_cmd
+
+    key = tmp_path / "gw.pub"
+    key.write_text("11" * 32 + "\n")
+    base = ["--store", f"sqlite:{tmp_path / 'p.db'}", "--trust", f"gw-1={key}"]
+    run = CliRunner().invoke
+    r = run(platform_sink_cmd, [*base, "--source", "amqp://h:1"])
+    assert r.exit_code == 2 and "use mqtt://HOST:PORT or nats://" in r.output
+    r = run(platform_sink_cmd, [*base, "--source", "nats://h:1", "--broker", "h:2"])
+    assert r.exit_code == 2 and "one of --broker and --source" in r.output
+    r = run(platform_sink_cmd, [*base, "--source", "nats://h:1?replicas=7"])
+    assert r.exit_code == 2 and "replicas" in r.output
+    r = run(platform_sink_cmd, [*base, "--source", f"nats://127.0.0.1:{free_port()}"])
+    assert r.exit_code == 3 and "cannot connect" in r.output
