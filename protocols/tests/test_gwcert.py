@@ -174,3 +174,23 @@ def test_configuration_errors_name_the_file(cas: dict[str, TestCA]) -> None:
         gwcert.CaTrust.from_files(cas["sm"].cert.read_bytes(), b"junk")
     with pytest.raises(gwcert.CertError, match="not now"):
         gwcert.attach_chain(cose_sign.signing_key(key), leaf, "gw-1", now=NOW + 2 * YEAR)
+
+
+def test_a_replaced_crl_file_is_picked_up_and_a_bad_one_is_not(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca", "sm")
+    key = keys.generate_for("sm")
+    cert = ca.issue(gwcert.make_csr(key, "gw-1"), "gw-1")
+    crl_file = tmp_path / "city.crl"
+    crl_file.write_bytes(ca.crl())  # nothing revoked yet
+    trust = gwcert.CaTrust.from_paths(ca.cert, crl_file, reload_every_s=3600)
+    data = signed_batch(key, cert)
+    assert batch.verify(data, trust.resolver()).seq == 0
+    ca.revoke(cert)
+    crl_file.write_bytes(ca.crl())
+    assert batch.verify(data, trust.resolver()).seq == 0  # not re-read before its interval ...
+    assert trust.maybe_reload_crl(force=True) and trust.crl_reloads == 1  # ... or when forced
+    assert refused(data, trust).reason == "revoked"
+    crl_file.write_bytes(b"garbage")  # a broken CRL is not used; the previous one stays in force
+    assert not trust.maybe_reload_crl(force=True)
+    assert trust.crl_reload_errors == 1 and str(crl_file) in trust.crl_error
+    assert refused(data, trust).reason == "revoked"
