@@ -115,14 +115,12 @@ def load_trust(pairs: Mapping[str, Path] | Sequence[tuple[str, Path, int | None,
 
 
 def load_ca(ca_file: Path, crl_file: Path | None = None) -> gwcert.CaTrust:
-    """The trust anchor (and CRL) for gateways that carry their certificate chain."""
+    """The trust anchor (and CRL) for gateways that carry their certificate chain. The CRL file is watched:
+    a replaced one is used within 10 s (a bad one is not, and the previous stays in force)."""
     try:
-        ca_pem = Path(ca_file).read_bytes()
-        crl = Path(crl_file).read_bytes() if crl_file is not None else None
+        return gwcert.CaTrust.from_paths(Path(ca_file), Path(crl_file) if crl_file is not None else None)
     except OSError as e:
         raise SinkError(f"cannot read {e.filename}: {e.strerror or e}") from None
-    try:
-        return gwcert.CaTrust.from_files(ca_pem, crl, ca_name=str(ca_file), crl_name=str(crl_file))
     except gwcert.CertError as e:
         raise SinkError(str(e)) from None
 
@@ -462,9 +460,14 @@ class PlatformSink:
                 batches: int | None = self.batch_count()
             except StoreUnavailable:  # a live count must not fail while the database restarts
                 records = batches = None
-            return {"sink": self.client_id, "records": records, "batches": batches,
-                    "counters": dict(self.counters), "presence": dict(self.presence),
-                    "source": dict(self.source.counters()) if self.source is not None else {}}
+            out: dict[str, Any] = {
+                "sink": self.client_id, "records": records, "batches": batches, "counters": dict(self.counters),
+                "presence": dict(self.presence),
+                "source": dict(self.source.counters()) if self.source is not None else {}}
+        if self.ca is not None:
+            out["ca"] = {"revoked": len(self.ca.revoked), "crl_reloads": self.ca.crl_reloads,
+                         "crl_reload_errors": self.ca.crl_reload_errors, "crl_error": self.ca.crl_error}
+        return out
 
     # ------------------------------------------------------------------------------ waits
 
