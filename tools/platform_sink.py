@@ -467,8 +467,10 @@ class PlatformSink:
                 "presence": dict(self.presence),
                 "source": dict(self.source.counters()) if self.source is not None else {}}
         if self.ca is not None:
+            nu = self.ca.crl_next_update
             out["ca"] = {"revoked": len(self.ca.revoked), "crl_reloads": self.ca.crl_reloads,
-                         "crl_reload_errors": self.ca.crl_reload_errors, "crl_error": self.ca.crl_error}
+                         "crl_reload_errors": self.ca.crl_reload_errors, "crl_error": self.ca.crl_error,
+                         "crl_next_update": nu.isoformat().replace("+00:00", "Z") if nu is not None else None}
         return out
 
     # ------------------------------------------------------------------------------ waits

@@ -97,3 +97,4 @@ def test_cli_ca_and_crl(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
     assert summary["event"] == "summary" and summary["records"] == 3
     assert summary["counters"]["rejected.revoked"] == 1 and summary["counters"]["rejected.untrusted_certificate"] == 1
     assert summary["ca"]["revoked"] == 1 and summary["ca"]["crl_reload_errors"] == 0
+    assert summary["ca"]["crl_next_update"] > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())  # 30 days ahead
