@@ -81,36 +81,20 @@ def derive_keys(root: bytes, dev_id: bytes, suite: int = frame.SUITE_INTL) -> fr
     return keys
 
 
-def hmac_states(key: bytes) -> tuple[Any, Any]:
-    """SHA-256 states after absorbing the HMAC inner and outer pads of ``key``."""
-    padded = key.ljust(64, b"\x00") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\x00")
-    return (hashlib.sha256(bytes(b ^ 0x36 for b in padded)), hashlib.sha256(bytes(b ^ 0x5C for b in padded)))
-
-
-def mic_with(states: tuple[Any, Any], msg: bytes) -> bytes:
-    """HMAC-SHA256(key, msg)[:8] from precomputed pad states: two hash copies instead of a full HMAC key
-    setup (and an OpenSSL algorithm fetch) per frame."""
-    inner = states[0].copy()
-    inner.update(msg)
-    outer = states[1].copy()
-    outer.update(inner.digest())
-    digest: bytes = outer.digest()
-    return digest[:_ML]
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # translate tables: key bytes XOR the HMAC pads
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_ZERO32 = bytes(32)
+_sha256 = hashlib.sha256
 
 
 def mic(key: bytes, msg: bytes) -> bytes:
-    return mic_with(hmac_states(key), msg)
-
-
-def _states(keys: frame.Keys, downlink: bool) -> tuple[Any, Any]:
-    """Pad states kept on the Keys object itself, so they live exactly as long as the gateway's per-device
-    key cache keeps that device (about 0.5 KiB per device)."""
-    attr = "_fp_down" if downlink else "_fp_up"
-    states: tuple[Any, Any] | None = getattr(keys, attr, None)
-    if states is None:
-        states = hmac_states(keys.mic_down if downlink else keys.mic_up)
-        setattr(keys, attr, states)
-    return states
+    """HMAC-SHA256(key, msg)[:8], built from two SHA-256 calls with the pads made by ``bytes.translate``.
+    Faster than ``hmac.digest`` (no OpenSSL algorithm fetch per call) and than copying per-device
+    precomputed pad states, and it keeps nothing per device (the gateway holds 10,000s of keys)."""
+    k = key + _ZERO32 if len(key) == 32 else (key if len(key) <= 64 else _sha256(key).digest()).ljust(64, b"\x00")
+    inner = _sha256(k.translate(_IPAD) + msg).digest()
+    digest: bytes = _sha256(k.translate(_OPAD) + inner).digest()
+    return digest[:_ML]
 
 
 def _sm3_ctx(keys: frame.Keys, downlink: bool) -> Any:
@@ -130,7 +114,7 @@ def mic_for(keys: frame.Keys, downlink: bool, msg: bytes) -> bytes:
         h.update(msg)
         digest: bytes = h.finalize()
         return digest[:_ML]
-    return mic_with(_states(keys, downlink), msg)
+    return mic(keys.mic_down if downlink else keys.mic_up, msg)
 
 
 def _rules() -> dict[int, tuple[dict[int, tuple[int, int, bool]], frozenset[int]]]:

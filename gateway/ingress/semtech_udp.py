@@ -254,6 +254,7 @@ class SemtechUdpAdapter:
     async def _work(self) -> None:
         while True:
             message, addr, now = await self._queue.get()
+            burst: list[RawFrame] = []
             for pk in message.rxpk:
                 if pk.stat == 0:
                     self._counts["no_crc"] += 1
@@ -269,8 +270,14 @@ class SemtechUdpAdapter:
                                           int(pk.tmst is not None)),
                 )
                 self._counts["frames"] += 1
-                assert self._sink is not None
-                await self._sink.submit(RawFrame(pk.data, reception))
+                burst.append(RawFrame(pk.data, reception))
+            assert self._sink is not None
+            many: Callable[[list[RawFrame]], Awaitable[None]] | None = getattr(self._sink, "submit_many", None)
+            if many is not None and len(burst) > 1:
+                await many(burst)  # the datagram's frames as one burst (one queue operation)
+            else:
+                for raw in burst:
+                    await self._sink.submit(raw)
             self._send(gwmp.encode_push_ack(message.token), addr)
             self._counts["push_data"] += 1
 

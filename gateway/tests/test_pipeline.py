@@ -192,6 +192,40 @@ async def test_backpressure_bounded_queue(tmp_path: Path) -> None:
         await h.stop()
 
 
+async def test_bursts_count_as_frames_in_the_bounded_queue(tmp_path: Path) -> None:
+    """submit_many hands frames over as one burst; the queue still counts (and bounds) frames, a full queue
+    makes the next burst wait, and every frame of every burst is processed in order."""
+    import asyncio
+
+    from lifeline.gateway.ingress.base import RawFrame, Reception
+
+    h = await start_harness(tmp_path, [A], sections={"pipeline": {"queue_batches": 1, "batch_max": 4}})
+    try:
+        q = h.gw.pipeline.queue
+        rx = Reception("lora-udp", "udp0", h.clock.now_ms())
+        bursts = [[RawFrame(A.smoke(0, fcnt=1000 + 3 * b + i), rx) for i in range(3)] for b in range(3)]
+        h.gw._tasks["ingest"].cancel()  # hold the consumer: see the queue fill up
+        await asyncio.gather(h.gw._tasks["ingest"], return_exceptions=True)
+        await h.gw.pipeline.submit_many(bursts[0])
+        await h.gw.pipeline.submit_many(bursts[1])  # 3 < 4: admitted whole, overshooting by less than a burst
+        assert q.qsize() == 6 and q.full()
+        third = asyncio.create_task(h.gw.pipeline.submit_many(bursts[2]))
+        await asyncio.sleep(0)
+        assert not third.done()  # back-pressure: waits for room
+        await h.gw.pipeline.submit_many([])  # nothing to queue: returns at once, even when full
+        first = q.get_nowait()
+        assert first == bursts[0] and q.qsize() == 3
+        await asyncio.wait_for(third, 5)
+        assert q.qsize() == 6
+        taken = [first, q.get_nowait(), q.get_nowait()]
+        frames = [f for burst in taken if isinstance(burst, list) for f in burst]
+        items = h.gw.pipeline.process(frames)
+        assert [r.fcnt for r in items if isinstance(r, rec.Reading)] == list(range(1000, 1009))
+        assert q.qsize() == 0 and q.empty()
+    finally:
+        await h.stop()
+
+
 async def test_submit_durable_returns_after_commit(tmp_path: Path) -> None:
     """For adapters whose transport acknowledges (NB-IoT PUBACK): the outcome is final when it returns."""
     import sqlite3

@@ -314,8 +314,11 @@ class NatsSource:
     # ---------------------------------------------------------------------------- engine
 
     async def _connect(self, timeout_s: float) -> NatsClient:
+        last_error: list[str] = []
+
         async def on_error(e: Exception) -> None:
             self._count("client_errors")
+            last_error[:] = [f"{type(e).__name__}: {e}".strip()]
             log.info("nats: %s: %s", type(e).__name__, e)
 
         async def on_disconnect() -> None:
@@ -324,12 +327,17 @@ class NatsSource:
         async def on_reconnect() -> None:
             self._count("reconnects")
 
+        deadline_s = min(timeout_s, 10.0)  # the first connection; later losses are retried for ever
         try:
-            return await nats.connect(
+            return await asyncio.wait_for(nats.connect(
                 servers=list(self.parsed.servers), name=self.name, connect_timeout=min(timeout_s, 5.0),
                 allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
                 error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
-            )
+            ), deadline_s)
+        except TimeoutError:
+            why = last_error[0] if last_error else "no answer"
+            raise SourceError(f"cannot connect to {', '.join(self.parsed.servers)} within {deadline_s:g}s: "
+                              f"{why}") from None
         except (nats.errors.Error, OSError) as e:
             raise SourceError(f"cannot connect to {', '.join(self.parsed.servers)}: {e}") from None
 
@@ -394,23 +402,14 @@ class NatsSource:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 0.25)
                 continue
-            for m in msgs:
-                await self._deliver(loop, m, handler)
+            for i, m in enumerate(msgs):
+                if not await self._deliver(loop, m, handler):
+                    # the store is down: hand the rest of this fetch back at once instead of letting it age
+                    for rest in msgs[i + 1:]:
+                        await self._settle(rest, False)
+                    break
 
-    async def _deliver(self, loop: asyncio.AbstractEventLoop, m: Msg, handler: Handler) -> None:
-        try:
-            n = m.metadata.num_delivered
-        except (nats.errors.Error, ValueError, IndexError):
-            n = 1
-        d = Delivery(subject_to_topic(m.subject), bytes(m.data), redelivered=n > 1, deliveries=n)
-        self._count("delivered")
-        if n > 1:
-            self._count("redelivered")
-        try:
-            ok = await loop.run_in_executor(self._worker, handler, d)
-        except Exception:
-            log.exception("sink handler failed on %s", d.topic)
-            ok = False
+    async def _settle(self, m: Msg, ok: bool) -> None:
         try:
             if ok:
                 await m.ack()
@@ -422,3 +421,29 @@ class NatsSource:
             # the ack is lost: JetStream redelivers after ack_wait and the idempotent store absorbs it
             self._count("ack_failures")
             log.debug("nats ack: %s", e)
+
+    async def _deliver(self, loop: asyncio.AbstractEventLoop, m: Msg, handler: Handler) -> bool:
+        try:
+            n = m.metadata.num_delivered
+        except (nats.errors.Error, ValueError, IndexError):
+            n = 1
+        d = Delivery(subject_to_topic(m.subject), bytes(m.data), redelivered=n > 1, deliveries=n)
+        self._count("delivered")
+        if n > 1:
+            self._count("redelivered")
+        work = loop.run_in_executor(self._worker, handler, d)
+        beat = max(0.5, self.parsed.consumer.ack_wait_s / 3)
+        while True:  # a store retrying in place (database restarting) keeps the delivery: "work in progress"
+            done, _ = await asyncio.wait({work}, timeout=beat)
+            if done:
+                break
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                await m.in_progress()
+                self._count("in_progress")
+        try:
+            ok = bool(work.result())
+        except Exception:
+            log.exception("sink handler failed on %s", d.topic)
+            ok = False
+        await self._settle(m, ok)
+        return ok

@@ -16,7 +16,7 @@ from lifeline.tools.nats_ingest import GatewayDaemon, wait_until
 from lifeline.tools.natsserver import NatsCluster
 from lifeline.tools.nbiot_sim import NbiotNodeSim
 from lifeline.tools.platform import nats_source as ns
-from lifeline.tools.platform.source import SourceError
+from lifeline.tools.platform.source import Delivery, SourceError
 from lifeline.tools.platform_sink import PlatformSink
 
 
@@ -83,3 +83,68 @@ def test_gateway_on_nats_mqtt_presence_batches_and_commands(
         gw.stop()
         sink.stop()
     wait_until(lambda: gw.proc is not None and gw.proc.returncode == 0, 5, "gateway exit 0", gw.log_tail)
+
+
+def test_a_slow_store_keeps_its_delivery(nats_single: NatsCluster) -> None:
+    """While the handler works (a store retrying in place), the source tells JetStream "in progress", so the
+    batch is not handed to another sink when ack_wait passes."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    url = f"{nats_single.url}?ack_wait=1.5"
+    release = threading.Event()
+    held: list[Delivery] = []
+    other: list[Delivery] = []
+
+    def slow(d: Delivery) -> bool:
+        held.append(d)
+        release.wait(60)
+        return True
+
+    a, b = ns.NatsSource(url, name="a"), ns.NatsSource(url, name="b")
+    a.start(slow)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pub", protocol=mqtt.MQTTv311)
+    c.connect("127.0.0.1", nats_single.nodes[0].ports.mqtt)
+    c.loop_start()
+    try:
+        c.publish("lifeline/v1/gw-x/up/live", b"one", qos=1).wait_for_publish(10)
+        wait_until(lambda: bool(held), 10, "sink a holds the batch")
+
+        def fast(d: Delivery) -> bool:
+            other.append(d)
+            return True
+
+        b.start(fast)  # a second sink, pulling from the same durable
+        wait_until(lambda: a.counters().get("in_progress", 0) >= 4, 20, "in-progress beats well past ack_wait")
+        assert other == [] and b.counters().get("delivered", 0) == 0
+        release.set()
+        wait_until(lambda: a.counters().get("acked", 0) == 1, 10, "acked once")
+        assert other == [] and len(held) == 1
+    finally:
+        release.set()
+        c.loop_stop()
+        c.disconnect()
+        a.stop()
+        b.stop()
+
+
+def test_cli_source_errors_are_named(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lifeline.tools.broker import free_port
+    from lifeline.tools.platform_sink import platform_sink_cmd
+
+    key = tmp_path / "gw.pub"
+    key.write_text("11" * 32 + "\n")
+    base = ["--store", f"sqlite:{tmp_path / 'p.db'}", "--trust", f"gw-1={key}"]
+    run = CliRunner().invoke
+    r = run(platform_sink_cmd, [*base, "--source", "amqp://h:1"])
+    assert r.exit_code == 2 and "use mqtt://HOST:PORT or nats://" in r.output
+    r = run(platform_sink_cmd, [*base, "--source", "nats://h:1", "--broker", "h:2"])
+    assert r.exit_code == 2 and "one of --broker and --source" in r.output
+    r = run(platform_sink_cmd, [*base, "--source", "nats://h:1?replicas=7"])
+    assert r.exit_code == 2 and "replicas" in r.output
+    r = run(platform_sink_cmd, [*base, "--source", f"nats://127.0.0.1:{free_port()}"])
+    assert r.exit_code == 3 and "cannot connect" in r.output
