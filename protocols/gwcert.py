@@ -358,7 +358,11 @@ class CaTrust:
                    ca_name: str = "--ca", crl_name: str = "--crl") -> CaTrust:
         anchors = load_chain(ca, ca_name)
         for a in anchors:
-            if not _is_ca(a):
+            try:
+                is_ca = _is_ca(a)
+            except ValueError as e:
+                raise CertError(f"{ca_name}: a certificate has malformed extensions ({e})") from None
+            if not is_ca:
                 raise CertError(f"{ca_name}: {a.subject.rfc4514_string()} is not a CA certificate "
                                 "(basicConstraints cA)")
         trust = cls(anchors, clock=clock)
@@ -367,7 +371,10 @@ class CaTrust:
                 parsed = (x509.load_pem_x509_crl(crl) if b"-----BEGIN" in crl else x509.load_der_x509_crl(crl))
             except ValueError as e:
                 raise CertError(f"{crl_name}: not an X.509 CRL ({e})") from None
-            trust.set_crl(parsed, crl_name)
+            try:
+                trust.set_crl(parsed, crl_name)
+            except ValueError as e:
+                raise CertError(f"{crl_name}: malformed CRL ({e})") from None
         return trust
 
     def set_crl(self, crl: x509.CertificateRevocationList, what: str = "CRL") -> None:
@@ -392,7 +399,13 @@ class CaTrust:
         fp = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in ders)).digest()
         checked = self._cache.get(fp)
         if checked is None:
-            checked = self._check_structure(ders)
+            try:
+                checked = self._check_structure(ders)
+            except (ValueError, TypeError, UnsupportedAlgorithm, CertError) as e:  # lazily parsed parts
+                if isinstance(e, BatchError):
+                    raise
+                raise BatchError(R_BAD_CERTIFICATE, f"a certificate of the x5chain is malformed "
+                                 f"({type(e).__name__})") from None
             with self._lock:
                 if len(self._cache) >= self._cache_size:
                     self._cache.pop(next(iter(self._cache)))
