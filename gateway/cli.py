@@ -133,15 +133,24 @@ def csr(config_path: Path, out: Path | None, as_json: bool) -> None:
     """Write a certificate signing request (PKCS#10 PEM) for the gateway's signing key, for the city CA.
 
     Subject CN and SAN dNSName are the gateway id; an SM2 key's request is signed with SM2-with-SM3
-    (1.2.156.10197.1.501). Install the issued chain as [gateway] certificate_file (docs/operations.md)."""
-    from lifeline.protocols import gwcert, keys
+    (1.2.156.10197.1.501). The key is the one the daemon signs with (key_file, or [keys.pkcs11]
+    signing_key_label: the token signs the request). Install the issued chain as [gateway] certificate_file
+    (docs/operations.md)."""
+    from lifeline.gateway.keystore import KeyStoreError, open_keys
+    from lifeline.protocols import gwcert
 
     cfg = _load(config_path)
     try:
-        key = keys.load_signing_key(cfg.gateway.key_file, cfg.gateway.suite)
-    except keys.KeyFileError as e:
+        opened = open_keys(cfg, signer=True, kek=False)  # the key file, or the key in the PKCS#11 token
+    except KeyStoreError as e:
         _err(str(e), EXIT_CONFIG)
-    pem = gwcert.make_csr(key, cfg.gateway.id)
+    try:
+        assert opened.signer is not None
+        pem = gwcert.make_csr(opened.signer, cfg.gateway.id)
+    except gwcert.CertError as e:
+        _err(f"{opened.signer_source}: {e}", EXIT_CONFIG)
+    finally:
+        opened.close()
     if out is not None:
         try:
             out.write_bytes(pem)

@@ -302,3 +302,32 @@ def test_rewrap_from_a_kek_file_to_a_token_kek(softhsm: SoftHsm, tmp_path: Path)
         Registry(state / "registry.db", keywrap.load_file(old))
     r = CliRunner().invoke(gateway, ["devices", "rewrap", "--config", str(cfg)])
     assert r.exit_code == 2 and "give --new-kek-file" in r.output
+
+
+async def test_a_token_that_goes_away_stops_the_gateway_with_a_reason(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """The session is lost (HSM restarted, token pulled): the stage that signs fails, the daemon stops
+    (exit 1, systemd restarts it and it logs in again) and says which token, never the PIN."""
+    import asyncio
+    import contextlib
+
+    admin = _admin(softhsm)
+    try:
+        admin.generate_signing_key("goes-away")
+    finally:
+        admin.close()
+    node = TestNode(bytes.fromhex("00000000000004aa"))
+    pkcs = {"module": str(softhsm.module), "token_label": TOKEN, "pin_file": str(softhsm.pin_file(TOKEN)),
+            "signing_key_label": "goes-away"}
+    h = await start_harness(tmp_path / "state", [node], run_forwarder=True, fast_alarms=True,
+                            sections={"keys.pkcs11": pkcs})
+    try:
+        h.gw.gateway_keys.token.session.close()  # what a vanished token looks like from here
+        with contextlib.suppress(RuntimeError):  # flush: "gateway failed while flushing"
+            await h.hear(node.smoke(alarm_state=2))
+        await asyncio.wait_for(h.gw.failed.wait(), 20)
+        failure = h.gw.failure
+        assert isinstance(failure, hsm.TokenError), repr(failure)
+        assert f"token '{TOKEN}'" in str(failure) and "goes-away" in str(failure)
+        assert softhsm.pins[TOKEN] not in str(failure)
+    finally:
+        await h.crash()
