@@ -3,8 +3,10 @@
 - Subscribes ``$share/<group>/lifeline/v1/+/up/+`` (MQTT 5 shared subscription): several sinks on one
   broker split the batches between them; pointed at one SQLite file (WAL) they also share the dedupe.
 - Every batch is verified with ``lifeline.protocols.batch.verify`` against the trusted key of the
-  gateway named in the topic; the topic's gateway and lane must match the signed payload. Rejects are
-  stored with their reason and counted, never raised.
+  gateway named in the topic (Ed25519 or SM2, by the batch's protected alg), or, for a gateway without a
+  pinned key, against the certificate chain it carries (x5chain), checked to the ``--ca`` trust anchor and
+  ``--crl`` (``lifeline.protocols.gwcert``); the topic's gateway and lane must match the signed payload.
+  Rejects are stored with their reason and counted, never raised.
 - Records are stored once per (device, fcnt) (gateway events once per (gateway, event seq)); a batch
   redelivered by MQTT is recognised by (gateway, seq, digest).
 - The hash chain is checked as batches arrive against their stored neighbours (broken links at once)
@@ -14,8 +16,8 @@
 - Commands to gateways: :meth:`PlatformSink.send_command`, :meth:`PlatformSink.ack_alarm`; results on
   ``lifeline/v1/<gw>/down/result`` and presence on ``lifeline/v1/<gw>/state`` are kept in memory.
 
-``lifeline platform-sink --broker HOST:PORT --db FILE --trust GW=PUBKEYFILE`` runs it with a live
-count (or JSON lines with ``--json``). Tests use :class:`PlatformSink` in-process.
+``lifeline platform-sink --broker HOST:PORT --db FILE --trust GW=PUBKEYFILE [--ca CA.pem [--crl CRL]]`` runs it
+with a live count (or JSON lines with ``--json``). Tests use :class:`PlatformSink` in-process.
 """
 
 from __future__ import annotations
@@ -465,8 +467,10 @@ class PlatformSink:
                 "presence": dict(self.presence),
                 "source": dict(self.source.counters()) if self.source is not None else {}}
         if self.ca is not None:
+            nu = self.ca.crl_next_update
             out["ca"] = {"revoked": len(self.ca.revoked), "crl_reloads": self.ca.crl_reloads,
-                         "crl_reload_errors": self.ca.crl_reload_errors, "crl_error": self.ca.crl_error}
+                         "crl_reload_errors": self.ca.crl_reload_errors, "crl_error": self.ca.crl_error,
+                         "crl_next_update": nu.isoformat().replace("+00:00", "Z") if nu is not None else None}
         return out
 
     # ------------------------------------------------------------------------------ waits

@@ -148,6 +148,9 @@ def test_alarms_last_readings_devices_and_rule_events(store: PgStore) -> None:
     assert store.open_alarms() == []
     assert [r.device for r in store.last_readings("district-9")] == [DEV[2]]
     assert store.last_readings("district-9")[0].fcnt is None  # a device without readings yet
+    store.import_devices([DeviceRow(DEV[0], "water_level", "district-9")], NOW + 1)  # the device moved
+    assert {r.device: r.fcnt for r in store.last_readings("district-9")} == {DEV[0]: 3, DEV[2]: None}
+    assert [r.device for r in store.last_readings("district-7")] == [DEV[1]]
 
 
 def _store_with_retry(s: PgStore, b: batch.Batch, raw: bytes, sink: str) -> bool:
@@ -218,7 +221,7 @@ def test_migrate_upgrades_an_old_schema_with_data_in_place(pg_server: PgServer) 
                         pg_server.url, "--json"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["from_version"] == 1 and out["applied"] == [2] and out["version"] == pg_store.SCHEMA_VERSION
+    assert out["from_version"] == 1 and out["applied"] == [2, 3] and out["version"] == pg_store.SCHEMA_VERSION
     s = PgStore(pg_server.url)
     try:
         assert s.schema_version() == pg_store.SCHEMA_VERSION
