@@ -664,10 +664,10 @@ def list_cmd(config_path: Path, db: Path | None, as_json: bool) -> None:
 
     t = Table(title=f"{len(rows)} device(s)")
     t.add_column("device", no_wrap=True)
-    for col in ("kind", "status", "class", "installed", "life", "address", "tags"):
+    for col in ("kind", "status", "suite", "class", "installed", "life", "address", "tags"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["device_id"], r["kind"], r["status"], r["data_class"], r["install_date"],
+        t.add_row(r["device_id"], r["kind"], r["status"], r["suite"], r["data_class"], r["install_date"],
                   f"{r['design_life_years']}y", r["location"]["address"], ",".join(r["tags"]))
     _console().print(t)
 
