@@ -597,7 +597,8 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
                    "certificate chain in their batches (x5chain).")
 @click.option("--crl", "crl_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The CA's CRL (PEM or DER): batches of revoked gateways are refused. Needs --ca.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker (MQTT or NATS).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA of the broker (MQTT or NATS).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
 @click.option("--client-id", default=None, help="MQTT client id (default: random, one per sink).")
