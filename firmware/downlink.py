@@ -70,8 +70,9 @@ def apply(node, kind, fields):
 
         try:
             if node.ota_rx.chunk(fields[1], fields[2]):
-                ota.install(node.hal.fs, node.ota_rx.blob(), ota.ota_key(node.cfg.root_key, node.dev_id),
-                            node.cfg.ota_trial_boots)
+                s = node.cfg.suite
+                ota.install(node.hal.fs, node.ota_rx.blob(), ota.ota_key(node.cfg.root_key, node.dev_id, s),
+                            node.cfg.ota_trial_boots, s)
                 node.ota_rx = None
                 node.maint_until = -1
                 node.reboot = True

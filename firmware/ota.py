@@ -1,11 +1,12 @@
 # Over-the-air update of the app bundle.
 #
 # Authentication: HMAC-SHA256 under K_ota = HMAC-SHA256(root, "lifeline/1/ota" || device id) over the
-# manifest, and the manifest lists the SHA-256 of every file, so one tag covers the whole bundle. (ESP32
-# MicroPython has SHA-256 in hashlib but no Ed25519/ECDSA verifier; a pure-Python Ed25519 verify takes
-# tens of seconds and ~tens of KB of RAM on the ESP32, so a per-device symmetric key is used. A signature
-# would let one key sign for the whole fleet; the HMAC key is per device and derived from the root key the
-# node already holds, so a leaked key compromises one node, not the fleet.)
+# manifest (an sm node, docs/protocol.md 2.2: HMAC-SM3 under K_ota = HMAC-SM3(root, "lifeline/2/ota" ||
+# device id), same 32-byte tag), and the manifest lists the SHA-256 of every file, so one tag covers the
+# whole bundle. (ESP32 MicroPython has SHA-256 in hashlib but no Ed25519/ECDSA verifier; a pure-Python
+# Ed25519 verify takes tens of seconds and ~tens of KB of RAM on the ESP32, so a per-device symmetric key
+# is used. A signature would let one key sign for the whole fleet; the HMAC key is per device and derived
+# from the root key the node already holds, so a leaked key compromises one node, not the fleet.)
 #
 # Bundle blob (what C_OTA_CHUNK downlinks or the GATT service carry):
 #   manifest length (2, BE) | manifest (JSON: {"v": version, "files": [[path, size, sha256 hex], ...]})
@@ -30,20 +31,33 @@ class OtaError(Exception):
         self.reason = reason
 
 
-def ota_key(root_key, dev_id):
+def ota_key(root_key, dev_id, suite=1):
+    """K_ota of the node's frame crypto suite (1 intl, 2 sm)."""
+    if suite == 2:
+        from lifeline.protocols import crypto_sm
+
+        return crypto_sm.derive(root_key, crypto_sm.LABEL_OTA, dev_id)
     return crypto.derive(root_key, crypto.LABEL_OTA, dev_id)
 
 
-def make_bundle(files, version, key):
+def _tag(key, manifest, suite):
+    if suite == 2:
+        from lifeline.protocols import crypto_sm
+
+        return crypto_sm.hmac_sm3(key, manifest)
+    return crypto.hmac_sha256(key, manifest)
+
+
+def make_bundle(files, version, key, suite=1):
     """Build a bundle blob from {relative path: bytes} (host side and tests)."""
     names = sorted(files)
     manifest = json.dumps({"v": version, "files": [[n, len(files[n]), hashlib.sha256(files[n]).digest().hex()]
                                                    for n in names]}).encode()
-    tag = crypto.hmac_sha256(key, manifest)
+    tag = _tag(key, manifest, suite)
     return len(manifest).to_bytes(2, "big") + manifest + tag + b"".join(files[n] for n in names)
 
 
-def parse_bundle(blob, key):
+def parse_bundle(blob, key, suite=1):
     """(version, [(path, content)]) after checking the tag and every hash; OtaError otherwise."""
     if len(blob) < 34:
         raise OtaError("truncated")
@@ -52,7 +66,7 @@ def parse_bundle(blob, key):
         raise OtaError("truncated")
     manifest = blob[2:2 + n]
     tag = blob[2 + n:2 + n + 32]
-    if not crypto.ct_equal(crypto.hmac_sha256(key, manifest), tag):
+    if not crypto.ct_equal(_tag(key, manifest, suite), tag):
         raise OtaError("bad_mac")
     try:
         m = json.loads(manifest)
@@ -84,9 +98,9 @@ def _mkdirs(fs, path):
         fs.mkdir(cur)
 
 
-def install(fs, blob, key, trial_boots):
+def install(fs, blob, key, trial_boots, suite=1):
     """Verify and write the bundle to the spare slot and switch to it on trial. Returns the version."""
-    version, files = parse_bundle(blob, key)
+    version, files = parse_bundle(blob, key, suite)
     cur = bootsel.read_pointer(fs) or {"slot": bootsel.FACTORY, "version": 0}
     slot = SLOTS[1] if cur.get("slot") == SLOTS[0] else SLOTS[0]
     fs.mkdir("/app")

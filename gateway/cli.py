@@ -133,15 +133,24 @@ def csr(config_path: Path, out: Path | None, as_json: bool) -> None:
     """Write a certificate signing request (PKCS#10 PEM) for the gateway's signing key, for the city CA.
 
     Subject CN and SAN dNSName are the gateway id; an SM2 key's request is signed with SM2-with-SM3
-    (1.2.156.10197.1.501). Install the issued chain as [gateway] certificate_file (docs/operations.md)."""
-    from lifeline.protocols import gwcert, keys
+    (1.2.156.10197.1.501). The key is the one the daemon signs with (key_file, or [keys.pkcs11]
+    signing_key_label: the token signs the request). Install the issued chain as [gateway] certificate_file
+    (docs/operations.md)."""
+    from lifeline.gateway.keystore import KeyStoreError, open_keys
+    from lifeline.protocols import gwcert
 
     cfg = _load(config_path)
     try:
-        key = keys.load_signing_key(cfg.gateway.key_file, cfg.gateway.suite)
-    except keys.KeyFileError as e:
+        opened = open_keys(cfg, signer=True, kek=False)  # the key file, or the key in the PKCS#11 token
+    except KeyStoreError as e:
         _err(str(e), EXIT_CONFIG)
-    pem = gwcert.make_csr(key, cfg.gateway.id)
+    try:
+        assert opened.signer is not None
+        pem = gwcert.make_csr(opened.signer, cfg.gateway.id)
+    except gwcert.CertError as e:
+        _err(f"{opened.signer_source}: {e}", EXIT_CONFIG)
+    finally:
+        opened.close()
     if out is not None:
         try:
             out.write_bytes(pem)
@@ -592,30 +601,47 @@ def import_cmd(file: Path, config_path: Path, db: Path | None, rekey: bool, trus
 @devices.command("rewrap")
 @_config_option
 @_db_option
-@_kek_option
-@click.option("--new-kek-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The new key-encryption key file (`gateway kekgen`); set [keys] kek_file to it afterwards.")
-def rewrap_cmd(config_path: Path, db: Path | None, kek_file: Path | None, new_kek_file: Path) -> None:
-    """KEK rotation: re-wrap every root key under a new key-encryption key (stop the daemon first)."""
+@click.option("--kek-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The current key-encryption key file (default: the one the config names).")
+@click.option("--new-kek-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The new key-encryption key file (`gateway kekgen`; default: the KEK the config names, e.g. "
+                   "a token key after keys.pkcs11.kek_label was set and `gateway token-keys` made it).")
+def rewrap_cmd(config_path: Path, db: Path | None, kek_file: Path | None, new_kek_file: Path | None) -> None:
+    """KEK rotation: re-wrap every root key under a new key-encryption key (stop the daemon first).
+
+    File to file: --new-kek-file NEW (then point keys.kek_file at it). File to token: edit the config to
+    name the token KEK (keys.pkcs11.kek_label, no keys.kek_file), run `gateway token-keys`, then
+    `devices rewrap --kek-file OLD`.
+    """
     from lifeline.gateway import kek as keywrap
+    from lifeline.gateway.keystore import GatewayKeys, KeyStoreError, load_registry_kek
     from lifeline.gateway.registry import Registry, RegistryError
 
+    if kek_file is None and new_kek_file is None:
+        raise click.UsageError("give --new-kek-file, or --kek-file with the config naming the new KEK")
     path, _ = _registry_path(config_path, db)
     if not path.exists():
         _err(f"registry {path} does not exist", EXIT_CONFIG)
-    keys = _registry_keys(config_path, db, kek_file)
+    old = _registry_keys(config_path, db, kek_file)
+    new = GatewayKeys(None, None)
     try:
-        new = keywrap.load_file(new_kek_file)
-        with Registry(path, keys.kek) as reg:
-            n = reg.rewrap(new)
-    except keywrap.KekError as e:
-        _err(str(e), EXIT_CONFIG)
-    except RegistryError as e:
+        if new_kek_file is not None:
+            new = GatewayKeys(keywrap.load_file(new_kek_file), None)
+        else:
+            new = load_registry_kek(_load(config_path))
+        if new.kek is None:
+            _err(f"{config_path}: names no key-encryption key to re-wrap under", EXIT_CONFIG)
+        with Registry(path, old.kek) as reg:
+            n = reg.rewrap(new.kek)
+        where = keywrap.describe(new.kek)
+    except (keywrap.KekError, KeyStoreError, RegistryError) as e:
         _err(str(e), EXIT_CONFIG)
     finally:
-        keys.close()
-    click.echo(f"{n} root key(s) now wrapped under {keywrap.describe(new)}; set keys.kek_file = "
-               f"\"{new_kek_file}\" before starting the daemon")
+        old.close()
+        new.close()
+    hint = (f"; set keys.kek_file = \"{new_kek_file}\" before starting the daemon" if new_kek_file is not None
+            else "")
+    click.echo(f"{n} root key(s) now wrapped under {where}{hint}")
 
 
 @devices.command("list")
@@ -638,10 +664,10 @@ def list_cmd(config_path: Path, db: Path | None, as_json: bool) -> None:
 
     t = Table(title=f"{len(rows)} device(s)")
     t.add_column("device", no_wrap=True)
-    for col in ("kind", "status", "class", "installed", "life", "address", "tags"):
+    for col in ("kind", "status", "suite", "class", "installed", "life", "address", "tags"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["device_id"], r["kind"], r["status"], r["data_class"], r["install_date"],
+        t.add_row(r["device_id"], r["kind"], r["status"], r["suite"], r["data_class"], r["install_date"],
                   f"{r['design_life_years']}y", r["location"]["address"], ",".join(r["tags"]))
     _console().print(t)
 

@@ -131,6 +131,7 @@ class Gateway:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._registry: Registry | None = None
         self.gateway_keys = GatewayKeys(None, None)
+        self.certificate_not_after_ms: int | None = None  # the CA-issued identity's end ([gateway] certificate_file)
         self._db: StateDB | None = None
         self._metrics_server: MetricsServer | None = None
         self._started_adapters: list[IngressAdapter] = []
@@ -171,6 +172,8 @@ class Gateway:
                 chain_pem = cfg.gateway.certificate_file.read_bytes()
                 key = gwcert.attach_chain(cose_sign.signing_key(key), chain_pem, cfg.gateway.id,
                                           now=self.clock.now_ms() / 1000)
+                leaf = gwcert.load_chain(chain_pem)[0]
+                self.certificate_not_after_ms = int(leaf.not_valid_after_utc.timestamp() * 1000)
             except OSError as e:
                 raise StartupError(f"gateway.certificate_file: cannot read {cfg.gateway.certificate_file}: "
                                    f"{e.strerror or e}") from None
@@ -484,6 +487,10 @@ class Gateway:
         statusinfo.register_gauges(self)
         m.gauge("commands_open", "Platform commands waiting for a receive window.",
                 lambda: [((), sum(self.commands.open_by_device.values()))])
+        m.gauge("certificate_expires_in_seconds", "Seconds until the gateway certificate (x5chain) expires; "
+                "absent without [gateway] certificate_file. Renew well before 0: the platform refuses batches "
+                "signed under an expired certificate.", lambda: [] if self.certificate_not_after_ms is None else
+                [((), round((self.certificate_not_after_ms - self.clock.now_ms()) / 1000))])
         m.gauge("key_storage", "Where the keys live: registry root keys (file/pkcs11 KEK, or plaintext) and the "
                 "batch signing key (file/pkcs11); 1 per key.", lambda: [
                     (tuple(lab.values()), v) for lab, v in self.gateway_keys.storage()], ("key", "where", "cipher"))

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from lifeline.gateway.registry import ACTIVE, DeviceRecord
+from lifeline.gateway.registry import ACTIVE, ROOT_KEY_BYTES, DeviceRecord, RegistryError
 from lifeline.protocols import fastpath, frame
 
 
@@ -27,6 +27,8 @@ class DeviceInfo:
 
     @classmethod
     def of(cls, d: DeviceRecord) -> DeviceInfo:
+        if len(d.root_key) != ROOT_KEY_BYTES:  # a metadata-only registry read: never onto the radio path
+            raise RegistryError(f"device {d.device_id.hex()}: no root key in this registry view")
         return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, d.status, d.suite_id)
 
 

@@ -178,4 +178,6 @@ def next_steps(r: InitResult, user: str = "lifeline") -> list[str]:
         f"Watch it:        lifeline gateway status --config {cfg}",
         f"Phone:           set [status_page] listen to the LAN address, open {r.status_url}?token=<the line in "
         f"{r.token}>",
+        *([f"Back up {r.kek} apart from the registry: the device keys are encrypted under it (docs/keys.md)"]
+          if r.kek is not None else []),
     ]

@@ -128,6 +128,8 @@ def summarise(parsed: Parsed, now_s: float | None = None) -> dict[str, Any]:
         "rules": rules,
         "keys": {lab.get("key", ""): {"where": lab.get("where", ""), "cipher": lab.get("cipher", "")}
                  for lab, _ in parsed.get(P + "key_storage", [])},
+        "certificate_expires_in_s": (_num(one("certificate_expires_in_seconds"))
+                                     if has("certificate_expires_in_seconds") else None),
     }
 
 

@@ -20,17 +20,22 @@ def hmac_sm3(key: bytes, msg: bytes) -> bytes:
     return sm3.hmac(key, msg)
 
 
-def derive(root: bytes, label: bytes, dev_id: bytes, length: int = 32) -> bytes:
-    """Per-purpose key: HMAC-SM3(root, label || device id), truncated to ``length``."""
-    return sm3.hmac(root, label + dev_id)[:length]
+def derive(root: bytes, label: bytes, dev_id: bytes, length: int = 32, pads: object = None) -> bytes:
+    """Per-purpose key: HMAC-SM3(root, label || device id), truncated to ``length``. ``pads``: the root
+    key's ``sm3.hmac_pads``, when the caller derives several keys."""
+    if pads is None:
+        pads = sm3.hmac_pads(root)
+    return sm3.hmac_with(pads, label + dev_id)[:length]  # type: ignore[arg-type]
 
 
 def derive_keys(keys: object, root: bytes) -> None:
-    """Fill a frame.Keys of suite 2 (``keys.dev_id`` set) with the per-purpose keys of ``root``."""
+    """Fill a frame.Keys of suite 2 (``keys.dev_id`` set) with the per-purpose keys of ``root`` (the root
+    key's pad blocks are absorbed once for the three keys: 8 SM3 compressions instead of 12, every wake)."""
     dev_id = keys.dev_id  # type: ignore[attr-defined]
-    keys.mic_up = derive(root, LABEL_MIC_UP, dev_id)  # type: ignore[attr-defined]
-    keys.mic_down = derive(root, LABEL_MIC_DOWN, dev_id)  # type: ignore[attr-defined]
-    keys.enc = derive(root, LABEL_ENC, dev_id, 16)  # type: ignore[attr-defined]
+    pads = sm3.hmac_pads(root)
+    keys.mic_up = derive(root, LABEL_MIC_UP, dev_id, 32, pads)  # type: ignore[attr-defined]
+    keys.mic_down = derive(root, LABEL_MIC_DOWN, dev_id, 32, pads)  # type: ignore[attr-defined]
+    keys.enc = derive(root, LABEL_ENC, dev_id, 16, pads)  # type: ignore[attr-defined]
     keys.cipher = sm4.Sm4Ecb(keys.enc)  # type: ignore[attr-defined]
 
 

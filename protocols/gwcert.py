@@ -22,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
@@ -161,19 +163,47 @@ def check_signature(cert_or_crl: x509.Certificate | x509.CertificateRevocationLi
 # ---------------------------------------------------------------------------------------------- gateway side
 
 
-def make_csr(key: Ed25519PrivateKey | sm2.SM2PrivateKey, gateway_id: str) -> bytes:
-    """A PEM PKCS#10 request: subject CN = gateway id, SAN dNSName = gateway id, signed by ``key``."""
+_ED25519_ALGID: Final = bytes.fromhex("300506032b6570")  # id-Ed25519, no parameters (RFC 8410)
+
+
+def signer_public_key(key: object) -> Ed25519PublicKey | sm2.SM2PublicKey | None:
+    """The public key behind a private key or SigningKey, if it can be known here (file keys; a token
+    signer that offers ``public_key()``); None otherwise."""
+    if isinstance(key, cose_sign.WithHeaders):
+        key = key.inner
+    if isinstance(key, cose_sign.Ed25519Signer | cose_sign.Sm2Signer):
+        key = key.private_key
+    if isinstance(key, Ed25519PrivateKey | sm2.SM2PrivateKey):
+        return key.public_key()
+    get = getattr(key, "public_key", None)
+    pub = get() if callable(get) else None
+    return pub if isinstance(pub, Ed25519PublicKey | sm2.SM2PublicKey) else None
+
+
+def make_csr(key: Ed25519PrivateKey | sm2.SM2PrivateKey | cose_sign.SigningKey, gateway_id: str) -> bytes:
+    """A PEM PKCS#10 request: subject CN = gateway id, SAN dNSName = gateway id, signed by ``key``: a private
+    key, or any SigningKey whose public key is known (``public_key()``, e.g. a PKCS#11 token signer)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
     san = x509.SubjectAlternativeName([x509.DNSName(gateway_id)])
     if isinstance(key, Ed25519PrivateKey):
         csr = x509.CertificateSigningRequestBuilder().subject_name(name).add_extension(san, critical=False)
         return csr.sign(key, None).public_bytes(serialization.Encoding.PEM)
-    # SM2: cryptography cannot sign it, so the request is built here (RFC 2986) and signed with SM2-SM3.
+    # Otherwise built here (RFC 2986): cryptography cannot sign with SM2 or through a SigningKey.
+    signer = cose_sign.signing_key(key)
+    pub = signer_public_key(key)
+    if pub is None:
+        raise CertError("the signing key does not tell its public key; cannot make a request for it")
+    if isinstance(pub, sm2.SM2PublicKey):
+        spki, algid = pub.spki_der(), sm2.SIG_ALGID_DER
+    else:
+        spki = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        algid = _ED25519_ALGID
     ext = _tlv(0x30, _tlv(0x06, bytes.fromhex("551d11")) + _tlv(0x04, san_der(gateway_id)))  # subjectAltName
     ext_req = _tlv(0x30, _tlv(0x06, bytes.fromhex("2a864886f70d01090e")) + _tlv(0x31, _tlv(0x30, ext)))
-    info = _tlv(0x30, b"\x02\x01\x00" + name.public_bytes() + key.public_key().spki_der() + _tlv(0xA0, ext_req))
-    sig = key.sign_der(info)
-    der = _tlv(0x30, info + sm2.SIG_ALGID_DER + _tlv(0x03, b"\x00" + sig))
+    info = _tlv(0x30, b"\x02\x01\x00" + name.public_bytes() + spki + _tlv(0xA0, ext_req))
+    raw = signer.sign(info)  # SM2: r||s with SM3 over Z_A||info; Ed25519: the signature over info
+    sig = sm2.rs_to_der(raw) if signer.alg == cose_sign.ALG_SM2_SM3 else raw
+    der = _tlv(0x30, info + algid + _tlv(0x03, b"\x00" + sig))
     return x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM)
 
 
@@ -203,14 +233,14 @@ def x5chain_header(chain: Sequence[x509.Certificate]) -> dict[int, Any]:
 def attach_chain(signer: cose_sign.SigningKey, chain_pem: bytes, gateway_id: str, *, now: float,
                  what: str = "gateway.certificate_file") -> cose_sign.SigningKey:
     """``signer`` with the chain in its protected header, after checking that the chain fits: the leaf
-    certifies the signer's key (when the key is known here; a token key is checked by the platform), names
+    certifies the signer's key (when its public key is known here, see signer_public_key), names
     ``gateway_id``, and is within its validity period. Raises CertError naming ``what``."""
     chain = load_chain(chain_pem, what)
     leaf = chain[0]
-    inner = signer.inner if isinstance(signer, cose_sign.WithHeaders) else signer
-    if isinstance(inner, cose_sign.Ed25519Signer | cose_sign.Sm2Signer):
+    pub = signer_public_key(signer)
+    if pub is not None:
         try:
-            matches = public_key_matches(leaf, inner)
+            matches = public_key_matches(leaf, pub)
         except BatchError:
             matches = False
         if not matches:
@@ -262,15 +292,77 @@ class CaTrust:
         self._lock = threading.Lock()
         self.revoked: frozenset[tuple[bytes, int]] = frozenset()
         self.crl_next_update: datetime | None = None
+        self.crl_path: Path | None = None  # watched for a new CRL (see watch_crl)
+        self.crl_reloads = 0
+        self.crl_reload_errors = 0
+        self.crl_error = ""
+        self._crl_stat: tuple[int, int] | None = None
+        self._crl_checked = 0.0
+        self._crl_every_s = 10.0
         if crl is not None:
             self.set_crl(crl)
+
+    @classmethod
+    def from_paths(cls, ca_path: Path, crl_path: Path | None = None, *, clock: Callable[[], float] | None = None,
+                   reload_every_s: float = 10.0) -> CaTrust:
+        """From files; a CRL file is watched: a replaced one is loaded (after its signature is checked)."""
+        crl = crl_path.read_bytes() if crl_path is not None else None
+        trust = cls.from_files(ca_path.read_bytes(), crl, clock=clock, ca_name=str(ca_path), crl_name=str(crl_path))
+        if crl_path is not None:
+            trust.watch_crl(crl_path, reload_every_s)
+        return trust
+
+    def watch_crl(self, path: Path, every_s: float = 10.0) -> None:
+        self.crl_path = path
+        self._crl_every_s = every_s
+        self._crl_stat = self._stat(path)
+        self._crl_checked = time.monotonic()
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def maybe_reload_crl(self, force: bool = False) -> bool:
+        """Load the watched CRL file again if it changed (checked at most every ``every_s``). A CRL that
+        cannot be read, parsed or is not signed by the CA is not used: the previous one stays in force and
+        ``crl_reload_errors``/``crl_error`` say why. True if a new CRL was loaded."""
+        path = self.crl_path
+        if path is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._crl_checked < self._crl_every_s:
+            return False
+        self._crl_checked = now
+        st = self._stat(path)
+        if st == self._crl_stat and not force:
+            return False
+        self._crl_stat = st
+        try:
+            data = path.read_bytes()
+            crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+            self.set_crl(crl, str(path))
+        except (OSError, ValueError, CertError) as e:
+            self.crl_reload_errors += 1
+            self.crl_error = f"{path}: {e}"
+            return False
+        self.crl_reloads += 1
+        self.crl_error = ""
+        return True
 
     @classmethod
     def from_files(cls, ca: bytes, crl: bytes | None = None, *, clock: Callable[[], float] | None = None,
                    ca_name: str = "--ca", crl_name: str = "--crl") -> CaTrust:
         anchors = load_chain(ca, ca_name)
         for a in anchors:
-            if not _is_ca(a):
+            try:
+                is_ca = _is_ca(a)
+            except ValueError as e:
+                raise CertError(f"{ca_name}: a certificate has malformed extensions ({e})") from None
+            if not is_ca:
                 raise CertError(f"{ca_name}: {a.subject.rfc4514_string()} is not a CA certificate "
                                 "(basicConstraints cA)")
         trust = cls(anchors, clock=clock)
@@ -279,7 +371,10 @@ class CaTrust:
                 parsed = (x509.load_pem_x509_crl(crl) if b"-----BEGIN" in crl else x509.load_der_x509_crl(crl))
             except ValueError as e:
                 raise CertError(f"{crl_name}: not an X.509 CRL ({e})") from None
-            trust.set_crl(parsed, crl_name)
+            try:
+                trust.set_crl(parsed, crl_name)
+            except ValueError as e:
+                raise CertError(f"{crl_name}: malformed CRL ({e})") from None
         return trust
 
     def set_crl(self, crl: x509.CertificateRevocationList, what: str = "CRL") -> None:
@@ -297,8 +392,6 @@ class CaTrust:
         self._clock = clock
 
     def _now(self) -> datetime:
-        import time
-
         return datetime.fromtimestamp(self._clock() if self._clock else time.time(), tz=UTC)
 
     def verify_chain(self, ders: Sequence[bytes], gateway_id: str) -> VerifyKey:
@@ -306,7 +399,13 @@ class CaTrust:
         fp = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in ders)).digest()
         checked = self._cache.get(fp)
         if checked is None:
-            checked = self._check_structure(ders)
+            try:
+                checked = self._check_structure(ders)
+            except (ValueError, TypeError, UnsupportedAlgorithm, CertError) as e:  # lazily parsed parts
+                if isinstance(e, BatchError):
+                    raise
+                raise BatchError(R_BAD_CERTIFICATE, f"a certificate of the x5chain is malformed "
+                                 f"({type(e).__name__})") from None
             with self._lock:
                 if len(self._cache) >= self._cache_size:
                     self._cache.pop(next(iter(self._cache)))
@@ -368,6 +467,7 @@ class CaTrust:
         """A key resolver for :func:`lifeline.protocols.batch.verify`: the key of the batch's x5chain."""
 
         def resolve(protected: Mapping[Any, Any], unprotected: Mapping[Any, Any]) -> VerifyKey:
+            self.maybe_reload_crl()
             if H_X5CHAIN not in protected:
                 where = " (it is unprotected; it must be protected)" if H_X5CHAIN in unprotected else ""
                 raise BatchError(R_NO_CERTIFICATE, f"no x5chain (label 33) in the protected header{where}")

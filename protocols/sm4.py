@@ -15,56 +15,49 @@ SBOX = bytes.fromhex(
     "8969974a0c96777e65b9f109c56ec68418f07dec3adc4d2079ee5f3ed7cb3948"
 )
 
-_M = 0xFFFFFFFF
-_FK = (0xA3B1BAC6, 0x56AA3350, 0x677D9197, 0xB27022DC)
+# FK and CK (GB/T 32907 section 7.3) as 16-bit halves (high, low): CK[i] byte j is (4i + j) * 7 mod 256.
+_FK = (0xA3B1, 0xBAC6, 0x56AA, 0x3350, 0x677D, 0x9197, 0xB270, 0x22DC)
 
 
 def _ck() -> tuple:  # type: ignore[type-arg]
-    # CK[i] byte j = (4i + j) * 7 mod 256 (GB/T 32907 section 7.3)
     out = []
     for i in range(32):
-        x = 0
-        for j in range(4):
-            x = (x << 8) | (((4 * i + j) * 7) & 0xFF)
-        out.append(x)
+        b = [((4 * i + j) * 7) & 0xFF for j in range(4)]
+        out.append((b[0] << 8) | b[1])
+        out.append((b[2] << 8) | b[3])
     return tuple(out)
 
 
 _CK = _ck()
 
 
-def _word(b: bytes, i: int) -> int:
-    return (b[i] << 24) | (b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]
+def expand_key_halves(key: bytes) -> tuple:  # type: ignore[type-arg]
+    """The 32 round keys of a 16-byte key as 64 16-bit halves (high, low per round), for
+    :func:`encrypt_block`. Same halves arithmetic as there (no int reaches 2^30)."""
+    if len(key) != 16:
+        raise ValueError("SM4 key must be 16 bytes")
+    S = SBOX
+    CK = _CK
+    k = [((key[2 * i] << 8) | key[2 * i + 1]) ^ _FK[i] for i in range(8)]  # K0..K3 as halves
+    for i in range(0, 64, 2):
+        xh = k[i + 2] ^ k[i + 4] ^ k[i + 6] ^ CK[i]
+        xl = k[i + 3] ^ k[i + 5] ^ k[i + 7] ^ CK[i + 1]
+        th = (S[xh >> 8] << 8) | S[xh & 0xFF]
+        tl = (S[xl >> 8] << 8) | S[xl & 0xFF]
+        # L'(t) = t ^ rotl(t, 13) ^ rotl(t, 23)
+        k.append(k[i] ^ th ^ (((th & 0x7) << 13) | (tl >> 3)) ^ (((tl & 0x1FF) << 7) | (th >> 9)))
+        k.append(k[i + 1] ^ tl ^ (((tl & 0x7) << 13) | (th >> 3)) ^ (((th & 0x1FF) << 7) | (tl >> 9)))
+    return tuple(k[8:])
 
 
 def expand_key(key: bytes) -> tuple:  # type: ignore[type-arg]
-    """The 32 round keys of a 16-byte key (32-bit words: run once per key, so its few large ints are fine)."""
-    if len(key) != 16:
-        raise ValueError("SM4 key must be 16 bytes")
-    M = _M
-    S = SBOX
-    k = [_word(key, 4 * i) ^ _FK[i] for i in range(4)]
-    rk = []
-    for i in range(32):
-        x = k[i + 1] ^ k[i + 2] ^ k[i + 3] ^ _CK[i]
-        t = (S[x >> 24] << 24) | (S[(x >> 16) & 0xFF] << 16) | (S[(x >> 8) & 0xFF] << 8) | S[x & 0xFF]
-        r = k[i] ^ t ^ (((t << 13) | (t >> 19)) & M) ^ (((t << 23) | (t >> 9)) & M)
-        k.append(r)
-        rk.append(r)
-    return tuple(rk)
-
-
-def round_key_halves(rk: tuple) -> tuple:  # type: ignore[type-arg]
-    """The round keys as 64 16-bit halves (high, low per round) for :func:`encrypt_block`."""
-    out = []
-    for r in rk:
-        out.append(r >> 16)
-        out.append(r & 0xFFFF)
-    return tuple(out)
+    """The 32 round keys as 32-bit words (as the standard lists them; host tests)."""
+    h = expand_key_halves(key)
+    return tuple((h[i] << 16) | h[i + 1] for i in range(0, 64, 2))
 
 
 def encrypt_block(rkh: tuple, block: bytes, off: int = 0) -> bytes:  # type: ignore[type-arg]
-    """Encrypt the 16 bytes at ``block[off:]`` with round keys ``rkh`` (:func:`round_key_halves`).
+    """Encrypt the 16 bytes at ``block[off:]`` with round keys ``rkh`` (:func:`expand_key_halves`).
 
     Words are 16-bit halves (h, l) so that no value reaches 2^30 (a heap object on a 32-bit MicroPython port):
     rotl(t, n) for n < 16 is (h & (2^(16-n) - 1)) << n | l >> (16 - n) for the high half, h and l swapped for
@@ -110,7 +103,7 @@ class Sm4Ecb:
     """Same shape as aes.AesEcb / ``cryptolib.aes(key, 1)``: ``encrypt(data)`` for whole blocks."""
 
     def __init__(self, key: bytes) -> None:
-        self._rk = round_key_halves(expand_key(key))
+        self._rk = expand_key_halves(key)
 
     def encrypt(self, data: bytes) -> bytes:
         if len(data) % 16:

@@ -3,8 +3,10 @@
 - Subscribes ``$share/<group>/lifeline/v1/+/up/+`` (MQTT 5 shared subscription): several sinks on one
   broker split the batches between them; pointed at one SQLite file (WAL) they also share the dedupe.
 - Every batch is verified with ``lifeline.protocols.batch.verify`` against the trusted key of the
-  gateway named in the topic; the topic's gateway and lane must match the signed payload. Rejects are
-  stored with their reason and counted, never raised.
+  gateway named in the topic (Ed25519 or SM2, by the batch's protected alg), or, for a gateway without a
+  pinned key, against the certificate chain it carries (x5chain), checked to the ``--ca`` trust anchor and
+  ``--crl`` (``lifeline.protocols.gwcert``); the topic's gateway and lane must match the signed payload.
+  Rejects are stored with their reason and counted, never raised.
 - Records are stored once per (device, fcnt) (gateway events once per (gateway, event seq)); a batch
   redelivered by MQTT is recognised by (gateway, seq, digest).
 - The hash chain is checked as batches arrive against their stored neighbours (broken links at once)
@@ -14,8 +16,8 @@
 - Commands to gateways: :meth:`PlatformSink.send_command`, :meth:`PlatformSink.ack_alarm`; results on
   ``lifeline/v1/<gw>/down/result`` and presence on ``lifeline/v1/<gw>/state`` are kept in memory.
 
-``lifeline platform-sink --broker HOST:PORT --db FILE --trust GW=PUBKEYFILE`` runs it with a live
-count (or JSON lines with ``--json``). Tests use :class:`PlatformSink` in-process.
+``lifeline platform-sink --broker HOST:PORT --db FILE --trust GW=PUBKEYFILE [--ca CA.pem [--crl CRL]]`` runs it
+with a live count (or JSON lines with ``--json``). Tests use :class:`PlatformSink` in-process.
 """
 
 from __future__ import annotations
@@ -115,14 +117,12 @@ def load_trust(pairs: Mapping[str, Path] | Sequence[tuple[str, Path, int | None,
 
 
 def load_ca(ca_file: Path, crl_file: Path | None = None) -> gwcert.CaTrust:
-    """The trust anchor (and CRL) for gateways that carry their certificate chain."""
+    """The trust anchor (and CRL) for gateways that carry their certificate chain. The CRL file is watched:
+    a replaced one is used within 10 s (a bad one is not, and the previous stays in force)."""
     try:
-        ca_pem = Path(ca_file).read_bytes()
-        crl = Path(crl_file).read_bytes() if crl_file is not None else None
+        return gwcert.CaTrust.from_paths(Path(ca_file), Path(crl_file) if crl_file is not None else None)
     except OSError as e:
         raise SinkError(f"cannot read {e.filename}: {e.strerror or e}") from None
-    try:
-        return gwcert.CaTrust.from_files(ca_pem, crl, ca_name=str(ca_file), crl_name=str(crl_file))
     except gwcert.CertError as e:
         raise SinkError(str(e)) from None
 
@@ -462,9 +462,16 @@ class PlatformSink:
                 batches: int | None = self.batch_count()
             except StoreUnavailable:  # a live count must not fail while the database restarts
                 records = batches = None
-            return {"sink": self.client_id, "records": records, "batches": batches,
-                    "counters": dict(self.counters), "presence": dict(self.presence),
-                    "source": dict(self.source.counters()) if self.source is not None else {}}
+            out: dict[str, Any] = {
+                "sink": self.client_id, "records": records, "batches": batches, "counters": dict(self.counters),
+                "presence": dict(self.presence),
+                "source": dict(self.source.counters()) if self.source is not None else {}}
+        if self.ca is not None:
+            nu = self.ca.crl_next_update
+            out["ca"] = {"revoked": len(self.ca.revoked), "crl_reloads": self.ca.crl_reloads,
+                         "crl_reload_errors": self.ca.crl_reload_errors, "crl_error": self.ca.crl_error,
+                         "crl_next_update": nu.isoformat().replace("+00:00", "Z") if nu is not None else None}
+        return out
 
     # ------------------------------------------------------------------------------ waits
 
@@ -590,7 +597,8 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
                    "certificate chain in their batches (x5chain).")
 @click.option("--crl", "crl_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The CA's CRL (PEM or DER): batches of revoked gateways are refused. Needs --ca.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA of the broker (MQTT or NATS).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
 @click.option("--client-id", default=None, help="MQTT client id (default: random, one per sink).")
@@ -654,7 +662,8 @@ def platform_sink_cmd(
         from lifeline.tools.platform.nats_source import NatsSource
 
         try:
-            source = NatsSource(nats_url, name=client_id or "lifeline-sink")
+            source = NatsSource(nats_url, name=client_id or "lifeline-sink",
+                                tls=TlsFiles(tls_ca, tls_cert, tls_key).context() if (tls_ca or tls_cert) else None)
         except SourceError as e:
             raise click.BadParameter(str(e), param_hint="--source") from None
     parsed_commands = []

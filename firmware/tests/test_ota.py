@@ -138,6 +138,41 @@ def test_ota_over_downlink_chunks_installs_the_bundle() -> None:
     assert bootsel.select(sn.hal.fs) == "/app/a"
 
 
+
+def test_sm_node_ota_uses_hmac_sm3_under_its_suite_2_key() -> None:
+    """An sm node (suite 2) authenticates bundles with HMAC-SM3 under K_ota = HMAC-SM3(root, lifeline/2/ota ||
+    id): a bundle tagged the intl way (HMAC-SHA256, lifeline/1/ota key) is refused, over the downlink path
+    too, and the suite-2 bundle installs."""
+    sn = SimNode("tilt", config_extra={"interval": 60, "suite": "sm"})
+    sn.cycle()
+    assert {f[0] for f in sn.air.frames} == {0x12}
+    sm_key = ota.ota_key(sn.root_key, sn.dev_id, 2)
+    intl_key = ota.ota_key(sn.root_key, sn.dev_id)
+    assert sm_key != intl_key
+    files = {"main.py": GOOD_APP}
+    assert ota.parse_bundle(ota.make_bundle(files, 5, sm_key, 2), sm_key, 2)[0] == 5
+    for wrong in (ota.make_bundle(files, 5, intl_key), ota.make_bundle(files, 5, sm_key),
+                  ota.make_bundle(files, 5, intl_key, 2)):
+        with pytest.raises(ota.OtaError, match="bad_mac"):
+            ota.parse_bundle(wrong, sm_key, 2)
+
+    def send(blob: bytes, version: int) -> None:
+        chunks = [blob[i:i + 16] for i in range(0, len(blob), 16)]
+        sn.air.send_later(sn.dev_id, schema.C_MAINTENANCE, {1: 3600, 2: 1})
+        sn.air.send_later(sn.dev_id, schema.C_OTA_BEGIN, {1: version, 2: len(blob), 3: len(chunks)})
+        for i, c in enumerate(chunks):
+            sn.air.send_later(sn.dev_id, schema.C_OTA_CHUNK, {1: i, 2: c})
+        for _ in range(200):
+            if not sn.air.pending.get(sn.dev_id):
+                break
+            sn.cycle()
+
+    send(ota.make_bundle(files, 5, intl_key), 5)  # the intl way: refused, nothing installed
+    assert (bootsel.read_pointer(sn.hal.fs) or {}).get("version") != 5
+    send(ota.make_bundle(files, 6, sm_key, 2), 6)
+    assert bootsel.read_pointer(sn.hal.fs)["version"] == 6
+
+
 @pytest.mark.micropython
 def test_boot_py_runs_the_selected_slot_under_micropython() -> None:
     from pathlib import Path

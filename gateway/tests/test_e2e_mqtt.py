@@ -454,6 +454,7 @@ def test_sm_suite_batches_are_verified_at_the_sink_end_to_end(
                          share_group=None) as wrong_sink:
         gw.start()
         try:
+            sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
             sims = [sim(nodes_broker, n).connect() for n in nodes]
             sent = [(s.device_id, (smoke(s, 210 + i), s.fcnt - 1)[1]) for i in range(5) for s in sims]
             with explained(gw):
@@ -501,6 +502,7 @@ def test_gateway_identity_from_a_ca_over_mqtt(
             sink("crl", gwcert.CaTrust.from_files(city.cert.read_bytes(), crl)) as revoked:
         gw.start()
         try:
+            good.wait_for(lambda x: x.presence.get(GW) == "online", 30, "gateway online")
             s = sim(nodes_broker, nodes[0]).connect()
             sent = []
             for i in range(4):

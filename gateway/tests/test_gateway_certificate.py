@@ -12,6 +12,8 @@ import pytest
 from lifeline.gateway.clock import ManualClock
 from lifeline.gateway.config import load
 from lifeline.gateway.daemon import Gateway, StartupError
+from lifeline.gateway.metrics import parse_text
+from lifeline.gateway.statusinfo import summarise
 from lifeline.gateway.testing import MemoryAdapter, MemoryPublisher, TestNode, config_text, provision
 from lifeline.protocols import batch, gwcert, keys
 from lifeline.tools.testca import TestCA
@@ -54,6 +56,10 @@ async def test_batches_carry_the_chain_and_verify_against_the_ca(tmp_path: Path,
         assert await gw.forward_all() >= 1
         ups = [p for t, p in pub.published if "/up/" in t]
         assert ups
+        parsed = parse_text(gw.metrics.render())
+        ((_, left),) = parsed["lifeline_gateway_certificate_expires_in_seconds"]
+        assert 364 * 86400 < left <= 365 * 86400  # issued for 365 days, on the gateway's clock
+        assert 364 * 86400 < summarise(parsed)["certificate_expires_in_s"] <= 365 * 86400
         trust = gwcert.CaTrust.from_files(ca.cert.read_bytes())
         for data in ups:
             assert cbor2.loads(cbor2.loads(data).value[0])[33] == gwcert.x5chain_header(

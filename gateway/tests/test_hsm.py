@@ -269,3 +269,65 @@ def test_bench_keys_reports_every_figure(tmp_path: Path) -> None:
                             "registry_load_file_aes256gcm", "registry_load_pkcs11_aes256gcm"}
     assert all(f["value"] > 0 for f in figures.values())
     assert figures["registry_load_file_aes256gcm"]["baseline"] == "registry_load_plaintext"
+
+
+def test_rewrap_from_a_kek_file_to_a_token_kek(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """File KEK -> token KEK: the config names the token key, `token-keys` makes it, `rewrap --kek-file OLD`."""
+    from click.testing import CliRunner
+
+    from lifeline.gateway.cli import gateway
+
+    state = tmp_path / "state"
+    old = tmp_path / "registry.kek"
+    keywrap.generate_file(old)
+    nodes = [TestNode(bytes.fromhex("00000000000003%02x" % i)) for i in range(3)]
+    with Registry(state / "registry.db", keywrap.load_file(old)) as reg:
+        reg.import_lines([json.dumps(n.record()) for n in nodes], now_ms=1)
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(config_text(state, sections={"keys.pkcs11": {
+        "module": str(softhsm.module), "token_label": TOKEN, "pin_file": str(softhsm.pin_file(TOKEN)),
+        "kek_label": "moved-kek"}}))
+    r = CliRunner().invoke(gateway, ["token-keys", "--config", str(cfg)])
+    assert r.exit_code == 0 and "kek: created" in r.output, r.output
+    r = CliRunner().invoke(gateway, ["devices", "rewrap", "--config", str(cfg), "--kek-file", str(old)])
+    assert r.exit_code == 0, r.output
+    assert "3 root key(s) now wrapped under AES-256-GCM (PKCS#11 module" in r.output and "'moved-kek'" in r.output
+    token = hsm.Token.from_config(_cfg(softhsm, kek_label="moved-kek"))
+    try:
+        with Registry(state / "registry.db", token.kek("moved-kek")) as reg:
+            assert sorted(d.root_key for d in reg.all()) == sorted(n.root_key for n in nodes)
+    finally:
+        token.close()
+    with pytest.raises(RegistryError, match="not wrapped under"):
+        Registry(state / "registry.db", keywrap.load_file(old))
+    r = CliRunner().invoke(gateway, ["devices", "rewrap", "--config", str(cfg)])
+    assert r.exit_code == 2 and "give --new-kek-file" in r.output
+
+
+async def test_a_token_that_goes_away_stops_the_gateway_with_a_reason(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """The session is lost (HSM restarted, token pulled): the stage that signs fails, the daemon stops
+    (exit 1, systemd restarts it and it logs in again) and says which token, never the PIN."""
+    import asyncio
+    import contextlib
+
+    admin = _admin(softhsm)
+    try:
+        admin.generate_signing_key("goes-away")
+    finally:
+        admin.close()
+    node = TestNode(bytes.fromhex("00000000000004aa"))
+    pkcs = {"module": str(softhsm.module), "token_label": TOKEN, "pin_file": str(softhsm.pin_file(TOKEN)),
+            "signing_key_label": "goes-away"}
+    h = await start_harness(tmp_path / "state", [node], run_forwarder=True, fast_alarms=True,
+                            sections={"keys.pkcs11": pkcs})
+    try:
+        h.gw.gateway_keys.token.session.close()  # what a vanished token looks like from here
+        with contextlib.suppress(RuntimeError):  # flush: "gateway failed while flushing"
+            await h.hear(node.smoke(alarm_state=2))
+        await asyncio.wait_for(h.gw.failed.wait(), 20)
+        failure = h.gw.failure
+        assert isinstance(failure, hsm.TokenError), repr(failure)
+        assert f"token '{TOKEN}'" in str(failure) and "goes-away" in str(failure)
+        assert softhsm.pins[TOKEN] not in str(failure)
+    finally:
+        await h.crash()

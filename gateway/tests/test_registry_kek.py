@@ -181,6 +181,10 @@ def test_wrong_or_missing_kek_is_refused_without_leaking(tmp_path: Path) -> None
         assert len(listed) == 3 and all(d.root_key == b"" for d in listed)
         with pytest.raises(RegistryError, match="metadata only"):
             reg.import_lines([json.dumps(_nodes(1)[0].record())], now_ms=NOW)
+        from lifeline.gateway.devices import DeviceInfo
+
+        with pytest.raises(RegistryError, match="no root key in this registry view"):
+            DeviceInfo.of(listed[0])  # a metadata-only record can never reach the radio path
 
 
 def test_config_keys_section(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lifeline.protocols import batch, cose_sign, gwcert, keys, schema
 from lifeline.protocols.batch import BatchError, BatchRecord, BatchSigner, WireReception
@@ -174,3 +176,57 @@ def test_configuration_errors_name_the_file(cas: dict[str, TestCA]) -> None:
         gwcert.CaTrust.from_files(cas["sm"].cert.read_bytes(), b"junk")
     with pytest.raises(gwcert.CertError, match="not now"):
         gwcert.attach_chain(cose_sign.signing_key(key), leaf, "gw-1", now=NOW + 2 * YEAR)
+
+
+def test_a_replaced_crl_file_is_picked_up_and_a_bad_one_is_not(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca", "sm")
+    key = keys.generate_for("sm")
+    cert = ca.issue(gwcert.make_csr(key, "gw-1"), "gw-1")
+    crl_file = tmp_path / "city.crl"
+    crl_file.write_bytes(ca.crl())  # nothing revoked yet
+    trust = gwcert.CaTrust.from_paths(ca.cert, crl_file, reload_every_s=3600)
+    data = signed_batch(key, cert)
+    assert batch.verify(data, trust.resolver()).seq == 0
+    ca.revoke(cert)
+    crl_file.write_bytes(ca.crl())
+    assert batch.verify(data, trust.resolver()).seq == 0  # not re-read before its interval ...
+    assert trust.maybe_reload_crl(force=True) and trust.crl_reloads == 1  # ... or when forced
+    assert refused(data, trust).reason == "revoked"
+    crl_file.write_bytes(b"garbage")  # a broken CRL is not used; the previous one stays in force
+    assert not trust.maybe_reload_crl(force=True)
+    assert trust.crl_reload_errors == 1 and str(crl_file) in trust.crl_error
+    assert refused(data, trust).reason == "revoked"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mangled_certificates_are_refused_with_a_reason(cas: dict[str, TestCA], data: st.DataObject) -> None:
+    """Bytes flipped, cut or inserted anywhere in the certificate: a BatchError with a reason, never another
+    exception (cryptography parses certificates lazily, so extensions can fail late)."""
+    global _FUZZ_CERT
+    if _FUZZ_CERT is None:
+        key = keys.generate_for("sm")
+        _FUZZ_CERT = (key, ders(cas["sm"].issue(gwcert.make_csr(key, "gw-1"), "gw-1"))[0])
+    key, der = _FUZZ_CERT
+    buf = bytearray(der)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(buf) - 1))
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if op == "flip":
+            buf[i] ^= data.draw(st.integers(1, 255))
+        elif op == "cut":
+            del buf[i: i + data.draw(st.integers(1, 8))]
+        else:
+            buf[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+        if not buf:
+            buf = bytearray(b"\x30")
+    signer = cose_sign.WithHeaders(cose_sign.signing_key(key), {33: bytes(buf)})
+    trust = gwcert.CaTrust.from_files(cas["sm"].cert.read_bytes())
+    batch_bytes = BatchSigner(signer, "gw-1").sign([REC], 0, 1).data
+    try:
+        batch.verify(batch_bytes, trust.resolver())
+    except BatchError as e:
+        assert e.reason in gwcert.CHAIN_REASONS + batch.REASONS
+
+
+_FUZZ_CERT: tuple[keys.PrivateKey, bytes] | None = None

@@ -222,7 +222,14 @@ def _postgres_cases(ctx: BenchContext, cluster: NatsCluster, work: Workload, tru
     out: list[Figure] = []
     base = "baseline: PostgreSQL store_batch alone (1 process)"
     with PgServer(ctx.workdir / "pg-alone", durable=True) as pg:
-        out.append(Figure(BENCH, base, rate(n, _store_alone(ctx, work, pg.url)), "readings/s"))
+        from lifeline.tools.platform.store_bench import _copy_baseline
+
+        verified = [(batch.verify(d, key.public_key()), d) for gw, key in work.keys.items() for d in work.batches[gw]]
+        copy_rate, _ = _copy_baseline(pg, verified, int(time.time() * 1000), per_batch=True)
+        out.append(Figure(BENCH, "baseline: raw COPY, one batch per commit, plain table", copy_rate, "readings/s",
+                          note="same rows, no index, no dedupe (platform-store reports its server CPU)"))
+        out.append(Figure(BENCH, base, rate(n, _store_alone(ctx, work, pg.url)), "readings/s",
+                          baseline="baseline: raw COPY, one batch per commit, plain table"))
     for k in (1, 2, 3):
         with PgServer(ctx.workdir / f"pg-{k}", durable=True) as pg:
             open_store(pg.url).close()  # schema created once, not raced by k sinks

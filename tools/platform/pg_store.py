@@ -145,8 +145,21 @@ CREATE VIEW rule_events AS
            rx_ms, fields
     FROM events WHERE kind BETWEEN 64 AND 69;
 """),
+    (3, "the spatial unit kept in last_readings, so a unit's last readings are one index range", """
+ALTER TABLE last_readings ADD COLUMN spatial_unit text NOT NULL DEFAULT '';
+UPDATE last_readings l SET spatial_unit = d.spatial_unit FROM devices d WHERE d.device = l.device;
+CREATE INDEX last_readings_by_unit ON last_readings (spatial_unit, device);
+"""),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# The last reading of every (not revoked) device of a spatial unit. devices decides the membership;
+# last_readings.spatial_unit (refreshed by every new reading and every device import) lets PostgreSQL
+# read only that unit's rows of last_readings through last_readings_by_unit.
+LAST_READINGS_SQL = (
+    "SELECT d.device, d.spatial_unit, l.fcnt, l.rx_ms, l.kind, l.fields FROM devices d "
+    "LEFT JOIN (SELECT * FROM last_readings WHERE spatial_unit = %(unit)s) l ON l.device = d.device "
+    "WHERE d.spatial_unit = %(unit)s AND NOT d.revoked ORDER BY d.device")
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,10 +381,18 @@ class PgStore:
             if r.rx_ms > MAX_RX_MS or max(r.fcnt, r.node_time) > _I64:
                 raise StoreError(f"{b.gateway_id} seq {b.seq}: device {r.device_id.hex()} fcnt {r.fcnt}: "
                                  f"rx_ms {r.rx_ms} / node_time {r.node_time} out of the store's range")
+        days = {r.rx_ms // DAY_MS for r in readings}
         with self._using() as conn:
-            self._ensure_days(conn, {r.rx_ms // DAY_MS for r in readings})
-            with conn.transaction():
-                return self._store_locked(conn, b, raw, sink_id, now_ms, readings, events)
+            self._ensure_days(conn, days)
+            try:
+                with conn.transaction():
+                    return self._store_locked(conn, b, raw, sink_id, now_ms, readings, events)
+            except pg_errors.CheckViolation:  # "no partition for row": another process dropped a day we knew
+                self._partitions -= days
+                self.counters["partitions_recreated"] += 1
+                self._ensure_days(conn, days)
+                with conn.transaction():
+                    return self._store_locked(conn, b, raw, sink_id, now_ms, readings, events)
 
     def _store_locked(self, conn: psycopg.Connection[Any], b: batch.Batch, raw: bytes, sink_id: str, now_ms: int,
                       readings: Sequence[batch.BatchRecord], events: Sequence[batch.BatchRecord]) -> StoreOutcome:
@@ -506,12 +527,13 @@ class PgStore:
             return
         rs = [newest[d] for d in sorted(newest)]  # one lock order for every sink: no deadlock between them
         conn.execute(
-            "INSERT INTO last_readings (device, fcnt, rx_ms, kind, gateway, fields) "
-            "SELECT u.device, u.fcnt, u.rx_ms, u.kind, %(gw)s, u.fields FROM unnest(%(dev)s::bytea[], "
-            "%(fcnt)s::bigint[], %(rx)s::bigint[], %(kind)s::smallint[], %(fields)s::jsonb[]) "
-            "AS u(device, fcnt, rx_ms, kind, fields) "
+            "INSERT INTO last_readings (device, fcnt, rx_ms, kind, gateway, fields, spatial_unit) "
+            "SELECT u.device, u.fcnt, u.rx_ms, u.kind, %(gw)s, u.fields, "
+            "COALESCE((SELECT spatial_unit FROM devices d WHERE d.device = u.device), '') "
+            "FROM unnest(%(dev)s::bytea[], %(fcnt)s::bigint[], %(rx)s::bigint[], %(kind)s::smallint[], "
+            "%(fields)s::jsonb[]) AS u(device, fcnt, rx_ms, kind, fields) "
             "ON CONFLICT (device) DO UPDATE SET fcnt=EXCLUDED.fcnt, rx_ms=EXCLUDED.rx_ms, kind=EXCLUDED.kind, "
-            "gateway=EXCLUDED.gateway, fields=EXCLUDED.fields "
+            "gateway=EXCLUDED.gateway, fields=EXCLUDED.fields, spatial_unit=EXCLUDED.spatial_unit "
             "WHERE (last_readings.rx_ms, last_readings.fcnt) < (EXCLUDED.rx_ms, EXCLUDED.fcnt)",
             {"gw": gw, "dev": [r.device_id for r in rs], "fcnt": [r.fcnt for r in rs], "rx": [r.rx_ms for r in rs],
              "kind": [r.kind for r in rs], "fields": [fields[id(r)] for r in rs]},
@@ -574,6 +596,9 @@ class PgStore:
                     (d.device, d.kind, d.spatial_unit, d.address, d.lat_udeg, d.lon_udeg, d.data_class, d.revoked,
                      now_ms))
                 n += 1
+            cur.execute("UPDATE last_readings l SET spatial_unit = d.spatial_unit FROM devices d "
+                        "WHERE d.device = l.device AND d.imported_ms = %s AND l.spatial_unit <> d.spatial_unit",
+                        (now_ms,))
         return n
 
     def revoke_device(self, device: bytes, now_ms: int) -> bool:
@@ -669,10 +694,8 @@ class PgStore:
 
     def last_readings(self, spatial_unit: str) -> list[LastReading]:
         """The newest reading of every device in a spatial unit (None fields: no reading yet)."""
-        return [LastReading(bytes(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in self._all(
-            "SELECT d.device, d.spatial_unit, l.fcnt, l.rx_ms, l.kind, l.fields FROM devices d "
-            "LEFT JOIN last_readings l ON l.device = d.device WHERE d.spatial_unit = %s AND NOT d.revoked "
-            "ORDER BY d.device", (spatial_unit,))]
+        return [LastReading(bytes(r[0]), r[1], r[2], r[3], r[4], r[5])
+                for r in self._all(LAST_READINGS_SQL, {"unit": spatial_unit})]
 
     def open_alarms(self) -> list[OpenAlarm]:
         return [OpenAlarm(bytes(r[0]), int(r[1]), r[2], r[3], str(r[4]), r[5], r[6]) for r in self._all(

@@ -68,7 +68,8 @@ def test_without_key_header_only_and_clear_body_marked_unverified(vec: dict[str,
 @pytest.mark.parametrize("vec", REJECTIONS, ids=lambda v: v["name"])
 def test_rejection_vectors_exit_1_with_the_reason_code(vec: dict[str, Any]) -> None:
     expect = "down" if vec["downlink"] else "up"
-    args = ("--key", vec["root_key"], "--expect", expect, "--device", vec["dev_id"])
+    args = ("--key", vec["root_key"], "--expect", expect, "--device", vec["dev_id"],
+            "--suite", vec.get("suite", "intl"), *(x for a in vec.get("allowed", ()) for x in ("--allow", a)))
     code, out, _ = run(vec["frame"], *args) if vec["frame"] else run(*args, stdin=b"")
     assert code == 1, out
     j = json.loads(out)

@@ -148,6 +148,9 @@ def test_alarms_last_readings_devices_and_rule_events(store: PgStore) -> None:
     assert store.open_alarms() == []
     assert [r.device for r in store.last_readings("district-9")] == [DEV[2]]
     assert store.last_readings("district-9")[0].fcnt is None  # a device without readings yet
+    store.import_devices([DeviceRow(DEV[0], "water_level", "district-9")], NOW + 1)  # the device moved
+    assert {r.device: r.fcnt for r in store.last_readings("district-9")} == {DEV[0]: 3, DEV[2]: None}
+    assert [r.device for r in store.last_readings("district-7")] == [DEV[1]]
 
 
 def _store_with_retry(s: PgStore, b: batch.Batch, raw: bytes, sink: str) -> bool:
@@ -218,7 +221,7 @@ def test_migrate_upgrades_an_old_schema_with_data_in_place(pg_server: PgServer) 
                         pg_server.url, "--json"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["from_version"] == 1 and out["applied"] == [2] and out["version"] == pg_store.SCHEMA_VERSION
+    assert out["from_version"] == 1 and out["applied"] == [2, 3] and out["version"] == pg_store.SCHEMA_VERSION
     s = PgStore(pg_server.url)
     try:
         assert s.schema_version() == pg_store.SCHEMA_VERSION
@@ -381,3 +384,17 @@ def test_three_sinks_share_the_batches_into_one_postgresql(pg_server: PgServer, 
         pub.loop_stop()
         for s in sinks:
             s.stop()
+
+
+def test_a_partition_dropped_by_another_process_is_created_again(pg_server: PgServer) -> None:
+    a, b = PgStore(pg_server.url), PgStore(pg_server.url)
+    try:
+        gw = Gw("gw-1")
+        old = T0 - 40 * DAY_MS
+        a.store_batch(*gw.batch([reading(DEV[0], 1, rx_ms=old)]), "a", NOW)
+        assert b.drop_partitions_before(T0 - 30 * DAY_MS) == [pg_store.partition_name(old // DAY_MS)]
+        out = a.store_batch(*gw.batch([reading(DEV[0], 2, rx_ms=old + 1)]), "a", NOW)  # a still knew the day
+        assert out.new_records == 1 and a.counters["partitions_recreated"] == 1
+    finally:
+        a.close()
+        b.close()
