@@ -80,7 +80,8 @@ class PgServer:
             self.workdir = Path(workdir)
             self.workdir.mkdir(parents=True, exist_ok=True)
         self.data = self.workdir / "data"
-        self.socket_dir = self.workdir / "sock"
+        # a Unix socket path must fit in 107 bytes: a pytest tmp_path of a long test name does not
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="llpg-"))
         self.log_path = self.workdir / "postgres.log"
         self.host = LOOPBACK
         self.port = port or free_port()
@@ -108,7 +109,7 @@ class PgServer:
     def _init(self) -> None:
         self.workdir.chmod(0o700)
         self._chown(self.workdir)
-        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self.socket_dir.chmod(0o700)
         self._chown(self.socket_dir)
         r = subprocess.run(
             [str(find_pg_bin("initdb")), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8",
@@ -215,6 +216,7 @@ class PgServer:
         with contextlib.suppress(PgServerError, subprocess.SubprocessError, OSError):
             self.stop()
         self.kill()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

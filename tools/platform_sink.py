@@ -597,7 +597,8 @@ def _echo_json(obj: Mapping[str, Any]) -> None:
                    "certificate chain in their batches (x5chain).")
 @click.option("--crl", "crl_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The CA's CRL (PEM or DER): batches of revoked gateways are refused. Needs --ca.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the broker.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA of the broker (MQTT or NATS).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client key.")
 @click.option("--client-id", default=None, help="MQTT client id (default: random, one per sink).")
@@ -661,7 +662,8 @@ def platform_sink_cmd(
         from lifeline.tools.platform.nats_source import NatsSource
 
         try:
-            source = NatsSource(nats_url, name=client_id or "lifeline-sink")
+            source = NatsSource(nats_url, name=client_id or "lifeline-sink",
+                                tls=TlsFiles(tls_ca, tls_cert, tls_key).context() if (tls_ca or tls_cert) else None)
         except SourceError as e:
             raise click.BadParameter(str(e), param_hint="--source") from None
     parsed_commands = []

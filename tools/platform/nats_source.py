@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
@@ -240,8 +241,10 @@ class NatsSource:
     The handler runs on one worker thread, one delivery at a time; its answer decides ack / nak.
     """
 
-    def __init__(self, url: str, *, name: str = "lifeline-sink", nodes: int | None = None) -> None:
+    def __init__(self, url: str, *, name: str = "lifeline-sink", nodes: int | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.parsed = parse_nats_url(url)
+        self._tls = tls  # the CA of the cluster and our client certificate (nats://… then speaks TLS)
         self._url = url.partition("?")[0]
         self.name = name
         self._nodes = nodes if nodes is not None else len(self.parsed.servers)
@@ -331,7 +334,7 @@ class NatsSource:
         try:
             return await asyncio.wait_for(nats.connect(
                 servers=list(self.parsed.servers), name=self.name, connect_timeout=min(timeout_s, 5.0),
-                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25, tls=self._tls,
                 error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
             ), deadline_s)
         except TimeoutError:

@@ -381,10 +381,18 @@ class PgStore:
             if r.rx_ms > MAX_RX_MS or max(r.fcnt, r.node_time) > _I64:
                 raise StoreError(f"{b.gateway_id} seq {b.seq}: device {r.device_id.hex()} fcnt {r.fcnt}: "
                                  f"rx_ms {r.rx_ms} / node_time {r.node_time} out of the store's range")
+        days = {r.rx_ms // DAY_MS for r in readings}
         with self._using() as conn:
-            self._ensure_days(conn, {r.rx_ms // DAY_MS for r in readings})
-            with conn.transaction():
-                return self._store_locked(conn, b, raw, sink_id, now_ms, readings, events)
+            self._ensure_days(conn, days)
+            try:
+                with conn.transaction():
+                    return self._store_locked(conn, b, raw, sink_id, now_ms, readings, events)
+            except pg_errors.CheckViolation:  # "no partition for row": another process dropped a day we knew
+                self._partitions -= days
+                self.counters["partitions_recreated"] += 1
+                self._ensure_days(conn, days)
+                with conn.transaction():
+                    return self._store_locked(conn, b, raw, sink_id, now_ms, readings, events)
 
     def _store_locked(self, conn: psycopg.Connection[Any], b: batch.Batch, raw: bytes, sink_id: str, now_ms: int,
                       readings: Sequence[batch.BatchRecord], events: Sequence[batch.BatchRecord]) -> StoreOutcome:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from lifeline.gateway.mqtt_async import TlsFiles
 from lifeline.gateway.testing import TestNode
 from lifeline.protocols import schema
-from lifeline.tools.broker import MosquittoBroker
+from lifeline.tools.broker import MosquittoBroker, TestPKI
 from lifeline.tools.nats_ingest import GatewayDaemon, wait_until
 from lifeline.tools.natsserver import NatsCluster
 from lifeline.tools.nbiot_sim import NbiotNodeSim
@@ -148,3 +149,38 @@ def test_cli_source_errors_are_named(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "replicas" in r.output
     r = run(platform_sink_cmd, [*base, "--source", f"nats://127.0.0.1:{free_port()}"])
     assert r.exit_code == 3 and "cannot connect" in r.output
+
+
+def test_tls_cluster_takes_only_certified_clients(tmp_path: Path, test_pki: TestPKI) -> None:
+    """With a PKI the client port and the MQTT listener require TLS client certificates: the sink's source
+    (``--tls-ca/--tls-cert/--tls-key``) and a gateway's MQTT uplink get in, a plain client does not."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[Delivery] = []
+
+    def keep(d: Delivery) -> bool:
+        got.append(d)
+        return True
+
+    with NatsCluster(1, workdir=tmp_path / "nats-tls", pki=test_pki) as cluster:
+        sink_pair = test_pki.client("sink-tls")
+        src = ns.NatsSource(cluster.url, tls=TlsFiles(test_pki.ca_cert, sink_pair.cert, sink_pair.key).context())
+        src.start(keep)
+        gw_pair = test_pki.client("gw-tls")
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gw-tls", protocol=mqtt.MQTTv311)
+        c.tls_set_context(TlsFiles(test_pki.ca_cert, gw_pair.cert, gw_pair.key).context())
+        c.connect("127.0.0.1", cluster.nodes[0].ports.mqtt)
+        c.loop_start()
+        try:
+            info = c.publish("lifeline/v1/gw-tls/up/live", b"sealed", qos=1)
+            info.wait_for_publish(10)
+            assert info.is_published()
+            wait_until(lambda: bool(got), 10, "the batch through TLS")
+            assert got[0].payload == b"sealed"
+            with pytest.raises(SourceError, match="cannot connect"):
+                ns.NatsSource(cluster.url).start(keep, 5)
+        finally:
+            c.loop_stop()
+            c.disconnect()
+            src.stop()

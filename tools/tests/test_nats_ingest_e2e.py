@@ -109,6 +109,8 @@ def test_three_gateways_three_sinks_faults_lose_nothing(rig: Rig) -> None:
         gw.start()
     wait_until(lambda: all(g.metric("uplink_connected") == 1 for g in rig.gateways), 30, "gateways connected",
                lambda: "\n".join(g.log_tail(10) for g in rig.gateways))
+    for i, gw in enumerate(rig.gateways):  # each gateway on its own preferred node
+        assert gw.metric("uplink_up", endpoint=rig.cluster.nodes[i].name, state="connected") == 1, gw.log_tail()
     rig.connect_nodes()
     store = open_store(rig.store_url, create=False)
     stop = threading.Event()
@@ -145,6 +147,7 @@ def test_three_gateways_three_sinks_faults_lose_nothing(rig: Rig) -> None:
         wait_until(lambda: published[0] >= mark + 60, 60, "frames while a NATS node is dead")
         wait_until(lambda: rig.gateways[0].metric("uplink_connected") == 1, 60, "gw-a failed over",
                    rig.gateways[0].log_tail)
+        assert rig.gateways[0].metric("uplink_up", endpoint=dead.name, state="connected") == 0
         rig.cluster.restart(dead)
         mark = published[0]
         wait_until(lambda: published[0] >= mark + 60, 60, "frames after the node came back")

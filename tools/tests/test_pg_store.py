@@ -384,3 +384,17 @@ def test_three_sinks_share_the_batches_into_one_postgresql(pg_server: PgServer, 
         pub.loop_stop()
         for s in sinks:
             s.stop()
+
+
+def test_a_partition_dropped_by_another_process_is_created_again(pg_server: PgServer) -> None:
+    a, b = PgStore(pg_server.url), PgStore(pg_server.url)
+    try:
+        gw = Gw("gw-1")
+        old = T0 - 40 * DAY_MS
+        a.store_batch(*gw.batch([reading(DEV[0], 1, rx_ms=old)]), "a", NOW)
+        assert b.drop_partitions_before(T0 - 30 * DAY_MS) == [pg_store.partition_name(old // DAY_MS)]
+        out = a.store_batch(*gw.batch([reading(DEV[0], 2, rx_ms=old + 1)]), "a", NOW)  # a still knew the day
+        assert out.new_records == 1 and a.counters["partitions_recreated"] == 1
+    finally:
+        a.close()
+        b.close()
