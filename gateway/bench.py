@@ -33,7 +33,7 @@ from lifeline.gateway.config import GatewayConfig
 from lifeline.gateway.daemon import Gateway
 from lifeline.gateway.ingress.base import RawFrame, Reception
 from lifeline.gateway.uplink import MqttUplink
-from lifeline.protocols import frame, schema
+from lifeline.protocols import frame, keys, schema
 from lifeline.tools.bench import BenchContext, Figure, bench_baselines
 from lifeline.tools.bench_mqtt import raw_paho_qos1_rate
 from lifeline.tools.broker import MosquittoBroker
@@ -47,16 +47,18 @@ def _pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(pid, {cpus[cpu]})
 
 
-def _nodes(n: int, kind: str, offset: int = 0) -> list[testing.TestNode]:
-    return [testing.TestNode((0x4C4C000000000000 + offset + i).to_bytes(8, "big"), kind=kind) for i in range(n)]
+def _nodes(n: int, kind: str, offset: int = 0, suite: str = "intl") -> list[testing.TestNode]:
+    return [testing.TestNode((0x4C4C000000000000 + offset + i).to_bytes(8, "big"), kind=kind, suite=suite)
+            for i in range(n)]
 
 
-def _config(state: Path, broker: MosquittoBroker | None) -> GatewayConfig:
+def _config(state: Path, broker: MosquittoBroker | None, suite: str = "intl") -> GatewayConfig:
     sections: dict[str, dict[str, object]] = {}
     extra = ""
     if broker is not None:
         extra = (f'[[uplink.endpoints]]\nname = "bench"\nhost = "{broker.host}"\nport = {broker.port}\n')
-    return testing.make_config(state, gateway_id="gw-bench", extra=extra, sections=sections)
+    return testing.make_config(state, gateway_id="gw-bench", extra=extra, sections=sections,
+                               gateway_keys={"suite": suite} if suite != "intl" else None)
 
 
 class Timed:
@@ -92,10 +94,10 @@ class Timed:
 
 
 async def _start(state: Path, broker: MosquittoBroker | None, nodes: Sequence[testing.TestNode],
-                 *, timed: bool = False) -> tuple[Gateway, Timed | None]:
-    cfg = _config(state, broker)
+                 *, timed: bool = False, suite: str = "intl") -> tuple[Gateway, Timed | None]:
+    cfg = _config(state, broker, suite)
     if not cfg.gateway.key_file.exists():
-        testing.write_signing_key(cfg.gateway.key_file)
+        keys.save_private_key(keys.generate_for(suite), cfg.gateway.key_file)
     if nodes and not cfg.gateway.registry_db.exists():
         testing.provision(cfg.gateway.registry_db, nodes)
     publisher: Any = None
@@ -141,11 +143,13 @@ async def _submit(gw: Gateway, frames: Sequence[bytes], chunk: int = 1000) -> No
         await sink.submit_many([RawFrame(f, rx) for f in frames[i:i + chunk]])
 
 
-async def throughput(ctx: BenchContext, broker: MosquittoBroker) -> float:
-    nodes = _nodes(10_000, "water_level")
-    n = ctx.scale(300_000, 40_000)
+async def throughput(ctx: BenchContext, broker: MosquittoBroker, suite: str = "intl",
+                     n: int | None = None) -> float:
+    """Readings/s from ingest to PUBACK; ``suite`` is both the nodes' frame suite and the batch signature's."""
+    nodes = _nodes(10_000, "water_level", suite=suite)
+    n = n or ctx.scale(300_000, 40_000)
     frames = _frames(nodes, n)
-    gw, _ = await _start(ctx.workdir / "throughput", broker, nodes)
+    gw, _ = await _start(ctx.workdir / f"throughput-{suite}", broker, nodes, suite=suite)
     try:
         t0 = time.perf_counter()
         await _submit(gw, frames)

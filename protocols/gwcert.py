@@ -211,6 +211,11 @@ def san_der(gateway_id: str) -> bytes:
     return _tlv(0x30, _tlv(0x82, gateway_id.encode("ascii")))  # GeneralNames { dNSName }
 
 
+# What cryptography raises for bytes that are not a certificate it can read: ValueError for most damage,
+# x509.InvalidVersion (not a ValueError) for a version field other than v1 or v3.
+_DER_ERRORS = (ValueError, x509.InvalidVersion)
+
+
 def load_chain(data: bytes, what: str = "certificate file") -> list[x509.Certificate]:
     """PEM certificates, leaf first. Raises CertError naming ``what``."""
     blocks = [der for label, der in sm2.pem_blocks(data) if label == "CERTIFICATE"]
@@ -220,7 +225,7 @@ def load_chain(data: bytes, what: str = "certificate file") -> list[x509.Certifi
         raise CertError(f"{what}: {len(blocks)} certificates; at most {MAX_CHAIN}")
     try:
         return [x509.load_der_x509_certificate(b) for b in blocks]
-    except ValueError as e:
+    except _DER_ERRORS as e:
         raise CertError(f"{what}: not an X.509 certificate ({e})") from None
 
 
@@ -430,7 +435,7 @@ class CaTrust:
                              f"{MAX_CERT_BYTES} bytes")
         try:
             certs = [x509.load_der_x509_certificate(d) for d in ders]
-        except ValueError:
+        except _DER_ERRORS:
             raise BatchError(R_BAD_CERTIFICATE, "x5chain holds something that is not a DER X.509 certificate") \
                 from None
         anchor_ders = {a.public_bytes(serialization.Encoding.DER) for a in self.anchors}

@@ -152,7 +152,32 @@ def bench(ctx: BenchContext) -> list[Figure]:
                               baseline=None if label == "intl" else "device_wake_heap_tilt_intl",
                               note="one LoRa report wake of the heaviest node kind, firmware + protocol modules "
                                    "loaded from .mpy (docs/firmware.md \"Memory\")"))
+    figures.extend(e2e_figures(ctx))
     figures.append(Figure("crypto_suites", "device_heap_sm_modules", module_heap / 1024, "KiB", better="lower",
                           note="heap kept by sm3 + sm4 + crypto_sm (.mpy) and an sm key set; intl nodes never "
                                "load them"))
+    return figures
+
+
+def e2e_figures(ctx: BenchContext) -> list[Figure]:
+    """End-to-end readings/s per suite: the gateway bench's throughput run (ingest → verify → commit with
+    fsync → sign → PUBACK from a real Mosquitto, one core) with every node and the batch signature in one
+    suite; intl is the same-run baseline of sm."""
+    import asyncio
+
+    from lifeline.gateway import bench as gateway_bench
+    from lifeline.tools.broker import MosquittoBroker
+
+    n = ctx.scale(100_000, 20_000)
+    figures: list[Figure] = []
+    gateway_bench._pin(0, 0)
+    with MosquittoBroker() as broker:
+        if broker._proc is not None:
+            gateway_bench._pin(broker._proc.pid, 1)
+        for label in ("intl", "sm"):
+            r = asyncio.run(gateway_bench.throughput(ctx, broker, suite=label, n=n))
+            figures.append(Figure("crypto_suites", f"e2e_throughput_{label}", r, "readings/s",
+                                  baseline=None if label == "intl" else "e2e_throughput_intl",
+                                  note=f"{n:,} readings from 10,000 {label} nodes, batches signed "
+                                       f"{'Ed25519' if label == 'intl' else 'SM2'}, to PUBACK, one core"))
     return figures

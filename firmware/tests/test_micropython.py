@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lifeline.firmware import manifest
-from lifeline.protocols import frame
+from lifeline.protocols import fastpath, frame
 from lifeline.sim_devices import fw_memory
 from lifeline.tools import mpy_compile, mpy_runtime
 
@@ -102,6 +102,35 @@ print(json.dumps(out))
         fcnts = [d.header.fcnt for d in decoded]
         assert fcnts == sorted(set(fcnts))
         assert all(s > 0 for s in slept)
+
+
+
+@pytest.mark.micropython
+def test_sm_node_takes_its_suite_from_the_config_under_micropython() -> None:
+    """A node whose config says "suite": "sm" seals every frame with HMAC-SM3 (and SM4-CTR for the meter)
+    under real MicroPython (.mpy): the frames verify with the suite-2 keys on CPython (OpenSSL fast path),
+    and the suite-1 keys of the same root key find the suite wrong."""
+    script = """
+import json
+from lifeline.firmware import simnode
+sn = simnode.SimNode("water_meter", config_extra={"suite": "sm"})
+for _ in range(2):
+    sn.wake()
+    sn.sleep(900000)
+print(json.dumps([[f.hex() for f in sn.air.frames], sn.dev_id.hex(), sn.root_key.hex()]))
+"""
+    files = mpy_compile.compile_tree(mpy_runtime.device_files(("protocols", "firmware")))
+    frames_hex, dev_hex, key_hex = json.loads(mpy_runtime.run(script, files, timeout=120).stdout.strip()
+                                              .splitlines()[-1])
+    root, dev = bytes.fromhex(key_hex), bytes.fromhex(dev_hex)
+    sm = fastpath.derive_keys(root, dev, frame.SUITE_SM)
+    data = [bytes.fromhex(h) for h in frames_hex]
+    assert data and {d[0] for d in data} == {0x12}
+    decoded = [fastpath.decode(d, sm) for d in data]
+    assert [f.header.kind for f in decoded].count(4) == 2 and all(f.header.encrypted for f in decoded
+                                                                    if f.header.kind == 4)
+    with pytest.raises(frame.FrameError, match="wrong_suite"):
+        frame.decode(data[0], frame.derive_keys(root, dev))
 
 
 @pytest.mark.micropython

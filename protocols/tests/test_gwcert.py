@@ -4,6 +4,7 @@ for both suites and mixed (an SM2 CA may certify an Ed25519 gateway and the othe
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections.abc import Iterator
@@ -230,3 +231,19 @@ def test_mangled_certificates_are_refused_with_a_reason(cas: dict[str, TestCA], 
 
 
 _FUZZ_CERT: tuple[keys.PrivateKey, bytes] | None = None
+
+
+def test_a_certificate_with_an_unknown_version_is_refused(cas: dict[str, TestCA]) -> None:
+    """cryptography raises InvalidVersion, not ValueError, for it (the fuzz test above found this)."""
+    key = keys.generate_for("intl")
+    buf = bytearray(ders(cas["intl"].issue(gwcert.make_csr(key, "gw-1"), "gw-1"))[0])
+    assert buf[8:13] == bytes.fromhex("a003020102")  # tbsCertificate [0] version INTEGER 2 (v3)
+    buf[12] = 3
+    signer = cose_sign.WithHeaders(cose_sign.signing_key(key), {33: bytes(buf)})
+    batch_bytes = BatchSigner(signer, "gw-1").sign([REC], 0, 1).data
+    with pytest.raises(BatchError) as e:
+        batch.verify(batch_bytes, gwcert.CaTrust.from_files(cas["intl"].cert.read_bytes()).resolver())
+    assert e.value.reason == "bad_certificate"
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(buf)) + b"-----END CERTIFICATE-----\n"
+    with pytest.raises(gwcert.CertError, match=r"not an X\.509 certificate"):
+        gwcert.load_chain(pem)

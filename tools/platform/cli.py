@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -19,11 +19,13 @@ from lifeline.tools.platform.store import StoreError
 
 
 def _pg(url: str) -> Any:
-    from lifeline.tools.platform.pg_store import PgStore
-
     if not url.startswith(("postgresql://", "postgres://")):
         raise click.BadParameter("this needs a postgresql:// store (the SQLite store upgrades itself on open)",
                                  param_hint="--store")
+    try:
+        from lifeline.tools.platform.pg_store import PgStore
+    except ImportError as e:
+        _fail(StoreError(f"the PostgreSQL store needs psycopg ({e}): pip install 'lifeline[platform]'"))
     return PgStore
 
 
@@ -35,7 +37,7 @@ def _out(as_json: bool, obj: Mapping[str, Any]) -> None:
             click.echo(f"{k}: {v}")
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
     click.echo(f"error: {e}", err=True)
     sys.exit(3)
 
@@ -48,11 +50,11 @@ def _fail(e: Exception) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def migrate_cmd(store_url: str, target: int | None, days_ahead: int, as_json: bool) -> None:
     """Create or upgrade the PostgreSQL schema in place (versioned, idempotent) and create partitions."""
+    _pg(store_url)
     import psycopg
 
     from lifeline.tools.platform import pg_store
 
-    _pg(store_url)
     now = time.time_ns() // 1_000_000
     try:
         with psycopg.connect(store_url, autocommit=True, connect_timeout=10) as conn:

@@ -137,7 +137,10 @@ def open_store(url: str | Path, *, create: bool = True) -> Store:
     """Open (and with ``create`` create or upgrade) the store at ``url``. Raises StoreError."""
     text = str(url)
     if text.startswith(("postgresql://", "postgres://")):
-        from lifeline.tools.platform.pg_store import PgStore
+        try:
+            from lifeline.tools.platform.pg_store import PgStore
+        except ImportError as e:
+            raise StoreError(f"the PostgreSQL store needs psycopg ({e}): pip install 'lifeline[platform]'") from None
 
         return PgStore(text, create=create)
     path = parse_sqlite_url(text)
