@@ -58,6 +58,10 @@ def apply(node, kind, fields):
         apply_config(node, fields)
     elif kind == schema.C_MAINTENANCE:
         node.maint_until = node.hal.ticks_ms() + fields[1] * 1000
+    elif kind == schema.C_REKEY:
+        from lifeline.firmware import rekey
+
+        rekey.begin(node, fields)
     elif kind == schema.C_OTA_BEGIN:
         from lifeline.firmware import ota
 

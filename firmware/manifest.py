@@ -16,6 +16,7 @@ COMMON = (
     "fcnt.py",
     "node.py",
     "ota.py",
+    "rekey.py",
     "reports.py",
     "rtcstate.py",
     "safemode.py",
@@ -46,7 +47,7 @@ RADIO_FILES = {
 }
 
 # lifeline.protocols.DEVICE_MODULES
-PROTOCOL_MODULES = ("schema", "cbor", "aes", "crypto", "frame", "sm3", "sm4", "crypto_sm", "suites")
+PROTOCOL_MODULES = ("schema", "cbor", "aes", "crypto", "frame", "sm3", "sm4", "crypto_sm", "suites", "rekey")
 
 
 def files_for(kind, radio, device=True):
@@ -68,6 +69,7 @@ FILES = (
     "fcnt.py",
     "node.py",
     "ota.py",
+    "rekey.py",
     "reports.py",
     "rtcstate.py",
     "safemode.py",

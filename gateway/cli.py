@@ -521,7 +521,7 @@ def _print_status(s: dict[str, Any]) -> None:
 
 @gateway.group()
 def devices() -> None:
-    """Device registry: import provisioning records, list, revoke."""
+    """Device registry: import provisioning records, list, revoke, re-key over the air."""
 
 
 def _registry_path(config_path: Path, db: Path | None) -> tuple[Path, Path | None]:
@@ -689,6 +689,39 @@ def revoke_cmd(device_id: str, config_path: Path, db: Path | None) -> None:
     if not found:
         _err(f"device {dev} is not registered", EXIT_FAILED)
     click.echo(f"{dev}: revoked")
+
+
+@devices.command("rekey")
+@click.argument("device_id")
+@_config_option
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@_kek_option
+def rekey_cmd(device_id: str, config_path: Path, db: Path | None, as_json: bool, kek_file: Path | None) -> None:
+    """Re-key DEVICE_ID (16 hex) over the air (docs/keys.md): store its pending key; the running daemon
+    queues the `rekey` downlink and switches keys when the node confirms. Idempotent while pending."""
+    from lifeline.gateway.registry import Registry, RegistryError
+
+    dev = device_id.lower()
+    if len(dev) != 16 or any(c not in "0123456789abcdef" for c in dev):
+        raise click.BadParameter("expected 16 hex characters", param_hint="DEVICE_ID")
+    path, _ = _registry_path(config_path, db)
+    if not path.exists():
+        _err(f"registry {path} does not exist (import devices first)", EXIT_CONFIG)
+    keys = _registry_keys(config_path, db, kek_file)
+    try:
+        with Registry(path, keys.kek) as reg:
+            p = reg.begin_rekey(bytes.fromhex(dev), now_ms=time.time_ns() // 1_000_000)
+    except RegistryError as e:
+        _err(str(e), EXIT_FAILED)
+    except (OSError, sqlite3.Error) as e:
+        _err(f"registry {path}: {e}", EXIT_CONFIG)
+    finally:
+        keys.close()
+    if as_json:
+        click.echo(json.dumps({"device_id": dev, "pending_epoch": p.epoch}))
+    else:
+        click.echo(f"{dev}: re-key to epoch {p.epoch} pending (the daemon sends it at the node's next window)")
 
 
 # ---------------------------------------------------------------------------------------------- mode

@@ -198,8 +198,7 @@ class Gateway:
         except RegistryError as e:
             raise StartupError(str(e)) from None
         reg = self._registry
-        devices, generation = await asyncio.to_thread(
-            lambda: ([DeviceInfo.of(d) for d in reg.all()], reg.generation()))
+        devices, generation = await asyncio.to_thread(lambda: (_snapshot(reg), reg.generation()))
         self.devices.replace(devices, generation)
         if self._publisher is None:
             self._publisher = self._make_uplink()
@@ -222,7 +221,9 @@ class Gateway:
             devices=self.devices, keys=self.keys, dedupe=self.dedupe, replay=self.replay,
             allocate_id=self.buffer.allocate_id, rules=self.rules, stats=self.stats,
             queue_max=cfg.pipeline.queue_batches * cfg.pipeline.batch_max, batch_max=cfg.pipeline.batch_max,
-            now_ms=self.clock.now_ms, allowed_suites=frozenset(suites.IDS[s] for s in cfg.gateway.node_suites))
+            now_ms=self.clock.now_ms, allowed_suites=frozenset(suites.IDS[s] for s in cfg.gateway.node_suites),
+            commit_rekey=lambda dev, epoch: reg.commit_rekey(dev, epoch, now_ms=self.clock.now_ms()))
+        self.commands.begin_rekey = lambda dev: reg.begin_rekey(dev, now_ms=self.clock.now_ms())
         self.commit_q: asyncio.Queue[Any] = statusinfo.ObservedQueue(self.seen.observe, cfg.pipeline.queue_batches)
         self.plan_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
         self.commit_stage = CommitStage(db=self.db, buffer=self.buffer, replay=self.replay, commands=self.commands,
@@ -366,6 +367,7 @@ class Gateway:
             _log.warning("buffer TTL: dropped", priority=schema.PRIORITY_NAMES[d.priority], count=d.count)
         await self.commands.expire_due()
         await self.reload_devices()
+        await self.commands.queue_pending_rekeys()
         self.forwarder.wake()
 
     async def reload_devices(self, force: bool = False) -> bool:
@@ -374,7 +376,7 @@ class Gateway:
         generation = await asyncio.to_thread(reg.generation)
         if generation == self.devices.generation and not force:
             return False
-        devices = await asyncio.to_thread(lambda: [DeviceInfo.of(d) for d in reg.all()])
+        devices = await asyncio.to_thread(_snapshot, reg)
         changed = self.devices.replace(devices, generation)
         self.keys.invalidate(changed)
         for d in changed:
@@ -513,6 +515,12 @@ class Gateway:
             except Exception:
                 continue
         return out
+
+
+def _snapshot(reg: Registry) -> list[DeviceInfo]:
+    """The hot-path device table: every registered device with its pending re-key, if any."""
+    pending = reg.all_pending()
+    return [DeviceInfo.of(d, pending.get(d.device_id)) for d in reg.all()]
 
 
 def _file_bytes(path: Path) -> int:

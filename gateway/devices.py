@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from lifeline.gateway.registry import ACTIVE, ROOT_KEY_BYTES, DeviceRecord, RegistryError
+from lifeline.gateway.registry import ACTIVE, ROOT_KEY_BYTES, DeviceRecord, PendingKey, RegistryError
 from lifeline.protocols import fastpath, frame
 
 
@@ -20,16 +20,26 @@ class DeviceInfo:
     data_class: int
     status: str
     suite: int = frame.SUITE_INTL  # the device's frame crypto suite id (1 intl, 2 sm)
+    pending_epoch: int = 0  # an over-the-air re-key to this epoch is pending (0: none); docs/keys.md
+    pending_root: bytes = field(default=b"", repr=False)
 
     @property
     def active(self) -> bool:
         return self.status == ACTIVE
 
     @classmethod
-    def of(cls, d: DeviceRecord) -> DeviceInfo:
+    def of(cls, d: DeviceRecord, pending: PendingKey | None = None) -> DeviceInfo:
         if len(d.root_key) != ROOT_KEY_BYTES:  # a metadata-only registry read: never onto the radio path
             raise RegistryError(f"device {d.device_id.hex()}: no root key in this registry view")
+        if pending is not None and pending.epoch == d.key_epoch + 1:
+            return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, d.status, d.suite_id, pending.epoch,
+                       pending.root_key)
         return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, d.status, d.suite_id)
+
+    def switched(self) -> DeviceInfo:
+        """This device after its re-key committed: the pending key is the root key of the pending epoch."""
+        return DeviceInfo(self.device_id, self.pending_root, self.pending_epoch, self.data_class, self.status,
+                          self.suite)
 
 
 class DeviceTable:
@@ -52,6 +62,14 @@ class DeviceTable:
 
     def get(self, device_id: bytes) -> DeviceInfo | None:
         return self._devices.get(device_id)
+
+    def put(self, device: DeviceInfo) -> None:
+        """Replace one device in the snapshot (a committed re-key, before the next reload shows it)."""
+        self._devices[device.device_id] = device
+
+    def pending(self) -> list[DeviceInfo]:
+        """Active devices with an over-the-air re-key pending."""
+        return [d for d in self._devices.values() if d.pending_epoch and d.active]
 
     def status_counts(self) -> dict[str, int]:
         counts = {"active": 0, "revoked": 0}

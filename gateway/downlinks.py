@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import functools
 import json
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
@@ -36,6 +38,7 @@ from lifeline.gateway.devices import DeviceTable, KeyCache
 from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
 from lifeline.gateway.ingress.base import DownlinkRequest, IngressAdapter
 from lifeline.gateway.log import Log
+from lifeline.gateway.registry import PendingKey, RegistryError
 from lifeline.gateway.statedb import StateDB, Transaction
 from lifeline.gateway.stats import Stats
 from lifeline.gateway.uplink_api import AckedPublisher, UplinkUnavailable, topic_down_result
@@ -47,6 +50,8 @@ _ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _ALARM_KINDS = (schema.K_ALARM_RAISED, schema.K_ALARM_CLEARED)
 GATEWAY_FILLED = {schema.C_ACK: (1,), schema.C_TIME_SYNC: (1,)}  # fields the gateway fills at send time
+# a platform `rekey` carries no fields: the gateway draws the seed and stores the pending key (docs/keys.md)
+REKEY_FIELDS = (1, 2)
 MAX_RESULTS = 10_000
 
 SCHEMA = """
@@ -116,6 +121,10 @@ def parse_command(payload: bytes, devices: DeviceTable) -> tuple[str, bytes, int
             if isinstance(value, bool) or not isinstance(value, int):
                 raise CommandRejected(f"bad_value:{fname}")
             fields[spec[0]] = value
+    if kind == schema.C_REKEY:
+        if fields:
+            raise CommandRejected("gateway_filled:" + str(next(iter(given)))[:48])
+        return cid, device, kind, {1: 1, 2: bytes(16)}  # placeholders: CommandQueue.handle fills them
     trial = dict(fields)
     for key in GATEWAY_FILLED.get(kind, ()):
         trial.setdefault(key, 0xFFFFFFFF)
@@ -143,6 +152,8 @@ class CommandQueue:
         self.results: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RESULTS)
         self.results_ready = asyncio.Event()
         self._publish_lock = asyncio.Lock()
+        # Registry.begin_rekey (run in a worker thread): the daemon sets it; None refuses `rekey` commands
+        self.begin_rekey: Callable[[bytes], PendingKey] | None = None
 
     # ------------------------------------------------------------------ DB thread
 
@@ -238,6 +249,13 @@ class CommandQueue:
             _log.warning("command rejected", id=cid, reason=e.reason)
             self.result(cid, "rejected", reason=e.reason)
             return
+        if kind == schema.C_REKEY:
+            try:
+                fields = await self.prepare_rekey(device)
+            except CommandRejected as e:
+                _log.warning("command rejected", id=cid, reason=e.reason)
+                self.result(cid, "rejected", device, reason=e.reason)
+                return
         now = self.clock.now_ms()
         status = await self.db.run(lambda c: self._insert(c, cid, device, kind, fields, now))
         if status.startswith("duplicate:"):
@@ -248,6 +266,43 @@ class CommandQueue:
             self.result(cid, "queued", device)
         else:
             self.result(cid, "rejected", device, reason=status)
+
+    async def prepare_rekey(self, device: bytes) -> dict[int, int | bytes]:
+        """Step 1 of the over-the-air re-key: the pending key stored in the registry (or the one already
+        pending), the snapshot told, and the `rekey` fields (new epoch, seed) returned."""
+        begin = self.begin_rekey
+        if begin is None:
+            raise CommandRejected("rekey_unavailable")
+        try:
+            p = await asyncio.to_thread(begin, device)
+        except RegistryError as e:
+            _log.warning("re-key refused", device=device, error=str(e))
+            raise CommandRejected("rekey_refused") from None
+        d = self.devices.get(device)
+        if d is not None:
+            self.devices.put(dataclasses.replace(d, pending_epoch=p.epoch, pending_root=p.root_key))
+        return {1: p.epoch, 2: p.seed}
+
+    async def queue_pending_rekeys(self) -> int:
+        """Re-keys begun outside the daemon (``lifeline gateway devices rekey``): queue their `rekey` command
+        (id ``rekey-<device>-<epoch>``: queued once; a re-send needs a new request after the TTL)."""
+        n = 0
+        for d in self.devices.pending():
+            if self.has_open(d.device_id):
+                continue
+            dev = d.device_id
+            cid = f"rekey-{dev.hex()}-{d.pending_epoch}"
+            try:
+                fields = await self.prepare_rekey(dev)
+            except CommandRejected:
+                continue
+            now = self.clock.now_ms()
+            status = await self.db.run(functools.partial(self._insert, cid=cid, device=dev, kind=schema.C_REKEY,
+                                                         fields=fields, now_ms=now))
+            if status == "queued":
+                _log.info("command queued", id=cid, device=d.device_id, kind="rekey")
+                n += 1
+        return n
 
     async def expire_due(self) -> int:
         now = self.clock.now_ms()

@@ -17,7 +17,7 @@ from typing import Any
 from lifeline.gateway import records as rec
 from lifeline.gateway.buffer import encode_event
 from lifeline.gateway.dedupe import Deduper
-from lifeline.gateway.devices import DeviceTable, KeyCache
+from lifeline.gateway.devices import DeviceInfo, DeviceTable, KeyCache
 from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
 from lifeline.gateway.ingress.base import RawFrame
 from lifeline.gateway.log import Log
@@ -97,8 +97,11 @@ class FrameQueue(asyncio.Queue[Any]):
 class Pipeline:
     def __init__(self, *, devices: DeviceTable, keys: KeyCache, dedupe: Deduper, replay: ReplayGuard,
                  allocate_id: Callable[[], int], rules: RulesHook, stats: Stats, queue_max: int, batch_max: int,
-                 now_ms: Callable[[], int], allowed_suites: frozenset[int] | None = None) -> None:
+                 now_ms: Callable[[], int], allowed_suites: frozenset[int] | None = None,
+                 commit_rekey: Callable[[bytes, int], bool] | None = None) -> None:
         self.devices = devices
+        # registry transaction of a confirmed over-the-air re-key (Registry.commit_rekey); None: no re-keys
+        self.commit_rekey = commit_rekey
         self.allowed_suites = allowed_suites  # [gateway] node_suites as suite ids; None = every known suite
         self.keys = keys
         self.dedupe = dedupe
@@ -208,6 +211,29 @@ class Pipeline:
         _log.warning("rules hook emitted an invalid event; dropped")
         return False
 
+    def _rekey_confirm(self, dev: DeviceInfo, hdr: frame.Header,
+                       payload: bytes) -> tuple[DeviceInfo, frame.Frame] | None:
+        """Step 3 of the over-the-air re-key (docs/keys.md): a frame that fails under the current key is
+        tried under the pending one; a valid rekey_confirm (counter 1, the pending epoch) commits the switch
+        in the registry (one transaction) and the snapshot. None: not such a confirm (the caller rejects)."""
+        if self.commit_rekey is None:
+            return None
+        keys = fastpath.derive_keys(dev.pending_root, dev.device_id, dev.suite)
+        try:
+            decoded = fastpath.decode_parsed(hdr, payload, keys, allowed=self.allowed_suites)
+        except frame.FrameError:
+            return None
+        if hdr.fcnt != 1 or decoded.fields.get(1) != dev.pending_epoch:
+            return None
+        if not self.commit_rekey(dev.device_id, dev.pending_epoch):
+            return None
+        new = dev.switched()
+        self.devices.put(new)
+        self.keys.invalidate((dev.device_id,))
+        self.dedupe.forget(dev.device_id)
+        _log.info("device re-keyed", device=dev.device_id.hex(), epoch=new.key_epoch)
+        return new, decoded
+
     def _one(self, f: RawFrame, out: list[Item | Waiters]) -> str:
         """Process one frame; returns OUT_ACCEPTED, OUT_DUPLICATE or the rejection reason."""
         payload = f.payload
@@ -245,13 +271,21 @@ class Pipeline:
         try:
             decoded = fastpath.decode_parsed(hdr, payload, keys, allowed=self.allowed_suites)
         except frame.FrameError as e:
-            return self._reject(e.reason, f, dev_id)
+            if e.reason != "bad_mic" or not dev.pending_epoch or hdr.kind != schema.K_REKEY_CONFIRM:
+                return self._reject(e.reason, f, dev_id)
+            switched = self._rekey_confirm(dev, hdr, payload)
+            if switched is None:
+                return self._reject(e.reason, f, dev_id)
+            dev, decoded = switched
+            recent = None  # the dedupe entries were the old key's (forgotten): counters restart with the new one
         if recent is not None:
             return self._reject(rec.R_COUNTER_REUSE, f, dev_id)
-        if not self.replay.accept(dev_id, dev.key_epoch, hdr.fcnt):
+        kind = hdr.kind
+        if not self.replay.accept(dev_id, dev.key_epoch, hdr.fcnt) and not (
+                kind == schema.K_REKEY_CONFIRM and hdr.fcnt == 1 and decoded.fields[1] == dev.key_epoch):
+            # (a confirm re-sent because our ACK was lost is acknowledged again: the node switches only then)
             return self._reject(rec.R_REPLAY, f, dev_id)
         fields: dict[int, Any] = decoded.fields
-        kind = hdr.kind
         k = schema.KINDS[kind]
         flags = (rec.RF_QUEUED if hdr.flags & frame.FLAG_QUEUED else 0) | (
             rec.RF_TEST if hdr.flags & frame.FLAG_TEST else 0)

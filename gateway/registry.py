@@ -65,12 +65,31 @@ CREATE TABLE IF NOT EXISTS devices(
   suite TEXT NOT NULL DEFAULT 'intl' CHECK (suite IN ('intl', 'sm'))
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS keystore(name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending_keys(
+  device_id BLOB PRIMARY KEY,
+  epoch INTEGER NOT NULL,
+  seed BLOB NOT NULL,
+  root_key BLOB NOT NULL,
+  created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 # Added after the first release: (column, definition) added in place to a registry that lacks it.
 _ADDED_COLUMNS = (("suite", "TEXT NOT NULL DEFAULT 'intl' CHECK (suite IN ('intl', 'sm'))"),)
 # keystore row 'check': a random key wrapped under the KEK for this id; present = root keys are wrapped.
 _CHECK_ID = b"kek-check"  # 9 bytes: no device id (8 bytes) can collide with it
 ROOT_KEY_BYTES = 32
+_PENDING_TAG = b"/pending"  # a pending root key is wrapped for device id + this: never swappable with the root key
+
+
+@dataclass(frozen=True, slots=True)
+class PendingKey:
+    """An over-the-air re-key in progress (docs/keys.md): the root key of ``epoch`` (= key_epoch + 1),
+    derived from the current one and ``seed``, waiting for the node's rekey_confirm."""
+
+    device_id: bytes
+    epoch: int
+    seed: bytes = field(repr=False)
+    root_key: bytes = field(repr=False)
 
 
 class RegistryError(Exception):
@@ -353,6 +372,9 @@ class Registry:
                 conn.execute("UPDATE devices SET root_key=? WHERE device_id=?",
                              (keywrap.wrap(kek, bytes(dev), key), dev))
                 n += 1
+            for dev, key in conn.execute("SELECT device_id, root_key FROM pending_keys").fetchall():
+                conn.execute("UPDATE pending_keys SET root_key=? WHERE device_id=?",
+                             (keywrap.wrap(kek, bytes(dev) + _PENDING_TAG, bytes(key)), dev))
             conn.execute("INSERT INTO keystore(name, value) VALUES ('check', ?)",
                          (keywrap.wrap(kek, _CHECK_ID, os.urandom(ROOT_KEY_BYTES)),))
         # the old plaintext pages: out of the WAL, then out of the file's free pages
@@ -375,6 +397,10 @@ class Registry:
                 conn.execute("UPDATE devices SET root_key=? WHERE device_id=?",
                              (keywrap.wrap(new_kek, bytes(dev), key), dev))
                 n += 1
+            for dev, stored in conn.execute("SELECT device_id, root_key FROM pending_keys").fetchall():
+                key = self._root_key(bytes(dev) + _PENDING_TAG, bytes(stored))
+                conn.execute("UPDATE pending_keys SET root_key=? WHERE device_id=?",
+                             (keywrap.wrap(new_kek, bytes(dev) + _PENDING_TAG, key), dev))
             conn.execute("INSERT OR REPLACE INTO keystore(name, value) VALUES ('check', ?)",
                          (keywrap.wrap(new_kek, _CHECK_ID, os.urandom(ROOT_KEY_BYTES)),))
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -484,6 +510,7 @@ class Registry:
                             else f"suite ({rec.suite}, registered {old.suite})")
                     raise _Invalid(f"{what} differs from the registered one (use --rekey to replace it)")
                 epoch, outcome = old.key_epoch + 1, "rekeyed"
+                conn.execute("DELETE FROM pending_keys WHERE device_id=?", (rec.device_id,))  # re-provisioned
             elif _same_metadata(old, rec):
                 return "unchanged"
             else:
@@ -496,6 +523,72 @@ class Registry:
              rec.design_life_years, ACTIVE, json.dumps(list(rec.tags)), rec.technician, rec.signature, rec.suite,
              now_ms))
         return outcome
+
+    # ------------------------------------------------------------------ over-the-air re-key (docs/keys.md)
+
+    def pending(self, device_id: bytes) -> PendingKey | None:
+        row = self.conn.execute("SELECT epoch, seed, root_key FROM pending_keys WHERE device_id=?",
+                                (device_id,)).fetchone()
+        if row is None:
+            return None
+        return PendingKey(device_id, int(row[0]), bytes(row[1]),
+                          self._root_key(device_id + _PENDING_TAG, bytes(row[2])))
+
+    def all_pending(self) -> dict[bytes, PendingKey]:
+        rows = self.conn.execute("SELECT device_id FROM pending_keys").fetchall()
+        out = {}
+        for (dev,) in rows:
+            p = self.pending(bytes(dev))
+            if p is not None:
+                out[bytes(dev)] = p
+        return out
+
+    def begin_rekey(self, device_id: bytes, *, now_ms: int, seed: bytes | None = None) -> PendingKey:
+        """Step 1 of the re-key: draw a seed and store the pending root key of ``key_epoch + 1`` (wrapped
+        like the root key). Idempotent: a re-key already pending for that epoch is returned unchanged, so a
+        re-sent ``rekey`` carries the same seed. RegistryError for an unknown or revoked device."""
+        if self.metadata_only:
+            raise RegistryError(f"registry {self.path}: opened for metadata only; a re-key needs the "
+                                "key-encryption key")
+        from lifeline.protocols import rekey
+
+        with Transaction(self.conn) as conn:
+            dev = self.get(device_id)
+            if dev is None:
+                raise RegistryError(f"device {device_id.hex()} is not registered")
+            if not dev.active:
+                raise RegistryError(f"device {device_id.hex()} is revoked")
+            old = self.pending(device_id)
+            if old is not None and old.epoch == dev.key_epoch + 1:
+                return old
+            if dev.key_epoch + 1 > rekey.MAX_EPOCH:
+                raise RegistryError(f"device {device_id.hex()}: key epoch exhausted; re-provision it on site")
+            seed = os.urandom(rekey.SEED_LEN) if seed is None else seed
+            epoch = dev.key_epoch + 1
+            new_root = rekey.pending_root(dev.suite_id, dev.root_key, device_id, epoch, seed)
+            conn.execute("INSERT OR REPLACE INTO pending_keys(device_id, epoch, seed, root_key, created_ms) "
+                         "VALUES (?,?,?,?,?)",
+                         (device_id, epoch, seed, self._stored_key(device_id + _PENDING_TAG, new_root), now_ms))
+            conn.execute("UPDATE meta SET value=value+1 WHERE key='generation'")
+        _log.info("re-key pending", device=device_id, epoch=epoch)
+        return PendingKey(device_id, epoch, seed, new_root)
+
+    def commit_rekey(self, device_id: bytes, epoch: int, *, now_ms: int) -> bool:
+        """Step 3: the node confirmed ``epoch`` under the pending key. In one transaction the pending key
+        becomes the root key, ``key_epoch`` becomes ``epoch`` (counters of the new epoch start afresh:
+        they are kept per epoch) and the pending row is gone. False (nothing changed) unless a re-key to
+        exactly ``epoch`` is pending for an active device."""
+        with Transaction(self.conn) as conn:
+            dev = self.get(device_id)
+            p = self.pending(device_id)
+            if dev is None or not dev.active or p is None or p.epoch != epoch or epoch != dev.key_epoch + 1:
+                return False
+            conn.execute("UPDATE devices SET root_key=?, key_epoch=?, updated_ms=? WHERE device_id=?",
+                         (self._stored_key(device_id, p.root_key), epoch, now_ms, device_id))
+            conn.execute("DELETE FROM pending_keys WHERE device_id=?", (device_id,))
+            conn.execute("UPDATE meta SET value=value+1 WHERE key='generation'")
+        _log.info("re-key committed", device=device_id, epoch=epoch)
+        return True
 
     def revoke(self, device_id: bytes, *, now_ms: int) -> bool:
         """Mark a device revoked; False if it is not registered. Idempotent."""

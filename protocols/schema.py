@@ -42,6 +42,7 @@ K_HEARTBEAT = const(7)
 K_FAULT = const(8)
 K_ALARM_RAISED = const(9)
 K_ALARM_CLEARED = const(10)
+K_REKEY_CONFIRM = const(11)
 
 # Downlink command kinds (64..127)
 C_ACK = const(64)
@@ -50,6 +51,7 @@ C_TIME_SYNC = const(66)
 C_MAINTENANCE = const(67)
 C_OTA_BEGIN = const(68)
 C_OTA_CHUNK = const(69)
+C_REKEY = const(70)
 
 RESET_CAUSES = ("power_on", "hard", "watchdog", "deep_sleep", "soft", "brownout", "panic", "unknown")
 
@@ -108,6 +110,8 @@ _PACKED = {
         b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # alarm_id
         b'\x02\x02\x80\x00\x00\x00\x00\x80\x00\x00\x00\x0f'  # cause
         b'\x03\x00\x7f\x80\x00\x00\x00\x80\x7f\xff\xff\xff'),  # value
+    11: (2, 1,  # rekey_confirm
+        b'\x01\x02\x80\x00\x00\x00\x01\x80\x00\x00\xff\xff'),  # epoch
     64: (1, 1,  # ack
         b'\x01\x02\x80\x00\x00\x00\x00\x80\xff\xff\xff\xff'  # acked_fcnt
         b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # alarm_id
@@ -131,6 +135,9 @@ _PACKED = {
     69: (1, 1,  # ota_chunk
         b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # index
         b'\x02\x03\x80\x00\x00\x00\x01\x80\x00\x00\x00\x10'),  # data
+    70: (2, 1,  # rekey
+        b'\x01\x02\x80\x00\x00\x00\x01\x80\x00\x00\xff\xff'  # epoch
+        b'\x02\x03\x80\x00\x00\x00\x10\x80\x00\x00\x00\x10'),  # seed
 }
 # packed:end
 

@@ -30,7 +30,9 @@ I32_LO = -2147483648
 I32_HI = 2147483647
 K_SMOKE, K_TILT, K_WATER_LEVEL, K_WATER_METER, K_GAS_METER = 1, 2, 3, 4, 5
 K_ELECTRICITY_METER, K_HEARTBEAT, K_FAULT, K_ALARM_RAISED, K_ALARM_CLEARED = 6, 7, 8, 9, 10
+K_REKEY_CONFIRM = 11
 C_ACK, C_CONFIG, C_TIME_SYNC, C_MAINTENANCE, C_OTA_BEGIN, C_OTA_CHUNK = 64, 65, 66, 67, 68, 69
+C_REKEY = 70
 
 CLASS_NAMES = ("public", "internal", "sensitive", "core")
 PRIORITY_NAMES = ("alarm", "event", "periodic")
@@ -103,6 +105,11 @@ KINDS: dict[int, tuple[Any, ...]] = {
         (2, "cause", "", 1, 0, 15, T_INT, True),
         (3, "value", "", 1, I32_LO, I32_HI, T_INT, False),
     )),
+    # the counter-reset handshake of an over-the-air re-key (docs/keys.md): sent under the *pending* keys
+    # with frame counter 1; sensitive so it is always encrypted
+    K_REKEY_CONFIRM: ("rekey_confirm", SENSITIVE, P_EVENT, (
+        (1, "epoch", "", 1, 1, 65535, T_INT, True),         # the key epoch the node switches to
+    )),
     # ---- downlink commands ----
     C_ACK: ("ack", INTERNAL, P_EVENT, (
         (1, "acked_fcnt", "", 1, 0, U32, T_INT, True),
@@ -132,6 +139,11 @@ KINDS: dict[int, tuple[Any, ...]] = {
     C_OTA_CHUNK: ("ota_chunk", INTERNAL, P_EVENT, (
         (1, "index", "", 1, 0, 65535, T_INT, True),
         (2, "data", "B", 1, 1, 16, T_BYTES, True),          # lo/hi bound the length
+    )),
+    # over-the-air re-key (docs/keys.md): sensitive, so a clear one is refused (not_encrypted)
+    C_REKEY: ("rekey", SENSITIVE, P_EVENT, (
+        (1, "epoch", "", 1, 1, 65535, T_INT, True),         # the new key epoch (current + 1)
+        (2, "seed", "B", 1, 16, 16, T_BYTES, True),         # KDF input; never in clear on air
     )),
 }
 

@@ -1,4 +1,4 @@
-"""Regenerate protocols/vectors/{frames,rejections,cbor,sm}.json.
+"""Regenerate protocols/vectors/{frames,rejections,cbor,sm,rekey}.json.
 
 Run only when the protocol changes on purpose (the vectors are normative; tests compare against the
 committed files): .venv/bin/python protocols/tests/gen_vectors.py
@@ -44,6 +44,8 @@ TYPICAL: dict[int, dict[int, Any]] = {
     schema.C_MAINTENANCE: {1: 600, 2: 1},
     schema.C_OTA_BEGIN: {1: 105, 2: 61234, 3: 3828},
     schema.C_OTA_CHUNK: {1: 77, 2: bytes(range(16))},
+    schema.K_REKEY_CONFIRM: {1: 3},
+    schema.C_REKEY: {1: 3, 2: bytes(range(100, 116))},
 }
 
 
@@ -119,6 +121,25 @@ def _hmac_sm3(key: bytes, msg: bytes) -> bytes:
 
 def _sm4(key: bytes, data: bytes) -> bytes:
     return Cipher(algorithms.SM4(key), modes.ECB()).encryptor().update(data)
+
+
+def rekey_vectors() -> list[dict[str, Any]]:
+    """The re-key KDF of both suites (docs/keys.md), expected values from OpenSSL's HMAC-SHA256 / HMAC-SM3:
+    HMAC(root, "lifeline/<suite>/rekey" || device id || epoch (2, BE) || seed)."""
+    out = []
+    for suite, label, mac in ((INTL, b"lifeline/1/rekey", "sha256"), (SM, b"lifeline/2/rekey", "sm3")):
+        for root, dev, epoch, seed in ((ROOT_A, DEV_A, 1, bytes(16)), (ROOT_B, DEV_B, 65535, bytes(range(16)))):
+            msg = label + dev + epoch.to_bytes(2, "big") + seed
+            if mac == "sm3":
+                pending = _hmac_sm3(root, msg)
+            else:
+                h = chmac.HMAC(root, hashes.SHA256())
+                h.update(msg)
+                pending = h.finalize()
+            out.append({"name": "%s-%s-%d" % (suites.LABELS[suite], dev.hex(), epoch), "suite": suites.LABELS[suite],
+                        "root_key": root.hex(), "dev_id": dev.hex(), "epoch": epoch, "seed": seed.hex(),
+                        "pending": pending.hex()})
+    return out
 
 
 def sm_vectors() -> dict[str, list[dict[str, Any]]]:
@@ -235,6 +256,10 @@ def main() -> None:
         rejection("sm-forged-mic", bytes(sm_forged), "bad_mic", suite=SM),
         rejection("sm-header-hmac-sha256-mic", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\x05", first=0x12,
                                                      suite=SM, mic_suite=INTL), "bad_mic", suite=SM),
+        rejection("rekey-in-clear", seal(ROOT_A, DEV_A, schema.C_REKEY, frame.FLAG_DOWN,
+                                         b"\xa2\x01\x03\x02\x50" + bytes(16)), "not_encrypted", downlink=True),
+        rejection("sm-rekey-confirm-in-clear", seal(ROOT_A, DEV_A, schema.K_REKEY_CONFIRM, 0, b"\xa1\x01\x03",
+                                                    first=0x12, suite=SM), "not_encrypted", suite=SM),
         rejection("sm-meter-in-clear", seal(ROOT_A, DEV_A, schema.K_WATER_METER, 0, b"\xa1\x01\x05", first=0x12,
                                             suite=SM), "not_encrypted", suite=SM),
         rejection("sm-encrypted-trailing-bytes", seal(ROOT_A, DEV_A, w, frame.FLAG_ENC, b"\xa1\x01\x05\x00",
@@ -263,7 +288,7 @@ def main() -> None:
     cbor_vectors = [{"name": n, "value": jval(v), "hex": cbor.dumps(v).hex()} for n, v in values]
 
     for name, obj in (("frames", frames), ("rejections", rejections), ("cbor", cbor_vectors),
-                      ("sm", sm_vectors())):
+                      ("sm", sm_vectors()), ("rekey", rekey_vectors())):
         (OUT / (name + ".json")).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 

@@ -56,7 +56,8 @@ def test_table_constants_match_the_device_constants() -> None:
     for name in ("PUBLIC", "INTERNAL", "SENSITIVE", "CORE", "P_ALARM", "P_EVENT", "P_PERIODIC", "T_INT", "T_BYTES",
                  "K_SMOKE", "K_TILT", "K_WATER_LEVEL", "K_WATER_METER", "K_GAS_METER", "K_ELECTRICITY_METER",
                  "K_HEARTBEAT", "K_FAULT", "K_ALARM_RAISED", "K_ALARM_CLEARED", "C_ACK", "C_CONFIG", "C_TIME_SYNC",
-                 "C_MAINTENANCE", "C_OTA_BEGIN", "C_OTA_CHUNK", "U32", "I32_LO", "I32_HI", "RESET_CAUSES"):
+                 "C_MAINTENANCE", "C_OTA_BEGIN", "C_OTA_CHUNK", "K_REKEY_CONFIRM", "C_REKEY",
+                 "U32", "I32_LO", "I32_HI", "RESET_CAUSES"):
         assert getattr(schema_table, name) == getattr(schema, name), name
 
 

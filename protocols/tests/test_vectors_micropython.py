@@ -17,14 +17,14 @@ from lifeline.tools import mpy_compile, mpy_runtime
 pytestmark = pytest.mark.micropython
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
-KINDS = ("frames", "rejections", "cbor")
+KINDS = ("frames", "rejections", "cbor", "rekey")
 SM_KINDS = ("sm3", "sm4", "hmac_sm3", "kdf", "sm4_ctr")  # the groups of sm.json
 
 # Runs inside MicroPython. Reads /vectors/*.json, checks each vector, prints one JSON line of results:
 # {"frames": {name: "ok" | problem}, "rejections": {...}, "cbor": {...}}.
 CHECKER = r"""
 import binascii, io, json, sys
-from lifeline.protocols import cbor, crypto_sm, frame, sm3, sm4, suites
+from lifeline.protocols import cbor, crypto_sm, frame, rekey, sm3, sm4, suites
 
 def unhex(s):
     return binascii.unhexlify(s)
@@ -131,8 +131,13 @@ def check_sm4_ctr(v):
     got = crypto_sm.ctr_xor(unhex(v["key"]), v["downlink"], unhex(v["dev_id"]), v["fcnt"], unhex(v["data"]))
     return expect("sm4-ctr", got, v["out"])
 
+def check_rekey(v):
+    got = rekey.pending_root(suite(v), unhex(v["root_key"]), unhex(v["dev_id"]), v["epoch"], unhex(v["seed"]))
+    return expect("rekey", got, v["pending"])
+
 def groups():
-    for name, check in (("frames", check_frame), ("rejections", check_rejection), ("cbor", check_cbor)):
+    for name, check in (("frames", check_frame), ("rejections", check_rejection), ("cbor", check_cbor),
+                        ("rekey", check_rekey)):
         yield name, check, load(name)
     sm = load("sm")
     for name, check in (("sm3", check_sm3), ("sm4", check_sm4), ("hmac_sm3", check_hmac_sm3),
