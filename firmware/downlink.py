@@ -58,7 +58,7 @@ def apply(node, kind, fields):
         apply_config(node, fields)
     elif kind == schema.C_MAINTENANCE:
         node.maint_until = node.hal.ticks_ms() + fields[1] * 1000
-    elif kind == schema.C_REKEY:
+    elif kind == 70:  # schema_table.C_REKEY (no device constant: schema._LAZY)
         from lifeline.firmware import rekey
 
         rekey.begin(node, fields)

@@ -31,7 +31,6 @@ TRIAL_PATH = "/app/trial"  # bootsel.TRIAL / ROLLED: checked by existence so boo
 ROLLED_PATH = "/app/rolled"
 QUEUE_PATH = "/queue"  # txqueue.PATH (the module is imported only when a reading must be queued)
 BOOTED_PATH = "/booted"
-REKEY_PATH = "/rekey"  # rekey.PATH: an over-the-air re-key is pending (the module loads only then)
 
 PRIO_ALARM = const(0)
 PRIO_EVENT = const(1)
@@ -198,7 +197,7 @@ class Node:
             # the heartbeat asks for an ACK: a daily link check and a chance for queued commands
             out.append([PRIO_PERIODIC, schema.K_HEARTBEAT, reports.heartbeat(self, mv), True])
             rtc.set("lh", now)
-        if hal.fs.exists(REKEY_PATH):
+        if hal.fs.exists("/rekey"):  # rekey.PATH: an over-the-air re-key is pending (the module loads only then)
             from lifeline.firmware import rekey
 
             rekey.resume(self)

@@ -14,6 +14,15 @@ from lifeline.firmware import config, fcnt, storage
 from lifeline.firmware.downlink import DOWN_FCNT_PATH
 from lifeline.protocols import frame, rekey, schema
 
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+_K_REKEY_CONFIRM = const(11)  # schema_table.K_REKEY_CONFIRM (schema._LAZY: no device constant)
+
 PATH = "/rekey"
 FIRST_FCNT = 1  # the confirm's counter: the counter-reset handshake
 
@@ -58,7 +67,7 @@ def confirm(node, rec):
     epoch, _old, new = rec
     keys = frame.derive_keys(new, node.dev_id, node.cfg.suite)
     t = node.hal.time() if node.rtc.get("ts") else 0
-    data = frame.encode(keys, node.dev_id, FIRST_FCNT, t, schema.K_REKEY_CONFIRM, {1: epoch}, frame.FLAG_ACK_REQ)
+    data = frame.encode(keys, node.dev_id, FIRST_FCNT, t, _K_REKEY_CONFIRM, {1: epoch}, frame.FLAG_ACK_REQ)
     ok, downs = node.radio.send(data, True)
     if ok:
         node.tx.append(data)

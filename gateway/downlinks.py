@@ -42,7 +42,7 @@ from lifeline.gateway.registry import PendingKey, RegistryError
 from lifeline.gateway.statedb import StateDB, Transaction
 from lifeline.gateway.stats import Stats
 from lifeline.gateway.uplink_api import AckedPublisher, UplinkUnavailable, topic_down_result
-from lifeline.protocols import frame, schema
+from lifeline.protocols import frame, schema, schema_table
 
 _log = Log("downlinks")
 MAX_COMMAND_BYTES = 4096
@@ -121,7 +121,7 @@ def parse_command(payload: bytes, devices: DeviceTable) -> tuple[str, bytes, int
             if isinstance(value, bool) or not isinstance(value, int):
                 raise CommandRejected(f"bad_value:{fname}")
             fields[spec[0]] = value
-    if kind == schema.C_REKEY:
+    if kind == schema_table.C_REKEY:
         if fields:
             raise CommandRejected("gateway_filled:" + str(next(iter(given)))[:48])
         return cid, device, kind, {1: 1, 2: bytes(16)}  # placeholders: CommandQueue.handle fills them
@@ -249,7 +249,7 @@ class CommandQueue:
             _log.warning("command rejected", id=cid, reason=e.reason)
             self.result(cid, "rejected", reason=e.reason)
             return
-        if kind == schema.C_REKEY:
+        if kind == schema_table.C_REKEY:
             try:
                 fields = await self.prepare_rekey(device)
             except CommandRejected as e:
@@ -297,7 +297,7 @@ class CommandQueue:
             except CommandRejected:
                 continue
             now = self.clock.now_ms()
-            status = await self.db.run(functools.partial(self._insert, cid=cid, device=dev, kind=schema.C_REKEY,
+            status = await self.db.run(functools.partial(self._insert, cid=cid, device=dev, kind=schema_table.C_REKEY,
                                                          fields=fields, now_ms=now))
             if status == "queued":
                 _log.info("command queued", id=cid, device=d.device_id, kind="rekey")

@@ -25,7 +25,7 @@ from lifeline.gateway.priority import classify, raise_to
 from lifeline.gateway.replay import ReplayGuard
 from lifeline.gateway.rules import RulesHook
 from lifeline.gateway.stats import Stats
-from lifeline.protocols import fastpath, frame, schema
+from lifeline.protocols import fastpath, frame, schema, schema_table
 
 _log = Log("ingest")
 Item = rec.Reading | rec.ReceptionUpdate | rec.GatewayEvent
@@ -271,7 +271,7 @@ class Pipeline:
         try:
             decoded = fastpath.decode_parsed(hdr, payload, keys, allowed=self.allowed_suites)
         except frame.FrameError as e:
-            if e.reason != "bad_mic" or not dev.pending_epoch or hdr.kind != schema.K_REKEY_CONFIRM:
+            if e.reason != "bad_mic" or not dev.pending_epoch or hdr.kind != schema_table.K_REKEY_CONFIRM:
                 return self._reject(e.reason, f, dev_id)
             switched = self._rekey_confirm(dev, hdr, payload)
             if switched is None:
@@ -282,7 +282,7 @@ class Pipeline:
             return self._reject(rec.R_COUNTER_REUSE, f, dev_id)
         kind = hdr.kind
         if not self.replay.accept(dev_id, dev.key_epoch, hdr.fcnt) and not (
-                kind == schema.K_REKEY_CONFIRM and hdr.fcnt == 1 and decoded.fields[1] == dev.key_epoch):
+                kind == schema_table.K_REKEY_CONFIRM and hdr.fcnt == 1 and decoded.fields[1] == dev.key_epoch):
             # (a confirm re-sent because our ACK was lost is acknowledged again: the node switches only then)
             return self._reject(rec.R_REPLAY, f, dev_id)
         fields: dict[int, Any] = decoded.fields

@@ -25,7 +25,6 @@ LABEL_MIC_UP = b"lifeline/1/mic-up"
 LABEL_MIC_DOWN = b"lifeline/1/mic-down"
 LABEL_ENC = b"lifeline/1/enc"
 LABEL_OTA = b"lifeline/1/ota"
-LABEL_REKEY = b"lifeline/1/rekey"
 
 def _xor_pad(key: bytes, pad: int) -> bytes:
     out = bytearray(64)
@@ -48,12 +47,6 @@ def hmac_sha256(key: bytes, msg: bytes) -> bytes:
 def derive(root: bytes, label: bytes, dev_id: bytes, length: int = 32) -> bytes:
     """Per-purpose key: HMAC-SHA256(root, label || device id), truncated to ``length``."""
     return hmac_sha256(root, label + dev_id)[:length]
-
-
-def rekey_root(root: bytes, dev_id: bytes, epoch: int, seed: bytes) -> bytes:
-    """The pending root key of an over-the-air re-key (docs/keys.md): HMAC-SHA256(root, "lifeline/1/rekey" ||
-    device id || new epoch (2, BE) || seed), all 32 bytes."""
-    return hmac_sha256(root, LABEL_REKEY + dev_id + epoch.to_bytes(2, "big") + seed)
 
 
 def ct_equal(a: bytes, b: bytes) -> bool:

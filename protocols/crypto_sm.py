@@ -13,7 +13,6 @@ LABEL_MIC_UP = b"lifeline/2/mic-up"
 LABEL_MIC_DOWN = b"lifeline/2/mic-down"
 LABEL_ENC = b"lifeline/2/enc"
 LABEL_OTA = b"lifeline/2/ota"
-LABEL_REKEY = b"lifeline/2/rekey"
 
 
 def hmac_sm3(key: bytes, msg: bytes) -> bytes:
@@ -27,11 +26,6 @@ def derive(root: bytes, label: bytes, dev_id: bytes, length: int = 32, pads: obj
     if pads is None:
         pads = sm3.hmac_pads(root)
     return sm3.hmac_with(pads, label + dev_id)[:length]  # type: ignore[arg-type]
-
-
-def rekey_root(root: bytes, dev_id: bytes, epoch: int, seed: bytes) -> bytes:
-    """Suite 2's pending root key: HMAC-SM3(root, "lifeline/2/rekey" || device id || new epoch (2, BE) || seed)."""
-    return sm3.hmac(root, LABEL_REKEY + dev_id + epoch.to_bytes(2, "big") + seed)
 
 
 def derive_keys(keys: object, root: bytes) -> None:

@@ -42,7 +42,6 @@ K_HEARTBEAT = const(7)
 K_FAULT = const(8)
 K_ALARM_RAISED = const(9)
 K_ALARM_CLEARED = const(10)
-K_REKEY_CONFIRM = const(11)
 
 # Downlink command kinds (64..127)
 C_ACK = const(64)
@@ -51,7 +50,6 @@ C_TIME_SYNC = const(66)
 C_MAINTENANCE = const(67)
 C_OTA_BEGIN = const(68)
 C_OTA_CHUNK = const(69)
-C_REKEY = const(70)
 
 RESET_CAUSES = ("power_on", "hard", "watchdog", "deep_sleep", "soft", "brownout", "panic", "unknown")
 
@@ -110,8 +108,6 @@ _PACKED = {
         b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # alarm_id
         b'\x02\x02\x80\x00\x00\x00\x00\x80\x00\x00\x00\x0f'  # cause
         b'\x03\x00\x7f\x80\x00\x00\x00\x80\x7f\xff\xff\xff'),  # value
-    11: (2, 1,  # rekey_confirm
-        b'\x01\x02\x80\x00\x00\x00\x01\x80\x00\x00\xff\xff'),  # epoch
     64: (1, 1,  # ack
         b'\x01\x02\x80\x00\x00\x00\x00\x80\xff\xff\xff\xff'  # acked_fcnt
         b'\x02\x00\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # alarm_id
@@ -135,9 +131,6 @@ _PACKED = {
     69: (1, 1,  # ota_chunk
         b'\x01\x02\x80\x00\x00\x00\x00\x80\x00\x00\xff\xff'  # index
         b'\x02\x03\x80\x00\x00\x00\x01\x80\x00\x00\x00\x10'),  # data
-    70: (2, 1,  # rekey
-        b'\x01\x02\x80\x00\x00\x00\x01\x80\x00\x00\xff\xff'  # epoch
-        b'\x02\x03\x80\x00\x00\x00\x10\x80\x00\x00\x00\x10'),  # seed
 }
 # packed:end
 
@@ -150,7 +143,14 @@ def is_downlink_kind(kind_id: int) -> bool:
 
 def info(kind_id: int) -> tuple | None:  # type: ignore[type-arg]
     """(data class, priority, packed fields) of a kind, or None if the registry has no such kind."""
-    return _PACKED.get(kind_id)
+    p = _PACKED.get(kind_id)
+    # schema_table.LAZY (the re-key kinds) are packed in rekey.py, loaded only when such a kind occurs
+    # (a literal and reused names: every new name here costs a wake's heap on every node)
+    if p is None and kind_id in (11, 70):
+        from . import rekey
+
+        p = rekey._PACKED.get(kind_id)
+    return p
 
 
 def spec(packed: bytes, key: int) -> int:

@@ -34,6 +34,11 @@ K_REKEY_CONFIRM = 11
 C_ACK, C_CONFIG, C_TIME_SYNC, C_MAINTENANCE, C_OTA_BEGIN, C_OTA_CHUNK = 64, 65, 66, 67, 68, 69
 C_REKEY = 70
 
+# Kinds a node meets rarely (the over-the-air re-key): packed into protocols/rekey.py, which a node
+# imports only when such a frame occurs (schema.info), so a wake's heap barely grows (the tilt node had ~128
+# bytes of headroom under its 40 KiB budget).
+LAZY = (K_REKEY_CONFIRM, C_REKEY)
+
 CLASS_NAMES = ("public", "internal", "sensitive", "core")
 PRIORITY_NAMES = ("alarm", "event", "periodic")
 RESET_CAUSES = ("power_on", "hard", "watchdog", "deep_sleep", "soft", "brownout", "panic", "unknown")
@@ -203,10 +208,12 @@ def packed() -> dict[int, tuple[int, int, bytes]]:
     return out
 
 
-def packed_source() -> str:
-    """Python source of schema.py's _PACKED literal."""
+def packed_source(lazy: bool = False) -> str:
+    """Python source of schema.py's _PACKED literal (``lazy``: rekey.py's, the LAZY kinds)."""
     lines = ["_PACKED = {"]
     for kind_id, (data_class, priority, blob) in packed().items():
+        if (kind_id in LAZY) != lazy:
+            continue
         lines.append(f"    {kind_id}: ({data_class}, {priority},  # {KINDS[kind_id][0]}")
         for off in range(0, len(blob), 12):
             end = ")," if off + 12 >= len(blob) else ""

@@ -30,6 +30,7 @@ SCHEMA = ROOT / "protocols" / "schema.py"
 PACKED_BEGIN = ("# packed:begin (generated from schema_table.KINDS by `python -m lifeline.tools.gen_docs`;"
                 " do not edit)\n")
 PACKED_END = "# packed:end"
+SCHEMA_LAZY = ROOT / "protocols" / "rekey.py"  # schema_table.LAZY's packed kinds
 
 
 def blocks() -> dict[str, str]:
@@ -59,6 +60,10 @@ def main() -> None:
     head, _, rest = src.partition(PACKED_BEGIN)
     _, _, tail = rest.partition(PACKED_END)
     SCHEMA.write_text(head + PACKED_BEGIN + schema_table.packed_source() + PACKED_END + tail)
+    src = SCHEMA_LAZY.read_text()
+    head, _, rest = src.partition(PACKED_BEGIN)
+    _, _, tail = rest.partition(PACKED_END)
+    SCHEMA_LAZY.write_text(head + PACKED_BEGIN + schema_table.packed_source(lazy=True) + PACKED_END + tail)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from lifeline.protocols import cbor, crypto, crypto_sm, frame, frame_sizes, schema, suites
+from lifeline.protocols import cbor, crypto, crypto_sm, frame, frame_sizes, schema, schema_table, suites
 
 OUT = Path(__file__).resolve().parent.parent / "vectors"
 ROOT_A = bytes(range(32))
@@ -44,8 +44,8 @@ TYPICAL: dict[int, dict[int, Any]] = {
     schema.C_MAINTENANCE: {1: 600, 2: 1},
     schema.C_OTA_BEGIN: {1: 105, 2: 61234, 3: 3828},
     schema.C_OTA_CHUNK: {1: 77, 2: bytes(range(16))},
-    schema.K_REKEY_CONFIRM: {1: 3},
-    schema.C_REKEY: {1: 3, 2: bytes(range(100, 116))},
+    schema_table.K_REKEY_CONFIRM: {1: 3},
+    schema_table.C_REKEY: {1: 3, 2: bytes(range(100, 116))},
 }
 
 
@@ -256,9 +256,9 @@ def main() -> None:
         rejection("sm-forged-mic", bytes(sm_forged), "bad_mic", suite=SM),
         rejection("sm-header-hmac-sha256-mic", seal(ROOT_A, DEV_A, w, 0, b"\xa1\x01\x05", first=0x12,
                                                      suite=SM, mic_suite=INTL), "bad_mic", suite=SM),
-        rejection("rekey-in-clear", seal(ROOT_A, DEV_A, schema.C_REKEY, frame.FLAG_DOWN,
+        rejection("rekey-in-clear", seal(ROOT_A, DEV_A, schema_table.C_REKEY, frame.FLAG_DOWN,
                                          b"\xa2\x01\x03\x02\x50" + bytes(16)), "not_encrypted", downlink=True),
-        rejection("sm-rekey-confirm-in-clear", seal(ROOT_A, DEV_A, schema.K_REKEY_CONFIRM, 0, b"\xa1\x01\x03",
+        rejection("sm-rekey-confirm-in-clear", seal(ROOT_A, DEV_A, schema_table.K_REKEY_CONFIRM, 0, b"\xa1\x01\x03",
                                                     first=0x12, suite=SM), "not_encrypted", suite=SM),
         rejection("sm-meter-in-clear", seal(ROOT_A, DEV_A, schema.K_WATER_METER, 0, b"\xa1\x01\x05", first=0x12,
                                             suite=SM), "not_encrypted", suite=SM),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeline.protocols import frame, rekey, schema, suites
+from lifeline.protocols import frame, rekey, schema_table, suites
 
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "vectors" / "rekey.json").read_text())
 DEV = bytes.fromhex("70b3d57ed0000001")
@@ -41,15 +41,15 @@ def test_rekey_kdf_refuses_bad_input(epoch: int, seed: bytes) -> None:
 @pytest.mark.parametrize("suite", [frame.SUITE_INTL, frame.SUITE_SM])
 def test_rekey_frames_are_always_encrypted_and_fit(suite: int) -> None:
     keys = frame.derive_keys(ROOT, DEV, suite)
-    down = frame.encode(keys, DEV, 0xFFFFFFFF, 0xFFFFFFFF, schema.C_REKEY, {1: 65535, 2: b"\xff" * 16},
+    down = frame.encode(keys, DEV, 0xFFFFFFFF, 0xFFFFFFFF, schema_table.C_REKEY, {1: 65535, 2: b"\xff" * 16},
                         frame.FLAG_DOWN)
     assert down[2] & frame.FLAG_ENC and len(down) <= frame.MAX_FRAME
     assert b"\xff" * 16 not in down  # the seed never travels in clear
     f = frame.decode(down, keys, True)
     assert f.fields == {1: 65535, 2: b"\xff" * 16}
-    up = frame.encode(keys, DEV, 1, 7, schema.K_REKEY_CONFIRM, {1: 4})
+    up = frame.encode(keys, DEV, 1, 7, schema_table.K_REKEY_CONFIRM, {1: 4})
     assert up[2] & frame.FLAG_ENC
     assert frame.decode(up, keys).fields == {1: 4}
     with pytest.raises(frame.FrameError) as e:
-        frame.encode(keys, DEV, 1, 7, schema.C_REKEY, {1: 1, 2: bytes(8)}, frame.FLAG_DOWN)
+        frame.encode(keys, DEV, 1, 7, schema_table.C_REKEY, {1: 1, 2: bytes(8)}, frame.FLAG_DOWN)
     assert e.value.reason == "out_of_range"

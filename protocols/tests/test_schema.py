@@ -43,11 +43,17 @@ def test_personal_data_is_classified_sensitive_or_core() -> None:
 
 
 def test_packed_device_registry_is_generated_from_the_table() -> None:
-    from lifeline.protocols import schema_table
+    from lifeline.protocols import rekey, schema_table
     from lifeline.tools import gen_docs
 
-    assert schema_table.packed() == schema._PACKED, "run: python -m lifeline.tools.gen_docs"
+    assert schema_table.packed() == {**schema._PACKED, **rekey._PACKED}, "run: python -m lifeline.tools.gen_docs"
     assert gen_docs.packed_block(gen_docs.SCHEMA.read_text()) == schema_table.packed_source()
+    assert gen_docs.packed_block(gen_docs.SCHEMA_LAZY.read_text()) == schema_table.packed_source(lazy=True)
+    assert schema_table.LAZY == (schema_table.K_REKEY_CONFIRM, schema_table.C_REKEY)
+    assert "(11, 70)" in gen_docs.SCHEMA.read_text()  # schema.info's literal of the LAZY kinds
+    for k in schema_table.LAZY:
+        assert schema.info(k) == rekey._PACKED[k]
+    assert set(rekey._PACKED) == set(schema_table.LAZY) and not set(schema._PACKED) & set(schema_table.LAZY)
 
 
 def test_table_constants_match_the_device_constants() -> None:
@@ -56,8 +62,7 @@ def test_table_constants_match_the_device_constants() -> None:
     for name in ("PUBLIC", "INTERNAL", "SENSITIVE", "CORE", "P_ALARM", "P_EVENT", "P_PERIODIC", "T_INT", "T_BYTES",
                  "K_SMOKE", "K_TILT", "K_WATER_LEVEL", "K_WATER_METER", "K_GAS_METER", "K_ELECTRICITY_METER",
                  "K_HEARTBEAT", "K_FAULT", "K_ALARM_RAISED", "K_ALARM_CLEARED", "C_ACK", "C_CONFIG", "C_TIME_SYNC",
-                 "C_MAINTENANCE", "C_OTA_BEGIN", "C_OTA_CHUNK", "K_REKEY_CONFIRM", "C_REKEY",
-                 "U32", "I32_LO", "I32_HI", "RESET_CAUSES"):
+                 "C_MAINTENANCE", "C_OTA_BEGIN", "C_OTA_CHUNK", "U32", "I32_LO", "I32_HI", "RESET_CAUSES"):
         assert getattr(schema_table, name) == getattr(schema, name), name
 
 
