@@ -5,10 +5,11 @@ Errors name the file and what is wrong with it, never its content.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from pathlib import Path
+
+from lifeline.protocols import keys
 
 MAX_SECRET_FILE = 4096
 
@@ -50,28 +51,4 @@ def write_secret(path: Path, data: bytes, *, overwrite: bool = False, what: str 
     """Write ``data`` to ``path`` mode 0600 via a temporary file and a rename (never readable by others)."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{what} {path} already exists; refusing to overwrite it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    keys.write_private_file(path, data, overwrite=True, what=what)

@@ -63,6 +63,41 @@ def private_pem(key: PrivateKey) -> bytes:
     )
 
 
+def write_private_file(path: Path, data: bytes, *, overwrite: bool = False, what: str = "secret file") -> Path:
+    """Write ``data`` to ``path`` mode 0600, atomically: a new temporary file in the same directory created
+    with O_CREAT|O_EXCL and mode 0600 (never readable by others, not even for a moment), fsynced, renamed
+    over ``path``, then the directory fsynced so the rename survives a power cut. Refuses to replace an
+    existing file unless ``overwrite`` (the error names ``what`` and the path, never the content)."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; refusing to overwrite a {what}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask can only remove bits; make the mode exact
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
 def save_private_key(
     key: PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
@@ -73,37 +108,7 @@ def save_private_key(
     the directory is fsynced so the rename survives a power cut. Refuses to replace an existing file
     unless ``overwrite``.
     """
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; refusing to overwrite a signing key")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    data = private_pem(key)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # the umask can only remove bits; make the mode exact
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return target
+    return write_private_file(Path(path), private_pem(key), overwrite=overwrite, what="signing key")
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

@@ -32,6 +32,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lifeline.tools.serverproc import ServerProcess
+from lifeline.tools.serverproc import port_accepts as port_accepts  # re-exported: the other servers use it
+
 LOOPBACK = "127.0.0.1"
 DEFAULT_START_TIMEOUT_S = 10.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
@@ -58,14 +61,6 @@ def free_port(host: str = LOOPBACK) -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def port_accepts(host: str, port: int, timeout_s: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -190,7 +185,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-class MosquittoBroker:
+class MosquittoBroker(ServerProcess):
     """One Mosquitto process. Use as a context manager or call :meth:`start` / :meth:`stop`.
 
     ``port`` is the plain listener (picked free when None); with ``pki`` a second listener on
@@ -281,12 +276,11 @@ class MosquittoBroker:
 
     # ----------------------------------------------------------------------------- lifecycle
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    error_type = BrokerError
+    stop_timeout_s = DEFAULT_STOP_TIMEOUT_S
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def _label(self) -> str:
+        return "mosquitto"
 
     def _ports(self) -> list[int]:
         ports = [self.port] if self.plain else []
@@ -346,55 +340,10 @@ class MosquittoBroker:
             time.sleep(0.01)  # polling a port for readiness, bounded by the deadline
         return self
 
-    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """SIGTERM, wait (bounded), then SIGKILL. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGCONT)  # a frozen broker cannot act on SIGTERM
-                proc.terminate()
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout_s)
-        self._proc = None
-        self._wait_ports_closed(timeout_s)
-
-    def kill(self) -> None:
-        """SIGKILL: the broker vanishes without sending anything (no DISCONNECT, no will handling)."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=DEFAULT_STOP_TIMEOUT_S)
-        self._proc = None
-        self._wait_ports_closed(DEFAULT_STOP_TIMEOUT_S)
-
     def restart(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> MosquittoBroker:
         """Stop and start again on the same port(s)."""
         self.stop()
         return self.start(timeout_s)
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open but nothing is answered (a stalled network path)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGCONT)
-
-    def _wait_ports_closed(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while any(port_accepts(self.host, p, 0.05) for p in self._ports()):
-            if time.monotonic() > deadline:
-                raise BrokerError(f"ports {self._ports()} still accept after the broker stopped")
-            time.sleep(0.01)
 
     def close(self) -> None:
         """Stop and remove the generated directory (when this object created it)."""

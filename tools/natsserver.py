@@ -13,11 +13,9 @@ run leaves no server behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from lifeline.tools.broker import LOOPBACK, TestPKI, _die_with_parent, free_port, port_accepts
+from lifeline.tools.serverproc import ServerProcess
 
 DEFAULT_START_TIMEOUT_S = 30.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
@@ -63,7 +62,7 @@ class NodePorts:
     http: int
 
 
-class NatsNode:
+class NatsNode(ServerProcess):
     """One nats-server process of a :class:`NatsCluster` (use the cluster to create it)."""
 
     def __init__(self, name: str, workdir: Path, ports: NodePorts, executable: Path) -> None:
@@ -129,12 +128,11 @@ class NatsNode:
 
     # ----------------------------------------------------------------------------- lifecycle
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    error_type = NatsError
+    stop_timeout_s = DEFAULT_STOP_TIMEOUT_S
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def _label(self) -> str:
+        return self.name
 
     def _ports(self) -> list[int]:
         ports = [self.ports.client, self.ports.mqtt, self.ports.http]
@@ -194,53 +192,6 @@ class NatsNode:
         with urllib.request.urlopen(f"http://{self.host}:{self.ports.http}/jsz", timeout=2) as r:
             data: dict[str, object] = json.loads(r.read())
             return data
-
-    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """SIGTERM (lame-duck free shutdown), wait (bounded), then SIGKILL. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGCONT)
-                proc.terminate()
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout_s)
-        self._proc = None
-        self._wait_ports_closed(timeout_s)
-
-    def kill(self) -> None:
-        """SIGKILL: the node vanishes (no route goodbye, no flush of anything not yet on disk)."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=DEFAULT_STOP_TIMEOUT_S)
-        self._proc = None
-        self._wait_ports_closed(DEFAULT_STOP_TIMEOUT_S)
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open, nothing is answered (a hung node)."""
-        if self.is_running():
-            assert self._proc is not None
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self.is_running():
-            assert self._proc is not None
-            self._proc.send_signal(signal.SIGCONT)
-
-    def _wait_ports_closed(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while any(port_accepts(self.host, p, 0.05) for p in self._ports()):
-            if time.monotonic() > deadline:
-                raise NatsError(f"{self.name}: ports {self._ports()} still accept after the server stopped")
-            time.sleep(0.02)
 
     def log_text(self) -> str:
         try:
