@@ -212,8 +212,9 @@ def san_der(gateway_id: str) -> bytes:
 
 
 # What cryptography raises for bytes that are not a certificate it can read: ValueError for most damage,
-# x509.InvalidVersion (not a ValueError) for a version field other than v1 or v3.
-_DER_ERRORS = (ValueError, x509.InvalidVersion)
+# x509.InvalidVersion for a version field other than v1 or v3 and x509.DuplicateExtension (neither is a
+# ValueError) for an extension that appears twice (found lazily, when the extensions are first read).
+_DER_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension)
 
 
 def load_chain(data: bytes, what: str = "certificate file") -> list[x509.Certificate]:
@@ -251,8 +252,12 @@ def attach_chain(signer: cose_sign.SigningKey, chain_pem: bytes, gateway_id: str
         if not matches:
             raise CertError(f"{what}: the certificate is not for this gateway's signing key "
                             f"(suite {signer.suite})")
-    if gateway_id not in leaf_names(leaf):
-        raise CertError(f"{what}: the certificate names {sorted(leaf_names(leaf))}, not gateway {gateway_id!r}")
+    try:
+        names = leaf_names(leaf)
+    except CertError as e:
+        raise CertError(f"{what}: {e}") from None
+    if gateway_id not in names:
+        raise CertError(f"{what}: the certificate names {sorted(names)}, not gateway {gateway_id!r}")
     t = datetime.fromtimestamp(now, tz=UTC)
     if not leaf.not_valid_before_utc <= t <= leaf.not_valid_after_utc:
         raise CertError(f"{what}: the certificate is valid {leaf.not_valid_before_utc.isoformat()} to "
@@ -267,6 +272,8 @@ def leaf_names(cert: x509.Certificate) -> set[str]:
         names.update(san.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         pass
+    except _DER_ERRORS as e:
+        raise CertError(f"the certificate's extensions are malformed ({type(e).__name__})") from None
     return names
 
 
@@ -365,7 +372,7 @@ class CaTrust:
         for a in anchors:
             try:
                 is_ca = _is_ca(a)
-            except ValueError as e:
+            except _DER_ERRORS as e:
                 raise CertError(f"{ca_name}: a certificate has malformed extensions ({e})") from None
             if not is_ca:
                 raise CertError(f"{ca_name}: {a.subject.rfc4514_string()} is not a CA certificate "
@@ -406,7 +413,7 @@ class CaTrust:
         if checked is None:
             try:
                 checked = self._check_structure(ders)
-            except (ValueError, TypeError, UnsupportedAlgorithm, CertError) as e:  # lazily parsed parts
+            except (*_DER_ERRORS, TypeError, UnsupportedAlgorithm, CertError) as e:  # lazily parsed parts
                 if isinstance(e, BatchError):
                     raise
                 raise BatchError(R_BAD_CERTIFICATE, f"a certificate of the x5chain is malformed "

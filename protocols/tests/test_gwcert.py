@@ -247,3 +247,50 @@ def test_a_certificate_with_an_unknown_version_is_refused(cas: dict[str, TestCA]
     pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(buf)) + b"-----END CERTIFICATE-----\n"
     with pytest.raises(gwcert.CertError, match=r"not an X\.509 certificate"):
         gwcert.load_chain(pem)
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) items of a DER sequence's content (definite lengths only)."""
+    out, i = [], 0
+    while i < len(data):
+        tag, n = data[i], data[i + 1]
+        i += 2
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(data[i:i + k], "big")
+            i += k
+        out.append((tag, data[i:i + n]))
+        i += n
+    return out
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    head = bytes((n,)) if n < 0x80 else bytes((0x80 | ((n.bit_length() + 7) // 8),)) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes((tag,)) + head + body
+
+
+def test_a_certificate_with_a_duplicated_extension_is_refused(cas: dict[str, TestCA], tmp_path: Path) -> None:
+    """cryptography raises DuplicateExtension (not a ValueError) when the extensions are first read; the
+    sink and the gateway's own certificate check both turn it into a refusal with a reason."""
+    key = keys.generate_for("intl")
+    der = ders(cas["intl"].issue(gwcert.make_csr(key, "gw-1"), "gw-1"))[0]
+    [(_, cert_body)] = _der_items(der)
+    tbs_tag_body, *rest = _der_items(cert_body)
+    tbs = []
+    for tag, body in _der_items(tbs_tag_body[1]):
+        if tag == 0xA3:  # [3] Extensions: SEQUENCE OF Extension; repeat the first one
+            [(_, exts)] = _der_items(body)
+            first = _der_items(exts)[0]
+            body = _der(0x30, exts + _der(*first))
+        tbs.append(_der(tag, body))
+    mangled = _der(0x30, _der(0x30, b"".join(tbs)) + b"".join(_der(t, b) for t, b in rest))
+    signer = cose_sign.WithHeaders(cose_sign.signing_key(key), {33: mangled})
+    batch_bytes = BatchSigner(signer, "gw-1").sign([REC], 0, 1).data
+    with pytest.raises(BatchError) as e:
+        batch.verify(batch_bytes, gwcert.CaTrust.from_files(cas["intl"].cert.read_bytes()).resolver())
+    assert e.value.reason == "bad_certificate"
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(mangled) + b"-----END CERTIFICATE-----\n"
+    with pytest.raises(gwcert.CertError, match=r"gateway\.certificate_file: .*malformed"):
+        gwcert.attach_chain(cose_sign.signing_key(key), pem, "gw-1", now=time.time())
