@@ -351,15 +351,6 @@ class MosquittoBroker(ServerProcess):
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def log_text(self) -> str:
-        try:
-            return self._log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
     @property
     def url(self) -> str:
         return f"{self.host}:{self.port}"

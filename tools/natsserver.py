@@ -193,15 +193,6 @@ class NatsNode(ServerProcess):
             data: dict[str, object] = json.loads(r.read())
             return data
 
-    def log_text(self) -> str:
-        try:
-            return self._log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
     @property
     def url(self) -> str:
         """NATS client URL of this node."""

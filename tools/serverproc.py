@@ -1,6 +1,6 @@
 """The life cycle every local server the tests and benches start shares (Mosquitto, NATS nodes).
 
-A subclass owns how its process is configured and started; this mixin owns how it ends: SIGTERM with a
+A subclass owns how its process is configured and started; this mixin owns its log and how it ends: SIGTERM with a
 bounded wait then SIGKILL (``stop``), SIGKILL at once (``kill``), SIGSTOP/SIGCONT (``pause``/``resume``),
 and the wait until none of its ports accepts connections any more, so a restart on the same ports cannot
 race the old process.
@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 
 def port_accepts(host: str, port: int, timeout_s: float = 0.2) -> bool:
@@ -26,6 +27,7 @@ def port_accepts(host: str, port: int, timeout_s: float = 0.2) -> bool:
 class ServerProcess:
     host: str
     _proc: subprocess.Popen[bytes] | None
+    _log_file: Path  # where the subclass sends the server's stdout and stderr
     stop_timeout_s: float = 5.0
     error_type: type[Exception] = RuntimeError
 
@@ -80,6 +82,15 @@ class ServerProcess:
     def resume(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGCONT)
+
+    def log_text(self) -> str:
+        try:
+            return self._log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def _wait_ports_closed(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
