@@ -31,6 +31,7 @@ from lifeline.gateway.clock import lifeline_time
 from lifeline.gateway.config import BufferConfig
 from lifeline.gateway.ingress.base import Reception
 from lifeline.protocols import batch, schema
+from lifeline.protocols.fastpath import WireMap
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings(
@@ -79,7 +80,9 @@ def encode_reading(r: rec.Reading, extra: Sequence[Reception] = ()) -> bytes:
     here so that signing a batch is a concatenation (``BatchSigner.sign_encoded``).
 
     Hot path (every accepted reading): the bytes are put together from per-device and per-adapter
-    templates and the C CBOR encoder for the field map, without building a BatchRecord; anything
+    templates, without building a BatchRecord; the field map's bytes are the node's own when the frame
+    fast path vouched for them (a ``fastpath.WireMap``: the decrypted body is the map's deterministic CBOR),
+    else built from CBOR heads; anything
     outside the plain shape (an odd type, an out-of-range value) takes ``batch.encode_record``, which
     gives the same bytes or the precise error. Tests check both byte for byte."""
     fast = _encode_reading_fast(r, extra)
@@ -154,11 +157,42 @@ def _rx_bytes(x: Reception) -> bytes | None:
     return head + _head(0, rx_ms) + _i32(rssi) + _i32(snr)
 
 
+def _append_map(parts: list[bytes], fields: object) -> bool:
+    """Append the deterministic CBOR of a plain field map (uint keys < 2**16, int or bytes values) to
+    ``parts``; False for anything else (the generic encoder then gives the bytes or the precise error)."""
+    if type(fields) is not dict:
+        return False
+    nf = len(fields)
+    if nf >= 24:
+        return False
+    parts.append(_MAP[nf])
+    for k in sorted(fields):  # uint keys: RFC 8949 core deterministic order is numeric order
+        v = fields[k]
+        if type(k) is not int or not 0 <= k < 0x10000:
+            return False
+        parts.append(_UINT[k] if k < 256 else b"\x19" + k.to_bytes(2, "big"))
+        if type(v) is int:
+            if 0 <= v < 256:
+                parts.append(_UINT[v])
+            elif 0 <= v <= _U64:
+                parts.append(_head(0, v))
+            elif -_U64 - 1 <= v < 0:
+                parts.append(_head(1, -1 - v))
+            else:
+                return False
+        elif type(v) is bytes:
+            parts.append(_head(2, len(v)))
+            parts.append(v)
+        else:
+            return False
+    return True
+
+
 def _encode_reading_fast(r: rec.Reading, extra: Sequence[Reception]) -> bytes | None:
     dev, fcnt, node_time, kind, fields = r.device_id, r.fcnt, r.node_time, r.kind, r.fields
     rxs = r.receptions
     if (type(fcnt) is not int or type(node_time) is not int or type(kind) is not int or not 0 <= fcnt <= _U32
-            or not 0 <= node_time <= _U32 or not 0 <= kind < 256 or type(fields) is not dict or not rxs
+            or not 0 <= node_time <= _U32 or not 0 <= kind < 256 or not rxs
             or r.data_class not in (0, 1, 2, 3) or r.flags not in (0, 1, 2, 3, 4, 5, 6, 7)
             or r.priority not in (0, 1, 2) or type(r.data_class) is not int or type(r.flags) is not int
             or type(r.priority) is not int):
@@ -171,29 +205,11 @@ def _encode_reading_fast(r: rec.Reading, extra: Sequence[Reception]) -> bytes | 
         if len(_DEV_HEAD) >= _DEV_HEAD_MAX:
             _DEV_HEAD.clear()
         _DEV_HEAD[dev] = head
-    nf = len(fields)
-    if nf >= 24:
+    parts = [head, _u(fcnt), b"\x03", _u(node_time), b"\x04", b"", b"\x05", _UINT[kind], b"\x06"]
+    if type(fields) is WireMap:
+        parts.append(fields.cbor)  # the node's own deterministic CBOR of this map (fastpath.decode_parsed)
+    elif not _append_map(parts, fields):
         return None
-    parts = [head, _u(fcnt), b"\x03", _u(node_time), b"\x04", b"", b"\x05", _UINT[kind], b"\x06", _MAP[nf]]
-    for k in sorted(fields):  # uint keys: RFC 8949 core deterministic order is numeric order
-        v = fields[k]
-        if type(k) is not int or not 0 <= k < 0x10000:
-            return None
-        parts.append(_UINT[k] if k < 256 else b"\x19" + k.to_bytes(2, "big"))
-        if type(v) is int:
-            if 0 <= v < 256:
-                parts.append(_UINT[v])
-            elif 0 <= v <= _U64:
-                parts.append(_head(0, v))
-            elif -_U64 - 1 <= v < 0:
-                parts.append(_head(1, -1 - v))
-            else:
-                return None
-        elif type(v) is bytes:
-            parts.append(_head(2, len(v)))
-            parts.append(v)
-        else:
-            return None
     rx_ms = rxs[0].rx_ms
     if type(rx_ms) is not int or not 0 <= rx_ms <= _U64:
         return None

@@ -153,6 +153,16 @@ def _plainly_valid(kind: int, fields: dict[Any, Any], ascending: bool = False) -
     return required.issubset(fields)
 
 
+class WireMap(dict[int, Any]):
+    """A decoded body map that keeps the bytes it was decoded from, when those are exactly its deterministic
+    CBOR encoding (checked by :func:`decode_parsed`). Whoever re-encodes the map (the gateway's batch record
+    encoder) takes ``cbor`` instead of encoding it again. Read-only by contract, as every decoded map:
+    a changed map must be a new plain dict, which carries no bytes."""
+
+    __slots__ = ("cbor",)
+    cbor: bytes
+
+
 def decode(data: bytes, keys: frame.Keys, downlink: bool = False,
            allowed: frozenset[int] | None = None) -> frame.Frame:
     """Verify, decrypt and decode; raises frame.FrameError only."""
@@ -184,4 +194,6 @@ def decode_parsed(header: frame.Header, data: bytes, keys: frame.Keys, downlink:
         fast = False
     if not fast:
         return frame.decode_body(header, body)  # the reference decoder gives the canonical verdict
-    return frame.Frame(header, fields)
+    wire = WireMap(fields)
+    wire.cbor = body
+    return frame.Frame(header, wire)

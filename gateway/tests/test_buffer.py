@@ -28,7 +28,7 @@ from lifeline.gateway.config import BufferConfig
 from lifeline.gateway.ingress.base import Reception
 from lifeline.gateway.statedb import Transaction, connect
 from lifeline.gateway.testing import MemoryPublisher, TestNode, start_harness
-from lifeline.protocols import batch, schema
+from lifeline.protocols import batch, fastpath, schema
 
 P_A, P_E, P_P = schema.P_ALARM, schema.P_EVENT, schema.P_PERIODIC
 DAY_MS = 86_400_000
@@ -298,6 +298,28 @@ def test_fast_reading_encoder_gives_the_reference_bytes(dev: bytes, fcnt: int, n
     assert encode_reading(r, extra) == ref
     fast = buffer_module._encode_reading_fast(r, extra)
     assert fast is None or fast == ref
+
+
+@settings(max_examples=300, deadline=None)
+@given(level=st.integers(0, 20_000), rate=st.integers(-20_000, 20_000), batt=st.integers(0, 4500),
+       fcnt=st.integers(1, 2**32 - 1), n_extra=st.integers(0, 2))
+def test_reading_from_a_decoded_frame_encodes_to_the_reference_bytes(level: int, rate: int, batt: int, fcnt: int,
+                                                                     n_extra: int) -> None:
+    """A reading whose fields came from the frame fast path (a WireMap: the node's own CBOR of the map is
+    reused, not re-encoded) gives exactly the generic encoder's record bytes."""
+    node = TestNode(bytes.fromhex("4c4c000000000007"), kind="water_level")
+    fields: dict[int, int | bytes] = {1: level, 2: rate, 15: batt}
+    decoded = fastpath.decode(node.uplink(schema.K_WATER_LEVEL, fields, fcnt=fcnt), node.keys)
+    assert type(decoded.fields) is fastpath.WireMap
+    rxs = tuple(Reception("lora-udp", f"gw{i}", 1_763_783_000_000 + i, -90 - i, 50 - i) for i in range(3))
+    r = rec.Reading(id=1, device_id=node.device_id, fcnt=fcnt, node_time=100_000, kind=schema.K_WATER_LEVEL,
+                    fields=decoded.fields, data_class=1, priority=2, flags=0, frame_flags=0, receptions=rxs[:1])
+    extra = rxs[1:1 + n_extra]
+    ref = batch.encode_record(batch.BatchRecord(
+        node.device_id, fcnt, 100_000, r.rx_ms, schema.K_WATER_LEVEL, fields, 1,
+        tuple(wire_reception(x) for x in r.receptions + extra), 0, rec.RT_READING, 2))
+    assert buffer_module._encode_reading_fast(r, extra) == ref
+    assert decode_record(ref).fields == fields
 
 
 def test_fast_reading_encoder_takes_the_plain_shape_and_hands_on_the_rest() -> None:

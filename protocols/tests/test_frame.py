@@ -298,6 +298,20 @@ def test_fast_field_check_agrees_with_the_reference(kind: int, fields: dict[Any,
     assert fastpath._plainly_valid(kind, fields) == ok
 
 
+@settings(max_examples=300, deadline=None)
+@given(frames())
+def test_fast_path_map_carries_exactly_its_deterministic_encoding(
+        case: tuple[frame.Keys, int, int, int, dict[int, Any], int]) -> None:
+    """What the fast path hands on as a WireMap's bytes is the map's deterministic CBOR (the gateway signs
+    those bytes instead of encoding the map again), for every kind, suite and flag combination."""
+    keys, kind, fcnt, time, fields, flags = case
+    data = frame.encode(keys, keys.dev_id, fcnt, time, kind, fields, flags)
+    f = fastpath.decode(data, keys, bool(flags & frame.FLAG_DOWN))
+    assert type(f.fields) is fastpath.WireMap
+    assert f.fields.cbor == cbor.dumps(fields)
+    assert f.fields == fields
+
+
 @pytest.mark.parametrize("body", [
     bytes.fromhex("a3011901f4020c0f190d48"),  # {1: 500, 2: 12, 15: 3400}: deterministic
     bytes.fromhex("a3020c011901f40f190d48"),  # same map, keys out of order
@@ -315,7 +329,11 @@ def test_fast_path_takes_only_deterministic_bodies_and_agrees_with_the_reference
     outcomes: list[tuple[str, object]] = []
     for decode in (frame.decode, fastpath.decode):
         try:
-            outcomes.append(("ok", decode(data, keys).fields))
+            fields = decode(data, keys).fields
+            outcomes.append(("ok", fields))
+            if type(fields) is fastpath.WireMap:  # bytes are handed on only when they are the canonical ones
+                assert fields.cbor == body == cbor.dumps(dict(fields))
         except frame.FrameError as e:
             outcomes.append(("rejected", e.reason))
     assert outcomes[0] == outcomes[1]
+    assert (type(outcomes[1][1]) is fastpath.WireMap) == (body == bytes.fromhex("a3011901f4020c0f190d48"))
