@@ -18,7 +18,6 @@ import json
 import os
 import re
 import secrets
-import stat
 from collections.abc import Callable, Iterable, Mapping
 from html import escape
 from pathlib import Path
@@ -28,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from lifeline.gateway.log import Log
 from lifeline.gateway.metrics import Counter
 from lifeline.gateway.statusinfo import age_text, size_text
+from lifeline.protocols import keys
 
 if TYPE_CHECKING:
     from lifeline.gateway.daemon import Gateway
@@ -81,26 +81,17 @@ def load_token(path: Path) -> str:
     """The token in ``path``: a regular file, not readable by group/others, one line of >= 16 visible
     ASCII characters. Raises StatusPageError naming the file and the problem (never the content)."""
     where = f"status_page.token_file {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise StatusPageError(f"{where} does not exist (lifeline gateway init creates it)") from None
-    except OSError as e:
-        raise StatusPageError(f"{where}: cannot open: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StatusPageError(f"{where} is not a regular file")
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise StatusPageError(f"{where} has mode {stat.S_IMODE(st.st_mode):04o}; run `chmod 600 {path}`")
-        data = os.read(fd, MAX_TOKEN_FILE + 1)
-    finally:
-        os.close(fd)
+
+    def refused(reason: str, message: str) -> StatusPageError:
+        hint = " (lifeline gateway init creates it)" if reason == "missing" else ""
+        return StatusPageError(message + hint)
+
+    data = keys.read_private_file(path, "status_page.token_file", max_bytes=MAX_TOKEN_FILE, error=refused)
     try:
         token = data.decode("ascii").strip()
     except UnicodeDecodeError:
         raise StatusPageError(f"{where} is not ASCII text") from None
-    if len(data) > MAX_TOKEN_FILE or len(token) < MIN_TOKEN_LEN or not _TOKEN_TEXT.match(token):
+    if len(token) < MIN_TOKEN_LEN or not _TOKEN_TEXT.match(token):
         raise StatusPageError(f"{where} must hold one token of {MIN_TOKEN_LEN} or more visible characters")
     return token
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import overload
 
@@ -98,6 +99,38 @@ def write_private_file(path: Path, data: bytes, *, overwrite: bool = False, what
     return path
 
 
+def read_private_file(path: Path, what: str, *, max_bytes: int = MAX_KEY_FILE,
+                      error: Callable[[str, str], Exception] = KeyFileError) -> bytes:
+    """The bytes of a private file (a key, a key-encryption key, a PIN, a token), the counterpart of
+    :func:`write_private_file`: opened without following a symbolic link, and only if it is a regular file of
+    mode 0600 or stricter and at most ``max_bytes`` long. Otherwise raises ``error(reason, message)``, reason
+    one of ``missing``, ``unreadable`` (a symbolic link lands here), ``not_a_file``, ``insecure_permissions``,
+    ``too_large``; the message names ``what`` and ``path`` and what to do, never the content."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise error("missing", f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise error("unreadable", f"cannot open {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error("not_a_file", f"{what} {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise error("insecure_permissions", f"{what} {path} has mode {mode:04o}: group/others may read or "
+                        f"write it; run `chmod 600 {path}` (and treat what it holds as disclosed)")
+        data = b""
+        if st.st_size <= max_bytes:  # refused unread if larger; one that grows while read is bounded too
+            while len(data) <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - len(data))):
+                data += chunk
+    finally:
+        os.close(fd)
+    if max(st.st_size, len(data)) > max_bytes:
+        raise error("too_large", f"{what} {path} is larger than {max_bytes} bytes")
+    return data
+
+
 def save_private_key(
     key: PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
@@ -114,7 +147,7 @@ def save_private_key(
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Read an Ed25519 private key PEM, refusing a file that group or others may read or write."""
     p = Path(path)
-    pem = _read_key_file(p)
+    pem = read_private_file(p, "key file")
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -129,7 +162,7 @@ def load_signing_key(path: str | os.PathLike[str], suite: str | None = None) -> 
     """Read the gateway's signing key (Ed25519 or SM2 PEM), with the permission checks of
     :func:`load_private_key`; if ``suite`` is given the key must belong to it."""
     p = Path(path)
-    pem = _read_key_file(p)
+    pem = read_private_file(p, "key file")
     key: PrivateKey
     try:
         loaded = serialization.load_pem_private_key(pem, password=None)
@@ -150,39 +183,6 @@ def load_signing_key(path: str | os.PathLike[str], suite: str | None = None) -> 
         raise KeyFileError("wrong_suite", f"key file {p} holds {kind} key (suite {suite_of(key)}), but the "
                            f"configured suite is {suite}; run `lifeline gateway keygen --suite {suite}`")
     return key
-
-
-def _read_key_file(p: Path) -> bytes:
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise KeyFileError("missing", f"key file {p} does not exist") from None
-    except OSError as exc:
-        raise KeyFileError("unreadable", f"cannot open key file {p}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError("not_a_file", f"key file {p} is not a regular file")
-        loose = stat.S_IMODE(st.st_mode) & 0o077
-        if loose:
-            raise KeyFileError(
-                "insecure_permissions",
-                f"key file {p} has mode {stat.S_IMODE(st.st_mode):04o}: group/others may read or write it; "
-                f"run `chmod 600 {p}` (and check who has seen it)",
-            )
-        if st.st_size > MAX_KEY_FILE:
-            raise KeyFileError("bad_key", f"key file {p} is {st.st_size} bytes, too large for a key")
-        chunks = []
-        while True:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if sum(map(len, chunks)) > MAX_KEY_FILE:
-                raise KeyFileError("bad_key", f"key file {p} is too large for a key")
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
 
 
 @overload

@@ -9,16 +9,15 @@ input, the answer is JSON or a usage message, never a traceback.
 from __future__ import annotations
 
 import json
-import os
-import stat
 import string
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from lifeline.protocols import frame, render, schema, suites
+from lifeline.protocols import frame, keys, render, schema, suites
 
 MAX_READ = 64 * 1024  # read at most this much input; frames are <= 255 bytes anyway
 _HEX = frozenset(string.hexdigits)
@@ -73,19 +72,9 @@ def _parse_key(text: bytes, source: str) -> bytes:
 
 def _read_key_file(path: str) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        _fail_env(f"cannot open key file {path}: {exc.strerror}")
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            _fail_env(f"key file {path} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            _fail_env(f"key file {path} has mode {mode:04o}: group/others may read it; run `chmod 600 {path}`")
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
+        data = keys.read_private_file(Path(path), "key file", max_bytes=4096)
+    except keys.KeyFileError as exc:
+        _fail_env(str(exc))
     return _parse_key(data.strip() if _hex_or_none(data) is not None else data, "--key-file")
 
 

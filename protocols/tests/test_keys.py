@@ -114,6 +114,39 @@ def test_load_does_not_follow_a_symlink(tmp_path: Path) -> None:
     assert info.value.reason == "unreadable"
 
 
+class Refused(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def test_read_private_file_bounds_the_size_and_raises_the_callers_error(tmp_path: Path) -> None:
+    """The one reader of 0600 files (keys, KEK, PIN, status-page token): a size bound, the caller's
+    exception type, never the content in a message."""
+    secret = b"s3cret-pin"
+    path = keys.write_private_file(tmp_path / "token.pin", secret)
+    assert keys.read_private_file(path, "PIN file", max_bytes=len(secret), error=Refused) == secret
+    with pytest.raises(Refused) as info:
+        keys.read_private_file(path, "PIN file", max_bytes=len(secret) - 1, error=Refused)
+    assert info.value.reason == "too_large"
+    assert str(info.value) == f"PIN file {path} is larger than {len(secret) - 1} bytes"
+    big = keys.write_private_file(tmp_path / "big.key", b"k" * (keys.MAX_KEY_FILE + 1))
+    with pytest.raises(keys.KeyFileError) as kinfo:
+        keys.load_signing_key(big)
+    assert kinfo.value.reason == "too_large"
+    os.chmod(path, 0o640)
+    with pytest.raises(Refused) as info:
+        keys.read_private_file(path, "PIN file", error=Refused)
+    assert info.value.reason == "insecure_permissions" and "0640" in str(info.value)
+    assert secret.decode() not in str(info.value)
+    link = tmp_path / "link.pin"
+    link.symlink_to(path)
+    os.chmod(path, 0o600)
+    with pytest.raises(Refused) as info:
+        keys.read_private_file(link, "PIN file", error=Refused)
+    assert info.value.reason == "unreadable"
+
+
 def test_public_key_exports_round_trip() -> None:
     key = keys.generate()
     raw = keys.public_key_raw(key)
