@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from lifeline.gateway.daemon import BUFFER_CACHE_KIB
 from lifeline.gateway.devices import DeviceInfo, KeyCache
-from lifeline.gateway.testing import TestNode
+from lifeline.gateway.testing import TestNode, start_harness
 from lifeline.protocols import fastpath, frame, schema
 
 
@@ -76,3 +79,18 @@ def test_new_epoch_or_suite_derives_again_and_invalidate_forgets() -> None:
     assert len(cache) == 0
     cache.get(sm)
     assert cache.derivations == 4
+
+
+async def test_daemon_keys_and_buffer_cache_bounds(tmp_path: Path) -> None:
+    """The daemon's cache of uplink keys serves its frames; the buffer's SQLite page cache is the small one."""
+    nodes = NODES[:2]
+    h = await start_harness(tmp_path, nodes)
+    try:
+        for n in nodes:
+            await h.hear(n.uplink(schema.K_WATER_LEVEL, {1: 300, 2: 12, 15: 3400}))
+            await h.hear(n.uplink(schema.K_WATER_LEVEL, {1: 301, 2: 12, 15: 3400}))
+        assert h.gw.stats.accepted.total() == 4 and h.rejects() == {}
+        assert len(h.gw.keys) == 2 and h.gw.keys.derivations == 2
+        assert h.gw.db.run_sync(lambda c: c.execute("PRAGMA cache_size").fetchone()[0]) == -BUFFER_CACHE_KIB
+    finally:
+        await h.stop()
