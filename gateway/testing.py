@@ -1,5 +1,5 @@
 """In-process stand-ins for tests of the gateway's own logic (not for end-to-end tests, which use the
-real MqttUplink against a real Mosquitto).
+real MqttUplink against a real Mosquitto, and the real daemon: :mod:`lifeline.gateway.testing_proc`).
 
 :class:`MemoryPublisher` satisfies AckedPublisher: it records what was published and can be switched
 offline, or told to hold PUBACKs, to exercise the forwarder's retry and outbox paths.
@@ -14,7 +14,6 @@ import hashlib
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from lifeline.gateway.config import GatewayConfig, load
 from lifeline.gateway.daemon import Gateway
 from lifeline.gateway.ingress.base import DownlinkRequest, FrameSink, RawFrame, Reception
 from lifeline.gateway.registry import Registry
+from lifeline.gateway.testing_proc import LIFELINE
 from lifeline.gateway.uplink_api import UplinkUnavailable
 from lifeline.protocols import batch, frame, keys, schema, suites
 
@@ -94,9 +94,6 @@ class MemoryAdapter:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-LIFELINE = str(Path(sys.executable).with_name("lifeline"))  # the installed CLI next to this interpreter
-
 
 def free_udp_port() -> int:
     """A loopback UDP port that was free a moment ago (for a packet forwarder's gateway port)."""

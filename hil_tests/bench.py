@@ -25,9 +25,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lifeline.gateway.testing_proc import GatewayProcess, wait_until
 from lifeline.hil_tests.app import App
 from lifeline.hil_tests.dut import Dut, Operator, read_board_config, serial_dut, sim_dut
-from lifeline.hil_tests.gateway_proc import GATEWAY_ID, GatewayProcess, GatewaySettings, wait_until
+from lifeline.hil_tests.gateway_proc import GATEWAY_ID, GatewaySettings
 from lifeline.hil_tests.platform import Platform
 from lifeline.protocols import keys
 
@@ -172,7 +173,7 @@ class Bench:
         settings = GatewaySettings(lora_serial=modem, lora_sf=sfs.pop() if sfs else 9, platform=self.platform.address,
                                    node_broker=(self.node_broker.host, self.node_broker.port), quota_mb=self.quota_mb,
                                    rule_files=rule_files, trusted_technicians=trusted)
-        self._gateway = GatewayProcess(wd / "gateway", settings)
+        self._gateway = GatewayProcess(wd / "gateway", settings.spec())
         if records:
             self.gateway.import_devices(records)
         self.records = records

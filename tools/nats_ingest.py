@@ -12,125 +12,39 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lifeline.gateway.testing_proc import (
+    LIFELINE,
+    Endpoint,
+    GatewayProcess,
+    GatewaySpec,
+    log_tail,
+    stop_process,
+    wait_until,
+)
 from lifeline.tools.broker import MosquittoBroker
 from lifeline.tools.natsserver import NatsCluster, NatsNode
 
-LIFELINE = str(Path(sys.executable).with_name("lifeline"))
 
-
-def wait_until(pred: Callable[[], bool], timeout_s: float, what: str,
-               explain: Callable[[], str] | None = None) -> None:
-    """Wait for a condition with a deadline (polling; never a fixed sleep for correctness)."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            more = f"\n{explain()}" if explain is not None else ""
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{more}")
-        time.sleep(0.05)
-
-
-class GatewayDaemon:
-    """One ``lifeline gateway run`` with its own state dir, key, NB-IoT node broker and NATS endpoints.
-
-    ``endpoints`` are the cluster nodes in this gateway's priority order (the first is preferred).
-    """
-
-    def __init__(self, workdir: Path, gateway_id: str, endpoints: Sequence[NatsNode],
-                 nodes_broker: MosquittoBroker, *, max_inflight: int = 4, batch_max: int = 512) -> None:
-        self.id = gateway_id
-        self.dir = workdir
-        self.state = workdir / "state"
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.config = workdir / "gateway.toml"
-        self.log = workdir / "gateway.log"
-        self.nodes_broker = nodes_broker
-        lines = [
-            "[gateway]", f'id = "{gateway_id}"', f'state_dir = "{self.state}"',
-            f'key_file = "{self.state / "gateway.key"}"',
-            "[metrics]", 'listen = "127.0.0.1"', "port = 0",
-            "[buffer]", "maintenance_s = 1",
-            "[forwarder]", f"max_inflight = {max_inflight}", f"batch_max = {batch_max}",
-            "retry_initial_ms = 200", "retry_max_ms = 2000",
-            "[uplink]", 'protocol = "3.1.1"', "keepalive_s = 5", "connect_timeout_s = 2", "publish_timeout_s = 8",
-            "backoff_initial_s = 1", "backoff_max_s = 2", "failback_s = 5",
-        ]
-        for prio, node in enumerate(endpoints):
-            lines += ["[[uplink.endpoints]]", f'name = "{node.name}"', 'host = "127.0.0.1"',
-                      f"port = {node.ports.mqtt}", f"priority = {prio}"]
-        lines += [
-            "[[ingress]]", 'type = "nbiot-mqtt"', 'name = "nb0"', "[ingress.options]",
-            'host = "127.0.0.1"', f"port = {nodes_broker.port}", f'client_id = "{gateway_id}-nb0"',
-            "reconnect_min_s = 0.1", "reconnect_max_s = 1.0",
-        ]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-        r = self.cli("keygen", "--out", str(self.state / "gateway.key"))
-        self.public_key_hex = r.stdout.strip()
-        self.public_key_file = workdir / "gateway.pub"
-        self.public_key_file.write_text(self.public_key_hex + "\n")
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([LIFELINE, "gateway", *args], capture_output=True, text=True, timeout=60, check=False)
-        if r.returncode != 0:
-            raise AssertionError(f"lifeline gateway {' '.join(args)}: {r.stderr}")
-        return r
-
-    def import_devices(self, records: Sequence[dict[str, object]]) -> None:
-        prov = self.dir / "devices.jsonl"
-        prov.write_text("".join(json.dumps(r) + "\n" for r in records))
-        self.cli("devices", "import", str(prov), "--config", str(self.config))
-
-    def start(self) -> None:
-        (self.state / "metrics.addr").unlink(missing_ok=True)
-        log = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        try:
-            self.proc = subprocess.Popen([LIFELINE, "gateway", "run", "--config", str(self.config)],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        wait_until(lambda: self._metrics_url() is not None or self.proc is None or self.proc.poll() is not None,
-                   30, f"{self.id} metrics endpoint")
-        assert self.proc.poll() is None, self.log_tail()
-
-    def _metrics_url(self) -> str | None:
-        try:
-            addr = (self.state / "metrics.addr").read_text().strip()
-        except FileNotFoundError:
-            return None
-        return f"http://{addr}/metrics" if addr else None
-
-    def metric(self, name: str, **labels: str) -> float:
-        from lifeline.gateway.metrics import parse_text
-
-        url = self._metrics_url()
-        if url is None:
-            return 0.0
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            metrics = parse_text(resp.read().decode())
-        return sum(v for lab, v in metrics.get(f"lifeline_gateway_{name}", [])
-                   if all(lab.get(k) == x for k, x in labels.items()))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
+def nats_gateway(workdir: Path, gateway_id: str, endpoints: Sequence[NatsNode], nodes_broker: MosquittoBroker, *,
+                 max_inflight: int = 4, batch_max: int = 512) -> GatewayProcess:
+    """One ``lifeline gateway run`` of the rig, in ``workdir``: its NB-IoT nodes on ``nodes_broker``, an MQTT 3.1.1
+    uplink to every node of ``endpoints`` in this gateway's priority order (the first is preferred), failing
+    back to it after 5 s."""
+    spec = GatewaySpec(
+        gateway_id,
+        endpoints=[Endpoint(n.name, "127.0.0.1", n.ports.mqtt, priority=i) for i, n in enumerate(endpoints)],
+        nbiot_broker=("127.0.0.1", nodes_broker.port),
+        sections={
+            "forwarder": {"max_inflight": max_inflight, "batch_max": batch_max, "retry_initial_ms": 200,
+                          "retry_max_ms": 2000},
+            "uplink": {"protocol": "3.1.1", "publish_timeout_s": 8, "backoff_initial_s": 1, "backoff_max_s": 2,
+                       "failback_s": 5},
+        })
+    return GatewayProcess(workdir, spec)
 
 
 class SinkProcess:
@@ -191,23 +105,10 @@ class SinkProcess:
 
     def stop(self) -> int | None:
         """SIGINT (the CLI prints its summary and exits), bounded; then SIGKILL."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc, signal.SIGINT)
 
     def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.err.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
+        return log_tail(self.err, n)
 
 
 def rotated(cluster: NatsCluster, first: int) -> list[NatsNode]:

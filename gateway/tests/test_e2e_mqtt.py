@@ -8,155 +8,45 @@ the gateway uplinks to, so the platform side can fail while nodes keep reporting
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
-import sqlite3
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import cbor2
 import pytest
 
-from lifeline.gateway.metrics import parse_text
 from lifeline.gateway.testing import TestNode
+from lifeline.gateway.testing_proc import Endpoint, GatewayProcess, GatewaySpec, wait_until
 from lifeline.protocols import frame, schema
 from lifeline.tools.broker import CertPair, MosquittoBroker, TestPKI
 from lifeline.tools.nbiot_sim import NbiotNodeSim
 from lifeline.tools.pgserver import PgServer
 from lifeline.tools.platform_sink import PlatformSink, SinkTimeout
 
-LIFELINE = str(Path(sys.executable).with_name("lifeline"))
 GW = "gw-e2e"
 Key = tuple[bytes, int]  # (device id, fcnt)
 
 
-def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Wait for a condition with a deadline (polling; never a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
-
-
-class GatewayProcess:
-    """One gateway: state dir, key, config, registry; started and stopped as ``lifeline gateway run``."""
-
-    def __init__(self, tmp: Path, platform: MosquittoBroker, nodes_broker: MosquittoBroker, *,
-                 tls: tuple[TestPKI, CertPair] | None = None, dedupe_window_ms: int | None = None,
-                 suite: str = "intl", gateway_lines: tuple[str, ...] = ()) -> None:
-        self.state = tmp / "state"
-        self.state.mkdir(parents=True)
-        self.config = tmp / "gateway.toml"
-        self.log = tmp / "gateway.log"
-        lines = [
-            "[gateway]", f'id = "{GW}"', f'state_dir = "{self.state}"', f'key_file = "{self.state / "gateway.key"}"',
-            f'suite = "{suite}"', *gateway_lines,
-            "[metrics]", 'listen = "127.0.0.1"', "port = 0",
-            "[buffer]", "maintenance_s = 1",
-            "[uplink]", "keepalive_s = 5", "connect_timeout_s = 2", "publish_timeout_s = 3",
-            "[[uplink.endpoints]]", 'name = "platform"', 'host = "127.0.0.1"',
-        ]
-        if tls is not None:
-            pki, pair = tls
-            lines += [f"port = {platform.tls_port}", f'tls_ca = "{pki.ca_cert}"', f'tls_cert = "{pair.cert}"',
-                      f'tls_key = "{pair.key}"']
-        else:
-            lines += [f"port = {platform.port}"]
-        if dedupe_window_ms is not None:
-            lines += ["[dedupe]", f"window_ms = {dedupe_window_ms}", f"collect_ms = {min(200, dedupe_window_ms)}"]
-        lines += [
-            "[[ingress]]", 'type = "nbiot-mqtt"', 'name = "nb0"', "[ingress.options]",
-            'host = "127.0.0.1"', f"port = {nodes_broker.port}", f'client_id = "{GW}-nb0"',
-            "reconnect_min_s = 0.1", "reconnect_max_s = 1.0",
-        ]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-        r = self.cli("keygen", "--suite", suite, "--out", str(self.state / "gateway.key"))
-        self.public_key_hex = r.stdout.strip()
-        self.public_key_file = tmp / "gateway.pub"
-        self.public_key_file.write_text(self.public_key_hex + "\n")
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([LIFELINE, "gateway", *args], capture_output=True, text=True, timeout=60)
-        if check:
-            assert r.returncode == 0, f"lifeline gateway {' '.join(args)}: {r.stderr}"
-        return r
-
-    def import_devices(self, nodes: list[TestNode]) -> None:
-        prov = self.state.parent / "devices.jsonl"
-        prov.write_text("".join(json.dumps(n.record()) + "\n" for n in nodes))
-        self.cli("devices", "import", str(prov), "--config", str(self.config))
-
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        (self.state / "metrics.addr").unlink(missing_ok=True)
-        log = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        try:
-            self.proc = subprocess.Popen([LIFELINE, "gateway", "run", "--config", str(self.config)],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        wait_until(lambda: self._metrics_url() is not None or self.proc is None or self.proc.poll() is not None,
-                   30, "gateway metrics endpoint")
-        assert self.proc.poll() is None, self.log_tail()
-
-    def _metrics_url(self) -> str | None:
-        try:
-            addr = (self.state / "metrics.addr").read_text().strip()
-        except FileNotFoundError:
-            return None
-        return f"http://{addr}/metrics" if addr else None
-
-    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        url = self._metrics_url()
-        assert url is not None
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return parse_text(resp.read().decode())
-
-    def metric(self, name: str, **labels: str) -> float:
-        return sum(v for lab, v in self.metrics().get(f"lifeline_gateway_{name}", [])
-                   if all(lab.get(k) == x for k, x in labels.items()))
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def buffered_readings(self) -> set[Key]:
-        """(device, fcnt) of every reading committed to the buffer and not yet PUBACKed (read-only open)."""
-        conn = sqlite3.connect(f"file:{self.state / 'buffer.db'}?mode=ro", uri=True)
-        try:
-            rows = conn.execute("SELECT record FROM readings").fetchall()
-        finally:
-            conn.close()
-        out: set[Key] = set()
-        for (blob,) in rows:
-            rec = cbor2.loads(blob)
-            if rec.get(10, 0) == 0:  # readings, not gateway events
-                out.add((bytes(rec[1]), int(rec[2])))
-        return out
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
+def new_gateway(tmp: Path, platform: MosquittoBroker, nodes_broker: MosquittoBroker, *,
+                tls: tuple[TestPKI, CertPair] | None = None, dedupe_window_ms: int | None = None,
+                suite: str = "intl", certificate_file: Path | None = None) -> GatewayProcess:
+    """The gateway under test in ``tmp``: an nbiot-mqtt ingress on the node broker, the platform broker as its one
+    uplink endpoint (with ``tls``, on its TLS listener with a client certificate)."""
+    if tls is None:
+        platform_ep = Endpoint("platform", "127.0.0.1", platform.port)
+    else:
+        pki, pair = tls
+        assert platform.tls_port is not None, "the platform broker has no TLS listener"
+        platform_ep = Endpoint("platform", "127.0.0.1", platform.tls_port, tls_ca=pki.ca_cert, tls_cert=pair.cert,
+                               tls_key=pair.key)
+    gateway: dict[str, object] = {"suite": suite}
+    if certificate_file is not None:
+        gateway["certificate_file"] = certificate_file
+    sections: dict[str, dict[str, object]] = {"gateway": gateway}
+    if dedupe_window_ms is not None:
+        sections["dedupe"] = {"window_ms": dedupe_window_ms, "collect_ms": min(200, dedupe_window_ms)}
+    return GatewayProcess(tmp, GatewaySpec(GW, endpoints=[platform_ep], nbiot_broker=("127.0.0.1", nodes_broker.port),
+                                           sections=sections))
 
 
 @contextlib.contextmanager
@@ -202,8 +92,8 @@ def test_nbiot_frames_reach_the_platform_verified_and_in_order(
     tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
 ) -> None:
     nodes = make_nodes(3)
-    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker)
-    gw.import_devices(nodes)
+    gw = new_gateway(tmp_path, mosquitto, nodes_broker)
+    gw.import_devices(n.record() for n in nodes)
     with PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink:
         gw.start()
         try:
@@ -239,8 +129,8 @@ def test_platform_broker_restart_loses_nothing(tmp_path: Path, nodes_broker: Mos
     # non-shared subscription, so the broker queues batches for it even before it has reconnected.
     nodes = make_nodes(2)
     with MosquittoBroker(workdir=tmp_path / "platform-broker", persistence=True) as platform:
-        gw = GatewayProcess(tmp_path, platform, nodes_broker)
-        gw.import_devices(nodes)
+        gw = new_gateway(tmp_path, platform, nodes_broker)
+        gw.import_devices(n.record() for n in nodes)
         sink = PlatformSink(platform.host, platform.port, db=tmp_path / "platform.db", trust=trust(gw),
                             client_id="sink-durable", session_expiry_s=3600, share_group=None).start()
         gw.start()
@@ -279,8 +169,8 @@ def test_sink_stores_into_postgresql_and_carries_on_after_a_postgres_restart(
     # A real gateway -> Mosquitto -> sink -> a real PostgreSQL that is stopped (pg_ctl stop -m fast) and
     # started again mid-stream: the sink holds the batch it could not store, retries by itself, reconnects.
     nodes = make_nodes(3)
-    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker)
-    gw.import_devices(nodes)
+    gw = new_gateway(tmp_path, mosquitto, nodes_broker)
+    gw.import_devices(n.record() for n in nodes)
     with PlatformSink(mosquitto.host, mosquitto.port, store=pg_server.url, trust=trust(gw),
                       store_retry_s=60) as sink:
         gw.start()
@@ -312,8 +202,8 @@ def test_kill_9_mid_stream_loses_no_committed_reading(
     tmp_path: Path, mosquitto: MosquittoBroker, nodes_broker: MosquittoBroker
 ) -> None:
     nodes = make_nodes(3)
-    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker)
-    gw.import_devices(nodes)
+    gw = new_gateway(tmp_path, mosquitto, nodes_broker)
+    gw.import_devices(n.record() for n in nodes)
     with PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink:
         gw.start()
         sims = [sim(nodes_broker, n).connect() for n in nodes]
@@ -369,8 +259,8 @@ def test_tls_with_client_certificates(
 ) -> None:
     nodes = make_nodes(1)
     pair = test_pki.client(GW)  # CN = gateway id = MQTT username
-    gw = GatewayProcess(tmp_path, mosquitto_tls, nodes_broker, tls=(test_pki, pair))
-    gw.import_devices(nodes)
+    gw = new_gateway(tmp_path, mosquitto_tls, nodes_broker, tls=(test_pki, pair))
+    gw.import_devices(n.record() for n in nodes)
     with PlatformSink(mosquitto_tls.host, mosquitto_tls.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink:
         gw.start()
         try:
@@ -392,8 +282,8 @@ def test_bad_frames_through_nbiot_are_rejected_and_nothing_is_forwarded(
     nodes = make_nodes(3)
     good, to_revoke, _ = nodes
     unknown = TestNode(bytes.fromhex("7effffffffffffff"), kind="smoke")  # never imported
-    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker, dedupe_window_ms=0)
-    gw.import_devices(nodes)
+    gw = new_gateway(tmp_path, mosquitto, nodes_broker, dedupe_window_ms=0)
+    gw.import_devices(n.record() for n in nodes)
     with PlatformSink(mosquitto.host, mosquitto.port, db=tmp_path / "platform.db", trust=trust(gw)) as sink:
         gw.start()
         try:
@@ -443,9 +333,9 @@ def test_sm_suite_batches_are_verified_at_the_sink_end_to_end(
     """Suite sm: the gateway signs with SM2 (key from `keygen --suite sm`), the sink verifies with the pinned
     65-byte SM2 public key; an Ed25519 pin for the same gateway refuses the batches as the wrong suite."""
     nodes = make_nodes(2, prefix="sm")
-    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker, suite="sm")
+    gw = new_gateway(tmp_path, mosquitto, nodes_broker, suite="sm")
     assert len(bytes.fromhex(gw.public_key_hex)) == 65
-    gw.import_devices(nodes)
+    gw.import_devices(n.record() for n in nodes)
     from lifeline.protocols import keys
 
     wrong = {GW: keys.public_key_raw(keys.generate_for("intl"))}
@@ -482,9 +372,8 @@ def test_gateway_identity_from_a_ca_over_mqtt(
 
     cert_file = tmp_path / "gateway.crt"
     nodes = make_nodes(1, prefix="ca")
-    gw = GatewayProcess(tmp_path, mosquitto, nodes_broker, suite="sm",
-                        gateway_lines=(f'certificate_file = "{cert_file}"',))
-    gw.import_devices(nodes)
+    gw = new_gateway(tmp_path, mosquitto, nodes_broker, suite="sm", certificate_file=cert_file)
+    gw.import_devices(n.record() for n in nodes)
     csr = gw.cli("csr", "--config", str(gw.config)).stdout.encode()
     city = TestCA(tmp_path / "city-ca", "sm")
     rogue = TestCA(tmp_path / "rogue-ca", "sm")  # same CA name, another key

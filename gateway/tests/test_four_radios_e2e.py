@@ -27,8 +27,9 @@ from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 
 from lifeline.gateway.clock import EPOCH_UNIX
 from lifeline.gateway.metrics import parse_text
-from lifeline.gateway.testing import LIFELINE, TestNode, free_udp_port, until
+from lifeline.gateway.testing import TestNode, free_udp_port, until
 from lifeline.gateway.testing import gateway_cli as cli
+from lifeline.gateway.testing_proc import LIFELINE
 from lifeline.sim_devices.air import AirChannel, LoraParams, VirtualClock
 from lifeline.sim_devices.ble_node import BleAir, BleNodeSim, RadioController
 from lifeline.sim_devices.lora_modem_emulator import Rak3172Emulator

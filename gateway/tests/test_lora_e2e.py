@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from lifeline.gateway.clock import EPOCH_UNIX
-from lifeline.gateway.testing import LIFELINE, TestNode, free_udp_port, until
+from lifeline.gateway.testing import TestNode, free_udp_port, until
 from lifeline.gateway.testing import gateway_cli as cli
+from lifeline.gateway.testing_proc import LIFELINE
 from lifeline.sim_devices.air import AirChannel, LoraParams, VirtualClock
 from lifeline.sim_devices.lora_modem_emulator import Rak3172Emulator
 from lifeline.sim_devices.packet_forwarder_emulator import PacketForwarderEmulator

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lifeline.gateway.testing_proc import LIFELINE
 from lifeline.hil_tests.bench import BenchFactory, DutSpec, HilConfig, Provisioned
-from lifeline.hil_tests.gateway_proc import LIFELINE
 from lifeline.hil_tests.kpi import KpiRecorder
 from lifeline.provisioning import records
 from lifeline.provisioning.audit import AuditLog

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
+from lifeline.gateway.testing_proc import wait_until
 from lifeline.hil_tests.bench import BenchFactory, DutSpec, NeighbourSpec
 from lifeline.hil_tests.drilltools import alarms, latencies_ms
 from lifeline.hil_tests.drilltools_lan import LanListener
-from lifeline.hil_tests.gateway_proc import wait_until
 from lifeline.hil_tests.kpi import KpiRecorder
 
 RULES = """

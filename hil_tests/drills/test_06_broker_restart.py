@@ -14,8 +14,8 @@ import time
 
 import pytest
 
+from lifeline.gateway.testing_proc import wait_until
 from lifeline.hil_tests.bench import BenchFactory, DutSpec, NeighbourSpec
-from lifeline.hil_tests.gateway_proc import wait_until
 from lifeline.hil_tests.kpi import KpiRecorder
 
 RESTARTS = 10

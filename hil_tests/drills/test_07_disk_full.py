@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from lifeline.gateway.testing_proc import wait_until
 from lifeline.hil_tests.bench import BenchFactory, DutSpec, NeighbourSpec
 from lifeline.hil_tests.drilltools import alarms
-from lifeline.hil_tests.gateway_proc import wait_until
 from lifeline.hil_tests.kpi import KpiRecorder
 
 EV_BUFFER_DROP = 2  # gateway/records.py

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from lifeline.gateway.testing_proc import wait_until
 from lifeline.hil_tests.attacker import Attacker
 from lifeline.hil_tests.bench import BenchFactory, DutSpec
-from lifeline.hil_tests.gateway_proc import wait_until
 from lifeline.hil_tests.kpi import KpiRecorder
 
 

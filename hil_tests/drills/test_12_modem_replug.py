@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from lifeline.gateway.testing_proc import wait_until
 from lifeline.hil_tests.bench import BenchFactory, DutSpec, HilConfig
 from lifeline.hil_tests.dut import Operator
-from lifeline.hil_tests.gateway_proc import wait_until
 from lifeline.hil_tests.kpi import KpiRecorder
 
 INTERVAL_S = 300

@@ -5,11 +5,6 @@ comes back on the node's down topic and the board's firmware (real MicroPython) 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lifeline.gateway.metrics import parse_text
+from lifeline.gateway.testing_proc import LIFELINE, Endpoint, GatewayProcess, GatewaySpec
 from lifeline.protocols import frame, keys, schema
 from lifeline.provisioning import gateway_link, records, selftest
 from lifeline.provisioning.cli import provision
@@ -30,68 +25,15 @@ pytestmark = pytest.mark.micropython
 DEV = "246f28fffea1b2c3"  # EUI-64 of the emulator's MAC
 
 
-LIFELINE = str(Path(sys.executable).with_name("lifeline"))
-
-
-class GatewayProcess:
-    """``lifeline gateway run`` with an nbiot-mqtt ingress on ``broker`` (which is also its platform broker),
-    trusting technician ``alice``; registry reloads every second (``buffer.maintenance_s``)."""
-
-    def __init__(self, workdir: Path, broker: MosquittoBroker, trusted: Path) -> None:
-        state = workdir / "state"
-        state.mkdir(parents=True)
-        self.state = state
-        self.config = workdir / "gateway.toml"
-        self.log = workdir / "gateway.log"
-        self.config.write_text("\n".join([
-            "[gateway]", 'id = "gw-bench"', f'state_dir = "{state}"', f'key_file = "{state / "gateway.key"}"',
-            f'trusted_technicians = "{trusted}"',
-            "[buffer]", "maintenance_s = 1", "[metrics]", 'listen = "127.0.0.1"', "port = 0",
-            "[uplink]", "keepalive_s = 5", "connect_timeout_s = 2", "publish_timeout_s = 3",
-            "[[uplink.endpoints]]", 'name = "platform"', f'host = "{broker.host}"', f"port = {broker.port}",
-            "[[ingress]]", 'type = "nbiot-mqtt"', 'name = "nb0"', "[ingress.options]", f'host = "{broker.host}"',
-            f"port = {broker.port}", 'client_id = "gw-bench-nb0"', "reconnect_min_s = 0.1", "reconnect_max_s = 1.0",
-        ]) + "\n")
-        subprocess.run([LIFELINE, "gateway", "keygen", "--out", str(state / "gateway.key")], check=True,
-                       capture_output=True, timeout=60)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([LIFELINE, "gateway", "run", "--config", str(self.config)], stdout=log,
-                                         stderr=log, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while not (self.state / "metrics.addr").exists():  # written once the daemon is up
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, "the gateway did not come up within 30 s"
-            time.sleep(0.05)
-
-    def metric(self, name: str, **labels: str) -> dict[str, float]:
-        """``lifeline_gateway_<name>`` series matching ``labels``, keyed by their ``reason`` label (if any)."""
-        addr = (self.state / "metrics.addr").read_text().strip()
-        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as resp:
-            series = parse_text(resp.read().decode()).get(f"lifeline_gateway_{name}", [])
-        out: dict[str, float] = {}
-        for lab, v in series:
-            if v and all(lab.get(k) == x for k, x in labels.items()):
-                out[lab.get("reason", "")] = out.get(lab.get("reason", ""), 0.0) + v
-        return out
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 @pytest.fixture
 def gateway(tmp_path: Path, mosquitto: MosquittoBroker, tech_key: Ed25519PrivateKey) -> Iterator[GatewayProcess]:
     trusted = tmp_path / "trusted.json"
     trusted.write_text(json.dumps({"alice": keys.public_key_hex(tech_key)}))
-    gw = GatewayProcess(tmp_path / "gw", mosquitto, trusted)
+    # an nbiot-mqtt ingress on ``mosquitto``, which is also its platform broker; registry reloads every second
+    spec = GatewaySpec("gw-bench", endpoints=[Endpoint("platform", mosquitto.host, mosquitto.port)],
+                       nbiot_broker=(mosquitto.host, mosquitto.port),
+                       sections={"gateway": {"trusted_technicians": trusted}})
+    gw = GatewayProcess(tmp_path / "gw", spec)
     try:
         gw.start()
         yield gw
@@ -139,8 +81,8 @@ def test_the_gateway_acknowledges_the_test_frame_and_the_firmware_checks_the_ack
 
     # the gateway really took the frame and answered it: one ACK to the nb0 adapter. A copy that arrived before
     # its registry reload (maintenance_s = 1) was refused as unknown; nothing else was refused
-    assert gateway.metric("downlinks_total", adapter="nb0", kind="ack", result="sent") == {"": 1}
-    assert set(gateway.metric("rejects_total")) <= {"unknown_device"}
+    assert gateway.metric_by("downlinks_total", "reason", adapter="nb0", kind="ack", result="sent") == {"": 1}
+    assert set(gateway.metric_by("rejects_total", "reason")) <= {"unknown_device"}
     # the board's firmware accepted it: it stored the ACK's downlink counter as a node does
     stored = emulator.files()["/dfcnt"]  # firmware/storage.py record: magic, length, payload, check
     assert len(stored) == 12
@@ -183,8 +125,8 @@ def test_a_gateway_that_does_not_know_the_device_fails_the_self_test(
     assert reason.startswith(f"no ack within 3 s from the gateway behind nbiot://{mosquitto.host}:{mosquitto.port}")
     assert "imported" in reason
     # the frame did reach the gateway, which refused it for the reason the message points at
-    assert gateway.metric("rejects_total").get("unknown_device", 0) >= 1
-    assert gateway.metric("downlinks_total") == {}
+    assert gateway.metric_by("rejects_total", "reason").get("unknown_device", 0) >= 1
+    assert gateway.metric_by("downlinks_total", "reason") == {}
 
 
 def test_without_gateway_the_ack_step_is_skipped_not_passed(tmp_path: Path) -> None:

@@ -30,9 +30,10 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from lifeline.gateway.testing_proc import wait_until
 from lifeline.protocols import batch, keys, schema
 from lifeline.tools.bench import BenchContext, Figure, rate
-from lifeline.tools.nats_ingest import SinkProcess, wait_until
+from lifeline.tools.nats_ingest import SinkProcess
 from lifeline.tools.natsserver import NatsCluster, NatsNode
 from lifeline.tools.platform import nats_source
 from lifeline.tools.platform.store import open_store

@@ -11,9 +11,10 @@ import pytest
 
 from lifeline.gateway.mqtt_async import TlsFiles
 from lifeline.gateway.testing import TestNode
+from lifeline.gateway.testing_proc import wait_until
 from lifeline.protocols import schema
 from lifeline.tools.broker import MosquittoBroker, TestPKI
-from lifeline.tools.nats_ingest import GatewayDaemon, wait_until
+from lifeline.tools.nats_ingest import nats_gateway
 from lifeline.tools.natsserver import NatsCluster
 from lifeline.tools.nbiot_sim import NbiotNodeSim
 from lifeline.tools.platform import nats_source as ns
@@ -51,7 +52,7 @@ def test_gateway_on_nats_mqtt_presence_batches_and_commands(
     tmp_path: Path, nats_single: NatsCluster, mosquitto: MosquittoBroker
 ) -> None:
     node = TestNode(bytes.fromhex("7c00000000000001"), kind="smoke", root_key=b"cmd-node".ljust(32, b"."))
-    gw = GatewayDaemon(tmp_path / "gw", "gw-cmd", nats_single.nodes, mosquitto)
+    gw = nats_gateway(tmp_path / "gw", "gw-cmd", nats_single.nodes, mosquitto)
     gw.import_devices([node.record()])
     source = ns.NatsSource(nats_single.url)
     sink = PlatformSink("", 0, store=f"sqlite:{tmp_path / 'p.db'}", source=source,

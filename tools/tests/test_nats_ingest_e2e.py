@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from lifeline.gateway.testing import TestNode
+from lifeline.gateway.testing_proc import GatewayProcess, wait_until
 from lifeline.protocols import schema
 from lifeline.tools.broker import MosquittoBroker
-from lifeline.tools.nats_ingest import GatewayDaemon, SinkProcess, rotated, wait_until
+from lifeline.tools.nats_ingest import SinkProcess, nats_gateway, rotated
 from lifeline.tools.natsserver import NatsCluster
 from lifeline.tools.nbiot_sim import NbiotNodeSim
 from lifeline.tools.pgserver import PgServer
@@ -43,7 +44,7 @@ class Rig:
         self.cluster = cluster
         self.store_url = store_url
         self.brokers: list[MosquittoBroker] = []
-        self.gateways: list[GatewayDaemon] = []
+        self.gateways: list[GatewayProcess] = []
         self.nodes: list[list[TestNode]] = []
         self.sims: list[NbiotNodeSim] = []
         self.sinks: list[SinkProcess] = []
@@ -51,7 +52,7 @@ class Rig:
         for i, gw_id in enumerate(GATEWAYS):
             b = MosquittoBroker(workdir=tmp / f"nodes-{gw_id}").start()
             self.brokers.append(b)
-            gw = GatewayDaemon(tmp / gw_id, gw_id, rotated(cluster, i), b)
+            gw = nats_gateway(tmp / gw_id, gw_id, rotated(cluster, i), b)
             nodes = make_nodes(i)
             gw.import_devices([n.record() for n in nodes])
             self.gateways.append(gw)
@@ -114,7 +115,7 @@ def test_three_gateways_three_sinks_faults_lose_nothing(rig: Rig) -> None:
         # starts on another node and fails back to its preferred one after failback_s (5 s)
         node = rig.cluster.nodes[i].name
 
-        def on_preferred(gw: GatewayDaemon = gw, node: str = node) -> bool:
+        def on_preferred(gw: GatewayProcess = gw, node: str = node) -> bool:
             return gw.metric("uplink_up", endpoint=node, state="connected") == 1
 
         wait_until(on_preferred, 60, f"{gw.id} on its preferred node {node}", gw.log_tail)
