@@ -56,6 +56,10 @@ _log = logmod.Log("daemon")
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 3
 STOP_TIMEOUT_S = 5.0
+# The buffer's page cache: the hot path appends at the right edge of the tables and indexes, and the forwarder
+# reads what was just appended; a larger cache only keeps pages of a start-up scan (the default 2,000 KiB
+# was ~1.7 MiB of the daemon's RSS; throughput measured the same with 256)
+BUFFER_CACHE_KIB = 256
 
 
 class StartupError(Exception):
@@ -197,7 +201,7 @@ class Gateway:
                 raise StartupError(f"rules: {e}") from None
         try:
             self._registry = await self._in_registry(lambda: Registry(cfg.gateway.registry_db, self.gateway_keys.kek))
-            self._db = StateDB(cfg.gateway.buffer_db)
+            self._db = StateDB(cfg.gateway.buffer_db, cache_kib=BUFFER_CACHE_KIB)
         except OSError as e:
             raise StartupError(f"state database: {e}") from None
         except RegistryError as e:
@@ -531,7 +535,9 @@ class Gateway:
 def _snapshot(reg: Registry) -> list[DeviceInfo]:
     """The hot-path device table: every registered device with its pending re-key, if any."""
     pending = reg.all_pending()
-    return [DeviceInfo.of(d, pending.get(d.device_id)) for d in reg.all()]
+    devices = [DeviceInfo.of(d, pending.get(d.device_id)) for d in reg.all()]
+    reg.shrink_memory()
+    return devices
 
 
 def _file_bytes(path: Path) -> int:

@@ -18,15 +18,20 @@ from __future__ import annotations
 
 
 class Recent:
-    __slots__ = ("count", "fcnt", "payload", "priority", "reading_id", "rx_ms")
+    """One remembered accepted frame. A device's entries form a chain, newest first (``older``): one object
+    per frame and no list per device (the gateway remembers 10,000s of devices)."""
 
-    def __init__(self, fcnt: int, rx_ms: int, payload: bytes, reading_id: int, priority: int) -> None:
+    __slots__ = ("count", "fcnt", "older", "payload", "priority", "reading_id", "rx_ms")
+
+    def __init__(self, fcnt: int, rx_ms: int, payload: bytes, reading_id: int, priority: int,
+                 older: Recent | None = None) -> None:
         self.fcnt = fcnt
         self.rx_ms = rx_ms
         self.payload = payload
         self.reading_id = reading_id
         self.priority = priority
         self.count = 1  # receptions attached so far
+        self.older = older  # the device's previous remembered frame
 
 
 class Deduper:
@@ -34,27 +39,28 @@ class Deduper:
         self.window_ms = window_ms
         self.per_device = per_device
         self.max_receptions = max_receptions
-        self._by_device: dict[bytes, list[Recent]] = {}
+        self._by_device: dict[bytes, Recent] = {}  # the newest entry of each device
 
     def match(self, device: bytes, fcnt: int, rx_ms: int) -> Recent | None:
         """The remembered first copy of (device, fcnt) if this reception is within the window."""
-        entries = self._by_device.get(device)
-        if entries is None:
-            return None
-        for e in entries:
+        e = self._by_device.get(device)
+        found = None
+        while e is not None:  # the oldest entry of that counter (a re-sent re-key confirm is remembered twice)
             if e.fcnt == fcnt:
-                return e if 0 <= rx_ms - e.rx_ms <= self.window_ms or rx_ms < e.rx_ms else None
-        return None
+                found = e
+            e = e.older
+        if found is None:
+            return None
+        return found if 0 <= rx_ms - found.rx_ms <= self.window_ms or rx_ms < found.rx_ms else None
 
     def remember(self, device: bytes, fcnt: int, rx_ms: int, payload: bytes, reading_id: int,
                  priority: int = 2) -> None:
-        entries = self._by_device.get(device)
-        if entries is None:
-            self._by_device[device] = [Recent(fcnt, rx_ms, payload, reading_id, priority)]
-            return
-        entries.append(Recent(fcnt, rx_ms, payload, reading_id, priority))
-        if len(entries) > self.per_device:
-            del entries[0]
+        e = self._by_device[device] = Recent(fcnt, rx_ms, payload, reading_id, priority, self._by_device.get(device))
+        for _ in range(self.per_device - 1):
+            if e.older is None:
+                return
+            e = e.older
+        e.older = None  # only the last per_device frames are remembered
 
     def forget(self, device: bytes) -> None:
         self._by_device.pop(device, None)

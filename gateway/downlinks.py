@@ -441,8 +441,8 @@ class DownlinkSender:
             result = "no_adapter"
         else:
             try:
-                payload = frame.encode(self.keys.get(dev), r.device_id, plan.down_fcnt, lifeline_time(now), kind,
-                                       fields, frame.FLAG_DOWN)
+                payload = frame.encode(self.keys.downlink_keys(dev), r.device_id, plan.down_fcnt,
+                                       lifeline_time(now), kind, fields, frame.FLAG_DOWN)
             except frame.FrameError as e:
                 result = "encode_" + e.reason
             else:

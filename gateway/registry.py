@@ -433,6 +433,11 @@ class Registry:
     def close(self) -> None:
         self.conn.close()
 
+    def shrink_memory(self) -> None:
+        """Give back the connection's page cache (a whole-table read, such as the daemon's snapshot, fills it
+        with every page; the daemon reads the table again only when the registry changes)."""
+        self.conn.execute("PRAGMA shrink_memory")
+
     def __enter__(self) -> Registry:
         return self
 

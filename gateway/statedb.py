@@ -54,9 +54,11 @@ def connect(path: Path, *, wal: bool = True) -> sqlite3.Connection:
 class StateDB:
     """A connection plus the one thread that may use it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, cache_kib: int | None = None) -> None:
         self.path = path
         self.conn = connect(path)
+        if cache_kib is not None:  # SQLite's page cache of this connection (default 2,000 KiB)
+            self.conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{path.name}")
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -82,6 +82,44 @@ def derive_keys(root: bytes, dev_id: bytes, suite: int = frame.SUITE_INTL) -> fr
     return keys
 
 
+class UplinkKeys:
+    """The keys that check a device's uplinks (MIC and body), for the gateway's key cache: ``frame.Keys``
+    also holds the downlink MIC key and, for suite sm, the reference decoder's SM4 key schedule, which
+    no uplink needs; with ``__slots__`` and without those a cached device costs about half the memory
+    (the gateway keeps 10,000s). ``epoch``: the device's key epoch these were derived for. Never printed."""
+
+    __slots__ = ("dev_id", "enc", "epoch", "mic_up", "sm_up", "suite")
+
+    def __init__(self, dev_id: bytes, suite: int, epoch: int, mic_up: bytes, enc: bytes) -> None:
+        self.dev_id = dev_id
+        self.suite = suite
+        self.epoch = epoch
+        self.mic_up = mic_up
+        self.enc = enc
+        self.sm_up: Any = None  # suite sm: the keyed HMAC-SM3 context, made on first use (_sm3_ctx)
+
+    def __repr__(self) -> str:
+        return "UplinkKeys(<redacted>)"
+
+
+def derive_uplink_keys(root: bytes, dev_id: bytes, suite: int = frame.SUITE_INTL, epoch: int = 0) -> UplinkKeys:
+    """The uplink half of :func:`derive_keys` (same KDF, two HMACs instead of three)."""
+    if len(dev_id) != 8:
+        raise ValueError("device id must be 8 bytes")
+    if suite == frame.SUITE_INTL:
+        mic_up = hmac.digest(root, crypto.LABEL_MIC_UP + dev_id, "sha256")
+        enc = hmac.digest(root, crypto.LABEL_ENC + dev_id, "sha256")[:16]
+    elif suite == frame.SUITE_SM:
+        mic_up = hmac_sm3(root, crypto_sm.LABEL_MIC_UP + dev_id)
+        enc = hmac_sm3(root, crypto_sm.LABEL_ENC + dev_id)[:16]
+    else:
+        raise ValueError(f"unknown crypto suite {suite!r}")
+    return UplinkKeys(bytes(dev_id), suite, epoch, mic_up, enc)
+
+
+AnyKeys = frame.Keys | UplinkKeys  # what the decoder takes; UplinkKeys only for uplinks (downlink=False)
+
+
 _IPAD = bytes(b ^ 0x36 for b in range(256))  # translate tables: key bytes XOR the HMAC pads
 _OPAD = bytes(b ^ 0x5C for b in range(256))
 _ZERO32 = bytes(32)
@@ -98,8 +136,14 @@ def mic(key: bytes, msg: bytes) -> bytes:
     return digest[:_ML]
 
 
-def _sm3_ctx(keys: frame.Keys, downlink: bool) -> Any:
+def _sm3_ctx(keys: AnyKeys, downlink: bool) -> Any:
     """A keyed HMAC-SM3 context kept on the Keys object; each frame works on a copy of it."""
+    if isinstance(keys, UplinkKeys):
+        key = _mic_key(keys, downlink)  # (raises for a downlink)
+        ctx = keys.sm_up
+        if ctx is None:
+            ctx = keys.sm_up = chmac.HMAC(key, hashes.SM3())
+        return ctx
     attr = "_fp_sm_down" if downlink else "_fp_sm_up"
     ctx = getattr(keys, attr, None)
     if ctx is None:
@@ -108,14 +152,22 @@ def _sm3_ctx(keys: frame.Keys, downlink: bool) -> Any:
     return ctx
 
 
-def mic_for(keys: frame.Keys, downlink: bool, msg: bytes) -> bytes:
+def _mic_key(keys: AnyKeys, downlink: bool) -> bytes:
+    if not downlink:
+        return keys.mic_up
+    if isinstance(keys, UplinkKeys):
+        raise ValueError("UplinkKeys have no downlink MIC key")
+    return keys.mic_down
+
+
+def mic_for(keys: AnyKeys, downlink: bool, msg: bytes) -> bytes:
     """The 8-byte MIC of ``msg`` under the keys' suite, from C code."""
     if keys.suite == frame.SUITE_SM:
         h = _sm3_ctx(keys, downlink).copy()
         h.update(msg)
         digest: bytes = h.finalize()
         return digest[:_ML]
-    return mic(keys.mic_down if downlink else keys.mic_up, msg)
+    return mic(keys.mic_up if not downlink else _mic_key(keys, downlink), msg)
 
 
 def _rules() -> dict[int, tuple[dict[int, tuple[int, int, bool]], frozenset[int]]]:
@@ -179,20 +231,20 @@ class WireMap(dict[int, Any]):
     cbor: bytes
 
 
-def decode(data: bytes, keys: frame.Keys, downlink: bool = False,
+def decode(data: bytes, keys: AnyKeys, downlink: bool = False,
            allowed: frozenset[int] | None = None) -> frame.Frame:
     """Verify, decrypt and decode; raises frame.FrameError only."""
     return decode_parsed(frame.parse_header(data), data, keys, downlink, allowed)
 
 
-def decode_parsed(header: frame.Header, data: bytes, keys: frame.Keys, downlink: bool = False,
+def decode_parsed(header: frame.Header, data: bytes, keys: AnyKeys, downlink: bool = False,
                   allowed: frozenset[int] | None = None) -> frame.Frame:
     """:func:`decode` for a caller that already has ``header = frame.parse_header(data)``. ``allowed``: the
     suite ids the gateway config accepts (None: every known suite)."""
     frame.check_direction(header, downlink)
     if header.dev_id != keys.dev_id:
         raise frame.FrameError("bad_mic", "frame is for another device")
-    frame.check_suite(header, keys, allowed)
+    frame.check_suite(header, keys, allowed)  # type: ignore[arg-type]  # reads keys.suite only
     if not hmac.compare_digest(mic_for(keys, downlink, data[:-_ML]), data[-_ML:]):
         raise frame.FrameError("bad_mic")
     frame.check_policy(header, downlink)

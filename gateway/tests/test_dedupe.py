@@ -142,3 +142,31 @@ async def test_receptions_per_reading_are_bounded(tmp_path: Path) -> None:
         assert len(r.receptions) == 16
     finally:
         await h.stop()
+
+
+def test_deduper_remembers_the_last_per_device_frames_of_each_device() -> None:
+    for per_device in (1, 2, 3):
+        d = Deduper(window_ms=10_000, per_device=per_device)
+        a, b = b"\x01" * 8, b"\x02" * 8
+        for i in range(5):
+            d.remember(a, i, 1000 + i, bytes((i,)), 100 + i, priority=i % 3)
+        d.remember(b, 0, 1000, b"b", 200)
+        assert [i for i in range(5) if d.match(a, i, 2000) is not None] == list(range(5 - per_device, 5))
+        m = d.match(a, 4, 2000)
+        assert m is not None and (m.fcnt, m.rx_ms, m.payload, m.reading_id, m.priority, m.count) == (
+            4, 1004, b"\x04", 104, 1, 1)
+        mb = d.match(b, 0, 2000)
+        assert mb is not None and mb.reading_id == 200 and len(d) == 2
+        d.forget(a)
+        assert d.match(a, 4, 2000) is None and len(d) == 1
+
+
+def test_deduper_same_counter_remembered_twice_matches_the_first_copy() -> None:
+    d = Deduper(window_ms=1000, per_device=2)
+    dev = b"\x03" * 8
+    d.remember(dev, 1, 1000, b"first", 1)
+    d.remember(dev, 1, 1500, b"again", 2)  # a re-key confirm re-sent after a lost ACK is accepted again
+    m = d.match(dev, 1, 1600)
+    assert m is not None and (m.reading_id, m.payload) == (1, b"first")
+    assert d.match(dev, 1, 2001) is None  # the first copy's window is over
+    assert d.match(dev, 1, 999) is m  # heard "before" the first copy (clock step): still a duplicate

@@ -93,10 +93,11 @@ async def test_node_suites_config_refuses_a_suite_before_the_device_lookup(tmp_p
 def test_downlink_keys_of_an_sm_device_write_its_suite() -> None:
     cache = KeyCache(4)
     info = DeviceInfo(SM.device_id, SM.root_key, 0, schema.SENSITIVE, "active", frame.SUITE_SM)
-    keys = cache.get(info)
-    down = frame.encode(keys, SM.device_id, 5, 0, schema.C_TIME_SYNC, {1: 5}, frame.FLAG_DOWN)
+    down = frame.encode(cache.downlink_keys(info), SM.device_id, 5, 0, schema.C_TIME_SYNC, {1: 5}, frame.FLAG_DOWN)
     assert down[0] == 0x12
     assert SM.decode_downlink(down).fields == {1: 5}
+    keys = cache.get(info)
+    assert keys.suite == frame.SUITE_SM and keys.mic_up == SM.keys.mic_up and keys.enc == SM.keys.enc
     # the same device re-registered intl (a rekey) gets other keys, not the cached sm ones
     again = cache.get(DeviceInfo(SM.device_id, SM.root_key, 0, schema.SENSITIVE, "active", frame.SUITE_INTL))
     assert again.suite == frame.SUITE_INTL and again.mic_up != keys.mic_up
