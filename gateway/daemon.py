@@ -42,6 +42,7 @@ from lifeline.gateway.rules import NoRules, RulesHook, RulesRuntime
 from lifeline.gateway.sdnotify import Notifier
 from lifeline.gateway.statedb import StateDB, Transaction
 from lifeline.gateway.stats import Stats
+from lifeline.gateway.tasks import cancel_and_wait
 from lifeline.gateway.uplink_api import (
     AckedPublisher,
     CommandHandler,
@@ -441,9 +442,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.commands.drain_results(self._publisher), timeout_s)
         self._stopped = True
-        for t in self._tasks.values():
-            t.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await cancel_and_wait(self._tasks.values())
         if hasattr(self, "sender"):
             await self.sender.wait_idle()
         if isinstance(self._publisher, UplinkService):

@@ -32,6 +32,7 @@ from lifeline.gateway.health import HEARTBEAT_S, Heartbeat
 from lifeline.gateway.log import Log
 from lifeline.gateway.statedb import StateDB, Transaction
 from lifeline.gateway.stats import Stats
+from lifeline.gateway.tasks import cancel_and_wait
 from lifeline.gateway.uplink_api import AckedPublisher, UplinkUnavailable, topic_up
 from lifeline.protocols import batch, schema
 from lifeline.protocols.cose_sign import PrivateKeyLike
@@ -300,8 +301,6 @@ class Forwarder:
         tasks = [t for _, t in self._inflight.values()]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
-            for t in pending:
-                t.cancel()
             if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+                await cancel_and_wait(pending)
                 _log.info("stopped with batches awaiting PUBACK; they stay in the outbox", count=len(pending))

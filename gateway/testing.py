@@ -27,6 +27,7 @@ from lifeline.gateway.config import GatewayConfig, load
 from lifeline.gateway.daemon import Gateway
 from lifeline.gateway.ingress.base import DownlinkRequest, FrameSink, RawFrame, Reception
 from lifeline.gateway.registry import Registry
+from lifeline.gateway.tasks import cancel_and_wait
 from lifeline.gateway.testing_proc import LIFELINE
 from lifeline.gateway.uplink_api import UplinkUnavailable
 from lifeline.protocols import batch, frame, keys, schema, suites
@@ -247,17 +248,14 @@ class Harness:
         """Simulate kill -9: stop every task without a flush; uncommitted transactions roll back."""
         gw = self.gw
         gw._stopped = True
-        for t in gw._tasks.values():
-            t.cancel()
-        await asyncio.gather(*gw._tasks.values(), return_exceptions=True)
-        for _, task in list(gw.forwarder._inflight.values()):
-            task.cancel()
-        await asyncio.sleep(0)
+        await cancel_and_wait(gw._tasks.values())
+        await cancel_and_wait([task for _, task in list(gw.forwarder._inflight.values())])
         if gw._metrics_server is not None:
             await gw._metrics_server.close()
         gw.db.close()
-        if gw._registry is not None:
-            gw._registry.close()
+        if gw._registry is not None:  # on its own thread, after any registry call still running there
+            await gw._in_registry(gw._registry.close)
+        gw._registry_thread.shutdown(wait=True)
 
 
 async def start_harness(state_dir: Path, nodes: Sequence[TestNode] = (), *, clock: ManualClock | None = None,

@@ -40,6 +40,7 @@ from lifeline.gateway.mqtt_async import (
     Will,
     read_password,
 )
+from lifeline.gateway.tasks import cancel_and_wait
 from lifeline.gateway.uplink_api import (
     CommandHandler,
     UplinkUnavailable,
@@ -266,21 +267,13 @@ class MqttUplink:
         conn, self._active = self._active, None
         sup, self._supervisor = self._supervisor, None
         if sup is not None:
-            sup.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sup
+            await cancel_and_wait([sup])
         self._connected_event.clear()
         if conn is not None:
             await self._retire(conn, drain=True)
-        for task in list(self._background):
-            task.cancel()
-        for task in list(self._background):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._background))
         if self._handler_task is not None:
-            self._handler_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._handler_task
+            await cancel_and_wait([self._handler_task])
             self._handler_task = None
         for name in self._states:
             self._states[name] = CLOSED
