@@ -66,5 +66,5 @@ class Attacker:
         return bytes(self.rng.getrandbits(8) for _ in range(self.rng.randint(3, 40)))
 
     def close(self) -> None:
+        self._client.disconnect()  # first: loop_stop() waits for unacknowledged QoS 1 messages
         self._client.loop_stop()
-        self._client.disconnect()

@@ -33,5 +33,5 @@ class LanListener:
             return [m for m in self.messages if m[1].startswith(prefix)]
 
     def close(self) -> None:
+        self._client.disconnect()  # first: loop_stop() waits for unacknowledged QoS 1 messages
         self._client.loop_stop()
-        self._client.disconnect()

@@ -78,9 +78,11 @@ class NodeBrokerBridge:
         self._client.publish(topic, payload, qos=1)
 
     def stop(self) -> None:
-        self._client.loop_stop()
+        # disconnect first: paho's loop_stop() joins a network thread that only ends once every QoS 1
+        # message is acknowledged, so with one PUBACK outstanding it waited forever (a scenario test hung)
         with contextlib.suppress(Exception):
             self._client.disconnect()
+        self._client.loop_stop()
 
 
 class BleBridge:

@@ -95,9 +95,9 @@ class LanWatcher:
             self._on(topic, payload)
 
     def stop(self) -> None:
-        self._client.loop_stop()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # first: loop_stop() waits for unacknowledged QoS 1 messages
             self._client.disconnect()
+        self._client.loop_stop()
 
 
 class DemoStack:

@@ -48,6 +48,7 @@ from bleak.exc import BleakError, BleakGATTProtocolError
 from lifeline.gateway.clock import Clock, SystemClock
 from lifeline.gateway.ingress import ble_adv
 from lifeline.gateway.ingress.base import DownlinkRequest, FrameSink, RawFrame, Reception
+from lifeline.gateway.tasks import cancel_and_wait
 from lifeline.protocols import frame
 
 if TYPE_CHECKING:
@@ -245,9 +246,7 @@ class BleAdapter:
                 await scanner.stop()
         task, self._deliver_task = self._deliver_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         async with self._downlink_lock:
             await self._close_backend()
 

@@ -47,6 +47,7 @@ from lifeline.gateway.ingress.at_parser import (
 )
 from lifeline.gateway.ingress.base import DownlinkRequest, FrameSink, RawFrame, Reception
 from lifeline.gateway.ingress.duty_cycle import DutyCycleTracker
+from lifeline.gateway.tasks import cancel_and_wait
 from lifeline.protocols import lora_phy
 
 log = logging.getLogger(__name__)
@@ -208,11 +209,7 @@ class LoraSerialAdapter:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         self._close()
         self.connected.clear()

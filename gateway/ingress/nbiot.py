@@ -55,6 +55,7 @@ from lifeline.gateway.mqtt_async import (
     TlsFiles,
     read_password,
 )
+from lifeline.gateway.tasks import cancel_and_wait
 from lifeline.gateway.uplink import Backoff
 from lifeline.protocols import frame
 
@@ -252,12 +253,7 @@ class NbiotAdapter:
             self._tasks[1].cancel()  # the reader: nothing new goes to the pipeline
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
-        tasks = [*self._tasks, *self._lane_tasks]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([*self._tasks, *self._lane_tasks])
         self._tasks = []
         self._lane_tasks.clear()
         self._lanes.clear()

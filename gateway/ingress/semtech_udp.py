@@ -18,7 +18,6 @@ number of forwarders, told apart by their gateway EUI (the "MAC address" bytes 4
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import re
@@ -31,6 +30,7 @@ from lifeline.gateway.clock import Clock, SystemClock
 from lifeline.gateway.ingress import gwmp, lora_p2p
 from lifeline.gateway.ingress.base import DownlinkRequest, FrameSink, RawFrame, Reception
 from lifeline.gateway.ingress.duty_cycle import DutyCycleTracker
+from lifeline.gateway.tasks import cancel_and_wait
 from lifeline.protocols import lora_phy
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,7 @@ class SemtechUdpAdapter:
 
     async def stop(self) -> None:
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await cancel_and_wait([self._worker])
             self._worker = None
         if self._transport is not None:
             self._transport.close()

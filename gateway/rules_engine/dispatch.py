@@ -6,13 +6,13 @@ and synchronous, so a dry run makes the same decisions), then bounded retries wi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from lifeline.gateway.actions import ActionFailed
 from lifeline.gateway.log import Log, scrub
 from lifeline.gateway.rules_engine import model as m
+from lifeline.gateway.tasks import cancel_and_wait
 
 _log = Log("rules")
 RUN = "run"
@@ -199,8 +199,4 @@ class ActionRunner:
         if not tasks:
             return
         _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        for t in pending:
-            t.cancel()
-        for t in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(pending)
