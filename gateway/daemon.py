@@ -15,9 +15,10 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lifeline.gateway import log as logmod
 from lifeline.gateway import statusinfo, statuspage
@@ -52,6 +53,7 @@ from lifeline.protocols import schema, suites
 from lifeline.protocols.cose_sign import PrivateKeyLike
 
 _log = logmod.Log("daemon")
+T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 3
 STOP_TIMEOUT_S = 5.0
 # The buffer's page cache: the hot path appends at the right edge of the tables and indexes, and the forwarder
@@ -134,6 +136,9 @@ class Gateway:
         self._status_server: statuspage.StatusServer | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._registry: Registry | None = None
+        # the one thread that uses the registry connection: a reload cancelled by stop() still runs there,
+        # and closing the connection under it would crash the process (sqlite3 objects are not guarded)
+        self._registry_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
         self.gateway_keys = GatewayKeys(None, None)
         self.certificate_not_after_ms: int | None = None  # the CA-issued identity's end ([gateway] certificate_file)
         self._db: StateDB | None = None
@@ -195,14 +200,14 @@ class Gateway:
             except RulesError as e:
                 raise StartupError(f"rules: {e}") from None
         try:
-            self._registry = await asyncio.to_thread(Registry, cfg.gateway.registry_db, self.gateway_keys.kek)
+            self._registry = await self._in_registry(lambda: Registry(cfg.gateway.registry_db, self.gateway_keys.kek))
             self._db = StateDB(cfg.gateway.buffer_db, cache_kib=BUFFER_CACHE_KIB)
         except OSError as e:
             raise StartupError(f"state database: {e}") from None
         except RegistryError as e:
             raise StartupError(str(e)) from None
         reg = self._registry
-        devices, generation = await asyncio.to_thread(lambda: (_snapshot(reg), reg.generation()))
+        devices, generation = await self._in_registry(lambda: (_snapshot(reg), reg.generation()))
         self.devices.replace(devices, generation)
         if self._publisher is None:
             self._publisher = self._make_uplink()
@@ -226,8 +231,10 @@ class Gateway:
             allocate_id=self.buffer.allocate_id, rules=self.rules, stats=self.stats,
             queue_max=cfg.pipeline.queue_batches * cfg.pipeline.batch_max, batch_max=cfg.pipeline.batch_max,
             now_ms=self.clock.now_ms, allowed_suites=frozenset(suites.IDS[s] for s in cfg.gateway.node_suites),
-            commit_rekey=lambda dev, epoch: reg.commit_rekey(dev, epoch, now_ms=self.clock.now_ms()))
-        self.commands.begin_rekey = lambda dev: reg.begin_rekey(dev, now_ms=self.clock.now_ms())
+            commit_rekey=lambda dev, epoch: self._registry_thread.submit(
+                reg.commit_rekey, dev, epoch, now_ms=self.clock.now_ms()).result())
+        self.commands.begin_rekey = lambda dev: self._registry_thread.submit(
+            reg.begin_rekey, dev, now_ms=self.clock.now_ms()).result()
         self.commit_q: asyncio.Queue[Any] = statusinfo.ObservedQueue(self.seen.observe, cfg.pipeline.queue_batches)
         self.plan_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.pipeline.queue_batches)
         self.commit_stage = CommitStage(db=self.db, buffer=self.buffer, replay=self.replay, commands=self.commands,
@@ -374,13 +381,16 @@ class Gateway:
         await self.commands.queue_pending_rekeys()
         self.forwarder.wake()
 
+    async def _in_registry(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._registry_thread, fn)
+
     async def reload_devices(self, force: bool = False) -> bool:
         reg = self._registry
         assert reg is not None
-        generation = await asyncio.to_thread(reg.generation)
+        generation = await self._in_registry(reg.generation)
         if generation == self.devices.generation and not force:
             return False
-        devices = await asyncio.to_thread(_snapshot, reg)
+        devices = await self._in_registry(lambda: _snapshot(reg))
         changed = self.devices.replace(devices, generation)
         self.keys.invalidate(changed)
         for d in changed:
@@ -445,8 +455,9 @@ class Gateway:
             await self._status_server.close()
         if self._db is not None:
             self._db.close()
-        if self._registry is not None:
-            self._registry.close()
+        if self._registry is not None:  # after any call still running on its thread (a cancelled reload)
+            await self._in_registry(self._registry.close)
+        self._registry_thread.shutdown(wait=True)
         self.gateway_keys.close()
         _log.info("stopped", gateway=self.config.gateway.id)
 

@@ -10,7 +10,6 @@ exception out of the stage).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -305,7 +304,7 @@ class Pipeline:
             if outcome is not None:
                 p = raise_to(reading.priority, outcome.priority)
                 if p != reading.priority:
-                    reading = dataclasses.replace(reading, priority=p)
+                    reading = reading._replace(priority=p)
                 events = tuple(e for e in outcome.events if self._valid_event(e))
         self.dedupe.remember(dev_id, hdr.fcnt, rc.rx_ms, payload, reading.id, reading.priority)
         self.stats.accepted.inc(rc.radio)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any
 
 import cbor2
@@ -180,29 +181,44 @@ def _rules() -> dict[int, tuple[dict[int, tuple[int, int, bool]], frozenset[int]
 _RULES = _rules()
 
 
-def _plainly_valid(kind: int, fields: dict[Any, Any], ascending: bool = False) -> bool:
-    """True only when frame.validate_fields would accept ``fields`` (same table, dict lookups) and, with
-    ``ascending``, its keys come in ascending order (so a deterministic body re-encodes to the same bytes)."""
+def _canonical_len(kind: int, fields: dict[Any, Any], ascending: bool = True) -> int:
+    """The length of the deterministic CBOR encoding of ``fields`` when frame.validate_fields would accept
+    them (same table, dict lookups) and, with ``ascending``, their keys come in ascending order; else -1."""
     rules = _RULES.get(kind)
     if rules is None:
-        return False
+        return -1
     specs, required = rules
     last = -1
+    size = 1 if len(fields) < 24 else 2  # map head (a kind has far fewer than 256 fields)
     for k, v in fields.items():
         spec = specs.get(k) if type(k) is int else None
         if spec is None or (ascending and k <= last):
-            return False
+            return -1
         last = k
+        size += 1 if k < 24 else 2 if k < 256 else 3
         t = type(v)
         if t is int:
             if spec[2] or not spec[0] <= v <= spec[1]:
-                return False
+                return -1
+            a = v if v >= 0 else -1 - v
+            size += 1 if a < 24 else 2 if a < 0x100 else 3 if a < 0x10000 else 5 if a < 0x100000000 else 9
         elif t is bytes:
-            if not spec[2] or not spec[0] <= len(v) <= spec[1]:
-                return False
+            n = len(v)
+            if not spec[2] or not spec[0] <= n <= spec[1]:
+                return -1
+            size += n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
         else:
-            return False
-    return required.issubset(fields)
+            return -1
+    return size if required.issubset(fields) else -1
+
+
+def _plainly_valid(kind: int, fields: dict[Any, Any], ascending: bool = False) -> bool:
+    """True only when frame.validate_fields would accept ``fields`` (and, with ``ascending``, its keys
+    come in ascending order)."""
+    return _canonical_len(kind, fields, ascending) >= 0
+
+
+_TAG_HEAD = re.compile(b"[\xc0-\xdb]").search  # a byte that could be the head of a CBOR tag (major type 6)
 
 
 class WireMap(dict[int, Any]):
@@ -237,11 +253,15 @@ def decode_parsed(header: frame.Header, data: bytes, keys: AnyKeys, downlink: bo
         body = ctr_xor(keys.enc, downlink, header.dev_id, header.fcnt, body, keys.suite)
     try:
         fields = cbor2.loads(body)
-        # cbor2 writes a dict in its insertion order (= wire order) with shortest heads and definite
-        # lengths: re-encoding gives back the body exactly when the body is deterministic CBOR, provided
-        # the keys came in ascending order (checked by _plainly_valid), which is what the canonical encoder
-        # would have sorted them into; this skips the canonical encoder's sorting pass
-        fast = type(fields) is dict and _plainly_valid(header.kind, fields, True) and cbor2.dumps(fields) == body
+        # Is the body the deterministic encoding of this map? Every data item (map head, key, value) has
+        # exactly one shortest definite encoding, and any other encoding of it is longer (a longer head, an
+        # indefinite length, duplicate keys) - except a tagged one (a bignum can be as short as a plain
+        # integer). So with keys ascending and no byte in the body that could be a tag head, equal lengths
+        # prove equal bytes. A body with such a byte (mostly a value byte in 0xc0..0xdb) is compared
+        # byte for byte with cbor2's re-encoding (in wire order: the keys ascend, so that is the
+        # deterministic order).
+        fast = type(fields) is dict and _canonical_len(header.kind, fields) == len(body) and (
+            _TAG_HEAD(body) is None or cbor2.dumps(fields) == body)
     except Exception:
         fast = False
     if not fast:

@@ -327,9 +327,9 @@ def test_fast_reading_encoder_takes_the_plain_shape_and_hands_on_the_rest() -> N
     plain = rec.Reading(id=1, device_id=bytes(8), fcnt=7, node_time=200_000_000, kind=3, fields={1: 300, 2: 12},
                         data_class=1, priority=2, flags=0, frame_flags=0, receptions=(rx,))
     assert buffer_module._encode_reading_fast(plain, ()) is not None
-    odd = [dataclasses.replace(plain, fields={1: True}), dataclasses.replace(plain, fields={70_000: 1}),
-           dataclasses.replace(plain, device_id=bytes(7)), dataclasses.replace(plain, flags=8),
-           dataclasses.replace(plain, receptions=(dataclasses.replace(rx, rssi=2**31),))]
+    odd = [plain._replace(fields={1: True}), plain._replace(fields={70_000: 1}),
+           plain._replace(device_id=bytes(7)), plain._replace(flags=8),
+           plain._replace(receptions=(dataclasses.replace(rx, rssi=2**31),))]
     for r in odd:
         assert buffer_module._encode_reading_fast(r, ()) is None
     with pytest.raises(batch.BatchError):  # the generic path names what is wrong

@@ -285,6 +285,47 @@ def test_memory_is_bounded_for_the_worst_input() -> None:
     assert peak < 64 * 1024
 
 
+@pytest.mark.parametrize(("body", "deterministic"), [
+    ("a1011a00012345", True),  # {1: 74565}: deterministic (4-byte head)
+    ("a101c243012345", False),  # the same value as a bignum (tag 2): same length, not deterministic
+    ("a2011a00012345021864", True),  # {1: 74565, 2: 100}
+    ("a201c243012345021864", False),  # bignum beside a plain value
+    ("a2011a0001234502c24164", False),  # 100 as a bignum: one byte longer
+    ("a2011a0001234502c1", False),  # a tag on nothing
+    ("a1011ac0c0c0c0", True),  # tag-head bytes inside a value: deterministic, compared byte for byte
+])
+def test_fast_path_is_not_fooled_by_encodings_of_the_same_length(body: str, deterministic: bool) -> None:
+    """The fast path proves determinism by length (any other encoding of an item is longer) and leaves
+    bodies that might hold a tag to a byte-for-byte comparison: a bignum can be as short as the plain
+    integer. Both decoders must agree, and only a deterministic body hands its bytes on."""
+    dev = bytes.fromhex("4c4c000000000002")
+    keys = frame.derive_keys(bytes(range(32)), dev)
+    plain = bytes.fromhex(body)
+    msg = bytes(((frame.VERSION << 4) | frame.SUITE, schema.K_WATER_METER, frame.FLAG_ENC)) + dev \
+        + (5).to_bytes(4, "big") + (200_000_000).to_bytes(4, "big") + fastpath.ctr_xor(keys.enc, False, dev, 5, plain)
+    data = msg + crypto.hmac_sha256(keys.mic_up, msg)[:frame.MIC_LEN]
+    outcomes: list[tuple[str, object]] = []
+    for decode in (frame.decode, fastpath.decode):
+        try:
+            outcomes.append(("ok", decode(data, keys).fields))
+        except frame.FrameError as e:
+            outcomes.append(("rejected", e.reason))
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0][0] == "ok") == deterministic
+    assert (type(outcomes[1][1]) is fastpath.WireMap) == deterministic
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(sorted(schema.KINDS)), st.data())
+def test_canonical_length_is_the_deterministic_encodings(kind: int, data: st.DataObject) -> None:
+    """fastpath._canonical_len gives the length of the deterministic CBOR of valid ascending fields."""
+    fields = data.draw(field_values(kind))
+    ordered = dict(sorted(fields.items()))
+    assert fastpath._canonical_len(kind, ordered) == len(cbor.dumps(fields))
+    if len(ordered) > 1:
+        assert fastpath._canonical_len(kind, dict(reversed(ordered.items()))) == -1
+
+
 @settings(max_examples=1000, deadline=None)
 @given(st.sampled_from([*sorted(schema.KINDS), 0, 200]),
        st.dictionaries(st.integers(-2, 25) | st.text(max_size=2),
