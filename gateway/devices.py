@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,10 +32,11 @@ class DeviceInfo:
     def of(cls, d: DeviceRecord, pending: PendingKey | None = None) -> DeviceInfo:
         if len(d.root_key) != ROOT_KEY_BYTES:  # a metadata-only registry read: never onto the radio path
             raise RegistryError(f"device {d.device_id.hex()}: no root key in this registry view")
+        status = sys.intern(d.status)  # one string per status, not one per device (SQLite gives a new one per row)
         if pending is not None and pending.epoch == d.key_epoch + 1:
-            return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, d.status, d.suite_id, pending.epoch,
+            return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, status, d.suite_id, pending.epoch,
                        pending.root_key)
-        return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, d.status, d.suite_id)
+        return cls(d.device_id, d.root_key, d.key_epoch, d.data_class, status, d.suite_id)
 
     def switched(self) -> DeviceInfo:
         """This device after its re-key committed: the pending key is the root key of the pending epoch."""

@@ -254,6 +254,7 @@ class Pipeline:
         dev = self.devices.get(dev_id)
         if dev is None:
             return self._reject(rec.R_UNKNOWN_DEVICE, f, dev_id)
+        dev_id = dev.device_id  # the table's id object: what per-device state keeps is then shared, not one per device
         if not dev.active:
             return self._reject(rec.R_REVOKED_DEVICE, f, dev_id)
         if hdr.flags & frame.FLAG_DOWN:

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from lifeline.gateway.rules_engine import model as m
+from lifeline.gateway.rules_engine import MODES
+
+if TYPE_CHECKING:  # the model is loaded with the rules (not by every `lifeline` command, the daemon included)
+    from lifeline.gateway.rules_engine import model as m
 
 EXIT_FAILED, EXIT_CONFIG = 1, 3
 
@@ -147,7 +150,7 @@ def test(files: tuple[Path, ...], replay_file: Path, devices_file: Path | None, 
 
 
 @click.command("mode")
-@click.argument("mode", required=False, type=click.Choice(m.MODES))
+@click.argument("mode", required=False, type=click.Choice(MODES))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("/etc/lifeline/gateway.toml"), show_default=True, help="Gateway TOML configuration.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lifeline.gateway.rules_engine import MODES as MODES  # (in the package: the CLI needs it without the model)
 from lifeline.gateway.rules_engine.timeparse import Cron
 
-MODES = ("daily", "holiday", "emergency")
 UPLINK_STATES = ("up", "down")
 PRIORITY_LEVELS = {"alarm": 0, "event": 1}
 

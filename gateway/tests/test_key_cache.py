@@ -8,7 +8,8 @@ import pytest
 
 from lifeline.gateway.daemon import BUFFER_CACHE_KIB
 from lifeline.gateway.devices import DeviceInfo, KeyCache
-from lifeline.gateway.testing import TestNode, start_harness
+from lifeline.gateway.registry import Registry
+from lifeline.gateway.testing import TestNode, provision, start_harness
 from lifeline.protocols import fastpath, frame, schema
 
 
@@ -94,3 +95,12 @@ async def test_daemon_keys_and_buffer_cache_bounds(tmp_path: Path) -> None:
         assert h.gw.db.run_sync(lambda c: c.execute("PRAGMA cache_size").fetchone()[0]) == -BUFFER_CACHE_KIB
     finally:
         await h.stop()
+
+
+def test_device_table_shares_one_status_string(tmp_path: Path) -> None:
+    provision(tmp_path / "registry.db", NODES)
+    with Registry(tmp_path / "registry.db") as reg:
+        infos = [DeviceInfo.of(d) for d in reg.all()]
+    assert [i.device_id for i in infos] == [n.device_id for n in NODES]
+    assert all(i.status == "active" and i.active for i in infos)
+    assert len({id(i.status) for i in infos}) == 1
