@@ -79,7 +79,7 @@ def encode_reading(r: rec.Reading, extra: Sequence[Reception] = ()) -> bytes:
     """Row format: the batch record exactly as it goes on the wire (``batch.encode_record``), encoded once
     here so that signing a batch is a concatenation (``BatchSigner.sign_encoded``).
 
-    Hot path (every accepted reading): the bytes are put together from per-device and per-adapter
+    Hot path (every accepted reading): the bytes are put together from a device head and per-adapter
     templates, without building a BatchRecord; the field map's bytes are the node's own when the frame
     fast path vouched for them (a ``fastpath.WireMap``: the decrypted body is the map's deterministic CBOR),
     else built from CBOR heads; anything
@@ -103,8 +103,6 @@ _MAP = tuple(bytes((0xA0 | i,)) for i in range(24))
 _NINT = tuple(bytes((0x20 | i,)) if i < 24 else bytes((0x38, i)) for i in range(256))
 _RX_HEAD: dict[tuple[str, str], bytes] = {}  # b"\x85" + radio + adapter as CBOR text, per adapter
 _RX_HEAD_MAX = 1024
-_DEV_HEAD: dict[bytes, bytes] = {}  # b"\xab\x01\x48" + device id + b"\x02": one per device, bounded
-_DEV_HEAD_MAX = 16384
 
 
 def _head(major: int, n: int) -> bytes:
@@ -197,15 +195,10 @@ def _encode_reading_fast(r: rec.Reading, extra: Sequence[Reception]) -> bytes | 
             or r.priority not in (0, 1, 2) or type(r.data_class) is not int or type(r.flags) is not int
             or type(r.priority) is not int):
         return None
-    head = _DEV_HEAD.get(dev)
-    if head is None:
-        if type(dev) is not bytes or len(dev) != 8:
-            return None
-        head = b"\xab\x01\x48" + dev + b"\x02"
-        if len(_DEV_HEAD) >= _DEV_HEAD_MAX:
-            _DEV_HEAD.clear()
-        _DEV_HEAD[dev] = head
-    parts = [head, _u(fcnt), b"\x03", _u(node_time), b"\x04", b"", b"\x05", _UINT[kind], b"\x06"]
+    if type(dev) is not bytes or len(dev) != 8:
+        return None
+    parts = [b"\xab\x01\x48" + dev + b"\x02", _u(fcnt), b"\x03", _u(node_time), b"\x04", b"", b"\x05",
+             _UINT[kind], b"\x06"]
     if type(fields) is WireMap:
         parts.append(fields.cbor)  # the node's own deterministic CBOR of this map (fastpath.decode_parsed)
     elif not _append_map(parts, fields):
