@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lifeline.gateway import heap, statusinfo, statuspage
 from lifeline.gateway import log as logmod
-from lifeline.gateway import statusinfo, statuspage
 from lifeline.gateway.buffer import Buffer, BufferError
 from lifeline.gateway.clock import Clock, SystemClock
 from lifeline.gateway.commit import CommitStage
@@ -397,6 +397,8 @@ class Gateway:
         for d in changed:
             self.dedupe.forget(d)
         _log.info("registry reloaded", devices=len(devices), changed=len(changed), generation=generation)
+        del devices
+        heap.release_free_heap()  # the old snapshot and the rows read for the new one
         return True
 
     async def _maintenance(self, heartbeat: Any) -> None:
@@ -578,6 +580,7 @@ async def serve(config: GatewayConfig, notifier: Notifier | None = None) -> int:
                 await asyncio.sleep(interval)
 
         watchdog_task = asyncio.create_task(ping())
+    heap.release_free_heap()  # what start-up freed goes back to the OS before the long run
     notifier.ready(f"gateway {config.gateway.id}: {len(gw.devices)} devices, {len(gw.adapters)} adapters")
     waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(gw.failed.wait())]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
