@@ -398,6 +398,10 @@ class SimWorld:
 
     def advance(self, seconds: float, timeout_s: float | None = None) -> None:
         """Fast-forward the world by ``seconds`` of virtual time (returns when done)."""
+        # the drill may have queued a platform command since the gateway was last asked: a stale "none
+        # open" (cached for 0.2 s) let the next wake's receive window pass in virtual time, and the command
+        # went out into a window nobody listened to (drill 10 failed so now and then)
+        self._cmd_cache = (0.0, False)
 
         async def go() -> None:
             assert self._loop is not None
