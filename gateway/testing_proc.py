@@ -282,6 +282,13 @@ class GatewayProcess:
         return sum(v for lab, v in self.metrics().get(f"lifeline_gateway_{name}", [])
                    if all(lab.get(k) == x for k, x in labels.items()))
 
+    def wait_subscribed(self, adapter: str = "nb0", timeout_s: float = 30.0) -> None:
+        """Wait until the nbiot-mqtt ingress ``adapter`` has subscribed on its node broker. Its first session
+        does not exist before that, and a broker drops what is published to a topic nobody subscribes to:
+        a test whose nodes publish right after start() lost a frame now and then."""
+        wait_until(lambda: self.metric("adapter_counter", adapter=adapter, counter="connects") >= 1, timeout_s,
+                   f"{self.id}'s {adapter} subscribed", self.log_tail)
+
     def metric_by(self, name: str, label: str, **labels: str) -> dict[str, float]:
         """``lifeline_gateway_<name>`` over the series matching ``labels``, summed by ``label`` ("" for series
         without it); sums of zero left out."""

@@ -98,6 +98,7 @@ def test_nbiot_frames_reach_the_platform_verified_and_in_order(
         gw.start()
         try:
             sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            gw.wait_subscribed()  # the nodes publish next
             sims = [sim(nodes_broker, n).connect() for n in nodes]
             sent: list[Key] = []
             for i in range(20):
@@ -136,6 +137,7 @@ def test_platform_broker_restart_loses_nothing(tmp_path: Path, nodes_broker: Mos
         gw.start()
         try:
             sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            gw.wait_subscribed()  # the nodes publish next
             sims = [sim(nodes_broker, n).connect() for n in nodes]
             before = [smoke(s, 210) for s in sims for _ in range(5)]
             sink.wait_records(len(before), 30)
@@ -177,6 +179,7 @@ def test_sink_stores_into_postgresql_and_carries_on_after_a_postgres_restart(
         sims = [sim(nodes_broker, n).connect() for n in nodes]
         try:
             sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            gw.wait_subscribed()  # the nodes publish next
             before = [smoke(s, 200) for s in sims for _ in range(5)]
             sink.wait_records(len(before), 30)
             pg_server.stop(fast=True)
@@ -209,6 +212,7 @@ def test_kill_9_mid_stream_loses_no_committed_reading(
         sims = [sim(nodes_broker, n).connect() for n in nodes]
         try:
             sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            gw.wait_subscribed()  # the nodes publish next
             stop = threading.Event()
             errors: list[BaseException] = []
             published = [0]
@@ -265,6 +269,7 @@ def test_tls_with_client_certificates(
         gw.start()
         try:
             sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online over TLS")
+            gw.wait_subscribed()  # the nodes publish next
             with sim(nodes_broker, nodes[0]) as s:
                 for i in range(5):
                     smoke(s, 200 + i)
@@ -288,6 +293,7 @@ def test_bad_frames_through_nbiot_are_rejected_and_nothing_is_forwarded(
         gw.start()
         try:
             sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            gw.wait_subscribed()  # the nodes publish next
             with sim(nodes_broker, good) as g, sim(nodes_broker, to_revoke) as r, sim(nodes_broker, unknown) as u:
                 first = smoke(g, 201)  # accepted
                 sink.wait_records(1, 30)
@@ -345,6 +351,7 @@ def test_sm_suite_batches_are_verified_at_the_sink_end_to_end(
         gw.start()
         try:
             sink.wait_for(lambda s: s.presence.get(GW) == "online", 30, "gateway online")
+            gw.wait_subscribed()  # the nodes publish next
             sims = [sim(nodes_broker, n).connect() for n in nodes]
             sent = [(s.device_id, (smoke(s, 210 + i), s.fcnt - 1)[1]) for i in range(5) for s in sims]
             with explained(gw):
@@ -392,6 +399,7 @@ def test_gateway_identity_from_a_ca_over_mqtt(
         gw.start()
         try:
             good.wait_for(lambda x: x.presence.get(GW) == "online", 30, "gateway online")
+            gw.wait_subscribed()  # the nodes publish next
             s = sim(nodes_broker, nodes[0]).connect()
             sent = []
             for i in range(4):
