@@ -9,17 +9,21 @@ import json
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 if TYPE_CHECKING:  # rich and urllib load only for the commands that print or fetch (the daemon's RSS)
     from rich.console import Console
 
+    from lifeline.gateway.registry import Registry
+
 from lifeline.gateway.config import DEFAULT_PATH, ConfigError, GatewayConfig, load
 
 EXIT_FAILED, EXIT_CONFIG = 1, 3
+T = TypeVar("T")
 _config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                               default=DEFAULT_PATH, show_default=True, help="Gateway TOML configuration.")
 
@@ -552,6 +556,24 @@ def _registry_keys(config_path: Path, db: Path | None, kek_file: Path | None) ->
         _err(str(e), EXIT_CONFIG)
 
 
+def _on_registry(path: Path, config_path: Path, db: Path | None, kek_file: Path | None,
+                 op: Callable[[Registry], T], *, refused: int) -> T:
+    """Run ``op`` on the registry at ``path`` opened with its KEK (closed either way). A registry refusal
+    exits with ``refused``; an I/O or SQLite error exits 3 naming the file."""
+    from lifeline.gateway.registry import Registry, RegistryError
+
+    keys = _registry_keys(config_path, db, kek_file)
+    try:
+        with Registry(path, keys.kek) as reg:
+            return op(reg)
+    except RegistryError as e:
+        _err(str(e), refused)
+    except (OSError, sqlite3.Error) as e:
+        _err(f"registry {path}: {e}", EXIT_CONFIG)
+    finally:
+        keys.close()
+
+
 @devices.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_config_option
@@ -564,7 +586,7 @@ def _registry_keys(config_path: Path, db: Path | None, kek_file: Path | None) ->
 def import_cmd(file: Path, config_path: Path, db: Path | None, rekey: bool, trusted: Path | None,
                as_json: bool, kek_file: Path | None) -> None:
     """Import provisioning records (JSON lines) from FILE. Exit 1 if any record was rejected."""
-    from lifeline.gateway.registry import Registry, RegistryError, load_trusted_technicians
+    from lifeline.gateway.registry import RegistryError, load_trusted_technicians
 
     path, trusted_cfg = _registry_path(config_path, db)
     trusted_path = trusted or trusted_cfg
@@ -575,16 +597,8 @@ def import_cmd(file: Path, config_path: Path, db: Path | None, rekey: bool, trus
         _err(str(e), EXIT_CONFIG)
     except (OSError, UnicodeDecodeError) as e:
         _err(f"cannot read {file}: {getattr(e, 'strerror', None) or type(e).__name__}", EXIT_CONFIG)
-    keys = _registry_keys(config_path, db, kek_file)
-    try:
-        with Registry(path, keys.kek) as reg:
-            report = reg.import_lines(lines, now_ms=time.time_ns() // 1_000_000, rekey=rekey, trusted=tech)
-    except RegistryError as e:
-        _err(str(e), EXIT_CONFIG)
-    except (OSError, sqlite3.Error) as e:
-        _err(f"registry {path}: {e}", EXIT_CONFIG)
-    finally:
-        keys.close()
+    report = _on_registry(path, config_path, db, kek_file, lambda reg: reg.import_lines(
+        lines, now_ms=time.time_ns() // 1_000_000, rekey=rekey, trusted=tech), refused=EXIT_CONFIG)
     counts = {k: report.count(k) for k in ("added", "updated", "rekeyed", "unchanged", "rejected")}
     if as_json:
         click.echo(json.dumps({"counts": counts, "records": [
@@ -700,24 +714,14 @@ def revoke_cmd(device_id: str, config_path: Path, db: Path | None) -> None:
 def rekey_cmd(device_id: str, config_path: Path, db: Path | None, as_json: bool, kek_file: Path | None) -> None:
     """Re-key DEVICE_ID (16 hex) over the air (docs/keys.md): store its pending key; the running daemon
     queues the `rekey` downlink and switches keys when the node confirms. Idempotent while pending."""
-    from lifeline.gateway.registry import Registry, RegistryError
-
     dev = device_id.lower()
     if len(dev) != 16 or any(c not in "0123456789abcdef" for c in dev):
         raise click.BadParameter("expected 16 hex characters", param_hint="DEVICE_ID")
     path, _ = _registry_path(config_path, db)
     if not path.exists():
         _err(f"registry {path} does not exist (import devices first)", EXIT_CONFIG)
-    keys = _registry_keys(config_path, db, kek_file)
-    try:
-        with Registry(path, keys.kek) as reg:
-            p = reg.begin_rekey(bytes.fromhex(dev), now_ms=time.time_ns() // 1_000_000)
-    except RegistryError as e:
-        _err(str(e), EXIT_FAILED)
-    except (OSError, sqlite3.Error) as e:
-        _err(f"registry {path}: {e}", EXIT_CONFIG)
-    finally:
-        keys.close()
+    p = _on_registry(path, config_path, db, kek_file, lambda reg: reg.begin_rekey(
+        bytes.fromhex(dev), now_ms=time.time_ns() // 1_000_000), refused=EXIT_FAILED)
     if as_json:
         click.echo(json.dumps({"device_id": dev, "pending_epoch": p.epoch}))
     else:
