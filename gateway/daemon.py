@@ -382,6 +382,15 @@ class Gateway:
         await self.commands.queue_pending_rekeys()
         self.forwarder.wake()
 
+    async def close_state(self) -> None:
+        """Close the buffer database and the registry (on the registry's thread, after any call still running
+        there: a reload cancelled by stop() or a crash)."""
+        if self._db is not None:
+            self._db.close()
+        if self._registry is not None:
+            await self._in_registry(self._registry.close)
+        self._registry_thread.shutdown(wait=True)
+
     async def _in_registry(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._registry_thread, fn)
 
@@ -454,11 +463,7 @@ class Gateway:
             await self._metrics_server.close()
         if self._status_server is not None:
             await self._status_server.close()
-        if self._db is not None:
-            self._db.close()
-        if self._registry is not None:  # after any call still running on its thread (a cancelled reload)
-            await self._in_registry(self._registry.close)
-        self._registry_thread.shutdown(wait=True)
+        await self.close_state()
         self.gateway_keys.close()
         _log.info("stopped", gateway=self.config.gateway.id)
 

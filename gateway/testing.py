@@ -252,10 +252,7 @@ class Harness:
         await cancel_and_wait([task for _, task in list(gw.forwarder._inflight.values())])
         if gw._metrics_server is not None:
             await gw._metrics_server.close()
-        gw.db.close()
-        if gw._registry is not None:  # on its own thread, after any registry call still running there
-            await gw._in_registry(gw._registry.close)
-        gw._registry_thread.shutdown(wait=True)
+        await gw.close_state()
 
 
 async def start_harness(state_dir: Path, nodes: Sequence[TestNode] = (), *, clock: ManualClock | None = None,
